@@ -1,0 +1,85 @@
+"""Stage 3 — clustering: spherical faiss k-means on a sample, streamed assignment of every
+embedding, and per-cluster statistics in DuckDB."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Optional
+
+import dagster as dg
+import numpy as np
+
+from ..core.cluster_stats import compute_cluster_stats
+from ..core.clustering import EmbeddingStore, assign, merge_centroids, train_kmeans
+from .metadata import md_table
+from .resources import GpuResource, StorageResource
+
+GROUP = "clustering"
+
+
+class ClusteringConfig(dg.Config):
+    """k centroids trained on ``sample_size`` embeddings (faiss caps it at 1000 per centroid);
+    ``merge_threshold``: merge centroids with cosine ≥ it (DynamiCS uses 0.70; empty = off)."""
+
+    k: int = 100
+    sample_size: int = 100_000
+    niter: int = 20
+    seed: int = 0
+    embedding: str = "image"
+    merge_threshold: Optional[float] = 0.70
+
+
+def file_sha256(path: Path, block: int = 1 << 24) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dg.asset(group_name=GROUP, kinds={"faiss", "numpy"})
+def clusters(context: dg.AssetExecutionContext, config: ClusteringConfig, pair_embeddings: dict,
+             storage: StorageResource, gpu: GpuResource) -> dict:
+    """Cluster id and cosine distance to the centroid of every embedded pair, and the centroids."""
+    store = EmbeddingStore(pair_embeddings["embeddings_dir"], kind=config.embedding)
+    use_gpu = "auto" if gpu.resolved_device().startswith("cuda") else False
+    centroids = train_kmeans(store, config.k, sample_size=config.sample_size, niter=config.niter,
+                             seed=config.seed, use_gpu=use_gpu)
+    k_trained = len(centroids)
+    if config.merge_threshold is not None:
+        centroids, _ = merge_centroids(centroids, threshold=config.merge_threshold)
+    out = storage.layout.artifact("clusters")
+    summary = assign(store, centroids, out, use_gpu=use_gpu)
+    info = vars(summary) if not isinstance(summary, dict) else summary
+    fingerprint = file_sha256(out / "cluster_id.npy")
+    context.add_output_metadata({
+        "k_trained": k_trained, "k": len(centroids), "merged": k_trained - len(centroids),
+        **{k: v for k, v in info.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
+        "clusters_dir": dg.MetadataValue.path(str(out)), "pool_fingerprint": fingerprint,
+    })
+    return {"clusters_dir": str(out), "k": int(len(centroids)), "n": int(len(store)),
+            "pool_fingerprint": fingerprint}
+
+
+@dg.asset(group_name=GROUP, kinds={"duckdb", "parquet"})
+def cluster_stats(context: dg.AssetExecutionContext, clusters: dict, raw_pairs: dict,
+                  storage: StorageResource) -> dict:
+    """Per cluster: size, d_intra (mean and spread of the distance to the centroid), d_inter
+    (mean distance to the 20 nearest centroids), complexity d_intra·d_inter, top caption words."""
+    cdir = Path(clusters["clusters_dir"])
+    out = storage.layout.artifact("cluster_stats", "cluster_stats.parquet")
+    table = compute_cluster_stats(cdir / "assignments.parquet", np.load(cdir / "centroids.npy"),
+                                  str(Path(raw_pairs["manifest_dir"]) / "*.parquet"), out,
+                                  spill_dir=storage.layout.artifact("cluster_stats", "spill"))
+    rows = sorted(table.to_pylist(), key=lambda r: -r["size"])
+    sizes = np.array([r["size"] for r in rows])
+    context.add_output_metadata({
+        "clusters": len(rows), "empty_clusters": int((sizes == 0).sum()),
+        "largest": int(sizes.max(initial=0)), "smallest_nonempty": int(sizes[sizes > 0].min(initial=0)),
+        "clusters_by_size": md_table(
+            ["cluster", "size", "d_intra", "d_inter", "complexity", "top words"],
+            [(r["cluster_id"], r["size"], r["d_intra"], r["d_inter"], r["complexity"], r["top_words"])
+             for r in rows]),
+        "stats_path": dg.MetadataValue.path(str(out)),
+    })
+    return {"stats_path": str(out), "k": len(rows)}

@@ -1,0 +1,69 @@
+"""Stage 2 — embeddings: a small open_clip reference model trained on the raw pairs, and the
+L2-normalised image and text embeddings of every valid pair (written per shard, resumable)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import dagster as dg
+
+from ..core.embedding import embed_shards
+from ..core.models import EncoderSpec
+from ..core.training import train_reference_model
+from .resources import GpuResource, StorageResource
+
+GROUP = "embeddings"
+
+
+class ReferenceModelConfig(dg.Config):
+    model_name: str = "dynamics-tiny-32"
+    epochs: int = 2
+    batch_size: int = 256
+    seed: int = 0
+
+
+@dg.asset(group_name=GROUP, kinds={"pytorch"}, pool="gpu")
+def reference_model(context: dg.AssetExecutionContext, config: ReferenceModelConfig, raw_pairs: dict,
+                    storage: StorageResource, gpu: GpuResource) -> dict:
+    """A small open_clip model trained on all valid raw pairs: the offline default encoder (no
+    pretrained weights can be downloaded here) and the reference model of the baselines.
+    Its checkpoint loads with ``open_clip.create_model_and_transforms(model_name, pretrained=path)``."""
+    out = storage.layout.artifact("reference_model", f"{config.model_name}.pt")
+    metrics = train_reference_model(
+        raw_pairs["manifest_dir"], raw_pairs["shards_dir"], out, model_name=config.model_name,
+        epochs=config.epochs, batch_size=config.batch_size, seed=config.seed, device=gpu.resolved_device())
+    context.add_output_metadata({
+        "checkpoint": dg.MetadataValue.path(str(out)), "model_name": config.model_name,
+        **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str))},
+    })
+    return {"checkpoint": str(out), "model_name": config.model_name, **metrics}
+
+
+class EmbeddingConfig(dg.Config):
+    """Leave ``model_name`` empty to embed with the reference model; or name any open_clip model
+    with a pretrained tag or a local checkpoint path in ``pretrained``."""
+
+    model_name: Optional[str] = None
+    pretrained: Optional[str] = None
+    batch_size: int = 256
+
+
+@dg.asset(group_name=GROUP, kinds={"pytorch", "numpy"}, pool="gpu")
+def pair_embeddings(context: dg.AssetExecutionContext, config: EmbeddingConfig, raw_pairs: dict,
+                    reference_model: dict, storage: StorageResource, gpu: GpuResource) -> dict:
+    """Image and text embeddings (float16, unit norm) of every valid pair, one directory per
+    shard with the sample ids; a crash resumes at the first shard not yet written."""
+    if config.model_name:
+        spec = EncoderSpec(config.model_name, config.pretrained, precision=gpu.resolved_precision())
+    else:
+        spec = EncoderSpec(reference_model["model_name"], reference_model["checkpoint"],
+                           precision=gpu.resolved_precision())
+    out = storage.layout.artifact("pair_embeddings")
+    summary = embed_shards(spec, raw_pairs["manifest_dir"], raw_pairs["shards_dir"], out,
+                           batch_size=config.batch_size, device=gpu.resolved_device())
+    info = summary if isinstance(summary, dict) else vars(summary)
+    context.add_output_metadata({
+        "embeddings_dir": dg.MetadataValue.path(str(out)), "encoder": spec.model_name,
+        **{k: v for k, v in info.items() if isinstance(v, (int, float, str))},
+    })
+    return {"embeddings_dir": str(out), "encoder": spec.model_name, "n": int(info.get("n", 0)),
+            "dim": int(info.get("dim", 0))}

@@ -1,0 +1,50 @@
+"""Resources: where artefacts live, and which device trains / embeds."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+
+from ..core.devices import resolve_device, resolve_precision
+from ..core.layout import Layout
+
+
+class StorageResource(dg.ConfigurableResource):
+    """The data root: raw shards under ``raw/``, every artefact under ``artifacts/<stage>/``."""
+
+    root: str = "data"
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(Path(self.root).resolve())
+
+
+class GpuResource(dg.ConfigurableResource):
+    """The accelerator for embedding and training steps.
+
+    device: auto | cuda | cuda:N | cpu. ``cuda`` without a GPU fails unless
+    ``allow_cpu_fallback``. precision: bf16 | fp16 | fp32 (mixed precision on CUDA only).
+    num_processes > 1 runs training under torchrun (DDP).
+    """
+
+    device: str = "auto"
+    precision: str = "bf16"
+    num_processes: int = 1
+    allow_cpu_fallback: bool = True
+
+    def resolved_device(self) -> str:
+        return resolve_device(self.device, allow_cpu_fallback=self.allow_cpu_fallback)
+
+    def resolved_precision(self) -> str:
+        return resolve_precision(self.precision, self.resolved_device())
+
+
+def default_resources() -> dict:
+    return {
+        # Assets hand each other small records (paths, counts); the artefacts themselves are
+        # files under the storage root. Records persist in the instance's storage folder.
+        "io_manager": dg.FilesystemIOManager(),
+        "storage": StorageResource(root=str(Path(os.environ.get("DYNAMICS_DATA_DIR", "data")).resolve())),
+        "gpu": GpuResource(device=os.environ.get("DYNAMICS_DEVICE", "auto")),
+    }

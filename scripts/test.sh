@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# The tests (bootstraps .venv first). Extra arguments go to pytest.
+source "$(dirname "$0")/env.sh"
+export DAGSTER_HOME="$(mktemp -d)"  # tests use ephemeral instances; never the project's own
+cp dagster.yaml "$DAGSTER_HOME/"
+exec python -m pytest "$@"
