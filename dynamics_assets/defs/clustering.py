@@ -1,6 +1,5 @@
 """Stage 3 — clustering: spherical faiss k-means on a sample, streamed assignment of every
 embedding, and per-cluster statistics in DuckDB."""
-from __future__ import annotations
 
 import hashlib
 from pathlib import Path

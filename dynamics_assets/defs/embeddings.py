@@ -1,6 +1,5 @@
 """Stage 2 — embeddings: a small open_clip reference model trained on the raw pairs, and the
 L2-normalised image and text embeddings of every valid pair (written per shard, resumable)."""
-from __future__ import annotations
 
 from typing import Optional
 
@@ -60,10 +59,11 @@ def pair_embeddings(context: dg.AssetExecutionContext, config: EmbeddingConfig, 
     out = storage.layout.artifact("pair_embeddings")
     summary = embed_shards(spec, raw_pairs["manifest_dir"], raw_pairs["shards_dir"], out,
                            batch_size=config.batch_size, device=gpu.resolved_device())
-    info = summary if isinstance(summary, dict) else vars(summary)
     context.add_output_metadata({
         "embeddings_dir": dg.MetadataValue.path(str(out)), "encoder": spec.model_name,
-        **{k: v for k, v in info.items() if isinstance(v, (int, float, str))},
+        "dim": summary.dim, "shards_embedded": summary.shards_embedded,
+        "shards_skipped (already done)": summary.shards_skipped, "pairs_embedded": summary.pairs_embedded,
+        "invalid_rows": summary.invalid_rows, "seconds": round(summary.seconds, 2),
+        "dagster/row_count": raw_pairs["n_ok"],
     })
-    return {"embeddings_dir": str(out), "encoder": spec.model_name, "n": int(info.get("n", 0)),
-            "dim": int(info.get("dim", 0))}
+    return {"embeddings_dir": str(out), "encoder": spec.model_name, "n": raw_pairs["n_ok"], "dim": summary.dim}

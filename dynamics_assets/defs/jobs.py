@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dagster as dg
 
-from .partitions import epoch_partitions
 
 CURATION_GROUPS = ("raw_data", "embeddings", "clustering")
 
@@ -12,7 +11,7 @@ curate_pool_job = dg.define_asset_job(
     description="Raw shards → manifest → reference model → embeddings → clusters → statistics.")
 
 epoch_plan_job = dg.define_asset_job(
-    "draw_epoch_plan", selection=dg.AssetSelection.groups("sampling"), partitions_def=epoch_partitions,
+    "draw_epoch_plan", selection=dg.AssetSelection.groups("sampling"),
     description="One epoch's sample plan (run once per epoch partition).")
 
 jobs = [curate_pool_job, epoch_plan_job]

@@ -12,7 +12,8 @@ import os
 
 import dagster as dg
 
-EPOCH_START = dt.datetime(2001, 1, 1)
+# 1900-01-01: the keys are parsed back with "%j" alone, and strptime's default year is 1900.
+EPOCH_START = dt.datetime(1900, 1, 1)
 
 
 def epoch_partitions_def(n_epochs: int) -> dg.TimeWindowPartitionsDefinition:

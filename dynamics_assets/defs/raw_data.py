@@ -1,5 +1,4 @@
 """Stage 1 — raw data: locate (or generate) webdataset shards, and manifest every pair."""
-from __future__ import annotations
 
 from pathlib import Path
 

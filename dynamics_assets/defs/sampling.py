@@ -1,5 +1,4 @@
 """Stage 4 — sampling: one plan per epoch, drawn afresh from (seed, epoch)."""
-from __future__ import annotations
 
 from pathlib import Path
 
