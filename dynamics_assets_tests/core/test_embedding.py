@@ -1,0 +1,106 @@
+"""Per-shard resumable embedding (embedding.py)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from dynamics_assets.core.embedding import embed_shards
+from dynamics_assets.core.models import EncoderSpec, load_encoder
+from dynamics_assets.core.pairs import collate, iter_pool_pairs
+from dynamics_assets_tests.core.test_training import write_pool
+
+MODEL = "dynamics-tiny-32"
+STEMS = ["shard-000", "shard-001", "shard-002"]
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return load_encoder(EncoderSpec(MODEL))
+
+
+@pytest.fixture
+def pool(tmp_path):
+    # shard-001 has only quarantined rows: an empty but valid output
+    manifest_dir, shards_dir, ok_ids = write_pool(tmp_path, [20, 1, 13], quarantine_every=21)
+    return manifest_dir, shards_dir, ok_ids, tmp_path / "emb"
+
+
+def _mtimes(out_dir):
+    return {p.relative_to(out_dir): p.stat().st_mtime_ns for p in out_dir.rglob("*")}
+
+
+def test_embeddings_are_unit_norm_fp16_in_pool_order(encoder, pool):
+    manifest_dir, shards_dir, ok_ids, out = pool
+    summary = embed_shards(encoder, manifest_dir, shards_dir, out, batch_size=8)
+    assert (summary.shards_total, summary.shards_embedded, summary.pairs_embedded) == (3, 3, 33)
+    assert summary.invalid_rows == 0 and summary.dim == 128
+
+    ids = np.concatenate([np.load(out / s / "sample_id.npy") for s in STEMS])
+    assert ids.dtype == np.dtype("S32") and [i.decode() for i in ids] == ok_ids
+    for stem, n in zip(STEMS, (20, 0, 13)):
+        meta = json.loads((out / stem / "meta.json").read_text())
+        assert meta["n"] == n and meta["dim"] == 128 and meta["encoder"] == encoder.identity
+        for kind in ("image", "text"):
+            x = np.load(out / stem / f"{kind}.npy")
+            assert x.dtype == np.float16 and x.shape == (n, 128)
+            np.testing.assert_allclose(np.linalg.norm(x.astype(np.float32), axis=1), 1.0, atol=2e-3)
+
+    # the stored rows are the encoder's outputs for those pairs
+    pairs = list(iter_pool_pairs(manifest_dir, shards_dir, indices=np.array([0, 32])))
+    images, tokens = collate(pairs, encoder.preprocess, encoder.tokenizer)
+    with torch.no_grad():
+        expected = torch.nn.functional.normalize(encoder.model.encode_image(images), dim=-1).numpy()
+    stored = np.stack([np.load(out / "shard-000" / "image.npy")[0], np.load(out / "shard-002" / "image.npy")[12]])
+    np.testing.assert_allclose(stored.astype(np.float32), expected, atol=2e-3)
+
+
+def test_rerun_skips_complete_shards_and_recomputes_mismatching_ones(encoder, pool):
+    manifest_dir, shards_dir, _, out = pool
+    embed_shards(encoder, manifest_dir, shards_dir, out, batch_size=8)
+    before = _mtimes(out)
+    again = embed_shards(encoder, manifest_dir, shards_dir, out, batch_size=8)
+    assert (again.shards_embedded, again.shards_skipped) == (0, 3)
+    assert _mtimes(out) == before
+
+    meta_path = out / "shard-002" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["encoder"]["weights"] = "sha256:another-model"
+    meta_path.write_text(json.dumps(meta))
+    image_before = np.load(out / "shard-002" / "image.npy")
+    rerun = embed_shards(encoder, manifest_dir, shards_dir, out, batch_size=8)
+    assert (rerun.shards_embedded, rerun.shards_skipped) == (1, 2)
+    after = _mtimes(out)
+    assert all(after[p] == t for p, t in before.items() if p.parts[0] != "shard-002")
+    assert after[meta_path.relative_to(out)] != before[meta_path.relative_to(out)]
+    assert json.loads(meta_path.read_text())["encoder"] == encoder.identity
+    np.testing.assert_array_equal(np.load(out / "shard-002" / "image.npy"), image_before)
+
+
+def test_non_finite_rows_are_zeroed_and_reported(pool):
+    manifest_dir, shards_dir, _, out = pool
+    encoder = load_encoder(EncoderSpec(MODEL))
+
+    def poison_row_3(module, inputs, output):
+        if output.shape[0] > 3:
+            output[3] = float("nan")
+        return output
+
+    encoder.model.visual.register_forward_hook(poison_row_3)
+    summary = embed_shards(encoder, manifest_dir, shards_dir, out, batch_size=64, shards=["shard-000.tar"])
+    assert summary.shards_total == 1 and summary.invalid_rows == 1
+    meta = json.loads((out / "shard-000" / "meta.json").read_text())
+    assert meta["invalid_rows"] == {"image": [3], "text": []}
+    image = np.load(out / "shard-000" / "image.npy")
+    assert np.all(image[3] == 0) and np.all(np.isfinite(image))
+    assert not (out / "shard-002").exists()
+    again = embed_shards(encoder, manifest_dir, shards_dir, out, shards=["shard-000"])
+    assert again.shards_skipped == 1 and again.invalid_rows == 1  # still reported when skipped
+
+
+def test_unknown_shard_names_are_rejected(encoder, pool):
+    manifest_dir, shards_dir, _, out = pool
+    with pytest.raises(ValueError, match="shard-009"):
+        embed_shards(encoder, manifest_dir, shards_dir, out, shards=["shard-009"])
