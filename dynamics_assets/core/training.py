@@ -72,6 +72,14 @@ class TrainState:
     extra: dict[str, Any] = field(default_factory=dict)  # caller's data stored with step checkpoints
 
 
+def _clip_loss() -> open_clip.ClipLoss:
+    """CLIP's contrastive loss; under DDP over the global batch (features gathered with grad)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return open_clip.ClipLoss(local_loss=False, gather_with_grad=True, rank=torch.distributed.get_rank(),
+                                  world_size=torch.distributed.get_world_size())
+    return open_clip.ClipLoss()
+
+
 def _no_weight_decay(name: str, param: torch.nn.Parameter) -> bool:
     return param.ndim < 2 or any(k in name for k in ("bn", "ln", "bias", "logit_scale", "embedding"))
 
@@ -157,13 +165,14 @@ def train_steps(
     ``step_checkpoint_path`` (an open_clip checkpoint named ``model_name``).
     """
     device = torch.device(resolve_device(cfg.device))
+    core = getattr(model, "module", model)  # the open_clip model inside a DDP wrapper
     state = state if state is not None else TrainState()
     if state.rng is not None:
         _set_rng_state(state.rng)
     else:
         torch.manual_seed(cfg.seed)
     model.to(device).train()
-    optimizer = make_optimizer(model, cfg)
+    optimizer = make_optimizer(core, cfg)
     if state.optimizer is not None:
         optimizer.load_state_dict(state.optimizer)
     precision = resolve_precision(cfg.precision, device.type)
@@ -171,7 +180,7 @@ def train_steps(
     if state.scaler is not None:
         scaler.load_state_dict(state.scaler)
     set_lr = cosine_lr(optimizer, cfg.lr, cfg.warmup_steps, cfg.total_steps)
-    loss_fn = open_clip.ClipLoss()
+    loss_fn = _clip_loss()
     every = cfg.checkpoint_every_steps
 
     for images, tokens in batches:
@@ -189,12 +198,12 @@ def train_steps(
         scaler.step(optimizer)
         scaler.update()
         with torch.no_grad():
-            model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+            core.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
         state.step += 1
         state.samples_seen += len(images)
         state.last_loss = loss.item()
         if step_checkpoint_path is not None and every and state.step % every == 0:
-            _save_step_checkpoint(Path(step_checkpoint_path), model, optimizer, scaler, state, cfg, model_name)
+            _save_step_checkpoint(Path(step_checkpoint_path), core, optimizer, scaler, state, cfg, model_name)
         if on_step is not None:
             on_step(state.step, {"loss": state.last_loss, "lr": lr, "samples_seen": state.samples_seen,
                                  "logit_scale": logit_scale.item()})
