@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import dagster as dg
 
-from .defs import clustering, embeddings, raw_data, sampling
+from .defs import clustering, embeddings, evaluation, raw_data, sampling, training
 from .defs.jobs import jobs
 from .defs.resources import default_resources
 
 defs = dg.Definitions(
-    assets=dg.load_assets_from_modules([raw_data, embeddings, clustering, sampling]),
+    assets=dg.load_assets_from_modules([raw_data, embeddings, clustering, sampling, training, evaluation]),
     resources=default_resources(),
     jobs=jobs,
 )

@@ -3,8 +3,9 @@
     bash scripts/pipeline.sh            # (sets DAGSTER_HOME=data/dagster_home and bootstraps)
     python -m dynamics_assets.pipeline  # the same, inside the venv
 
-Runs the ``curate_pool`` job, then ``draw_epoch_plan`` once per epoch partition, with the
-instance's persistent run storage, so every run and materialisation shows up in the Dagster UI.
+Runs the ``curate_pool`` job, then ``train_epoch`` (plan → checkpoint → eval report) once per
+epoch partition in order, then ``report_learning_curve``, all in the instance's persistent
+storage, so every run and materialisation shows up in the Dagster UI.
 """
 from __future__ import annotations
 
@@ -34,17 +35,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"curate_pool failed (run {result.run_id})", file=sys.stderr)
         return 1
     keys = args.epochs or epoch_partitions.get_partition_keys()
-    plan_job = defs.resolve_job_def("draw_epoch_plan")
+    epoch_job = defs.resolve_job_def("train_epoch")
     for key in keys:
-        r = plan_job.execute_in_process(instance=instance, partition_key=key, raise_on_error=False)
+        r = epoch_job.execute_in_process(instance=instance, partition_key=key, raise_on_error=False)
         if not r.success:
-            print(f"draw_epoch_plan {key} failed (run {r.run_id})", file=sys.stderr)
+            print(f"train_epoch {key} failed (run {r.run_id})", file=sys.stderr)
             return 1
+        m = r.output_for_node("eval_report")["metrics"]
+        print(f"{key}: top-1 {m['zero_shot/top1']:.3f}  head {m['zero_shot/head']:.3f}  "
+              f"tail {m['zero_shot/tail']:.3f}  samples seen {int(m['compute/samples_seen']):,}")
+    curve = defs.resolve_job_def("report_learning_curve").execute_in_process(instance=instance, raise_on_error=False)
+    if not curve.success:
+        print(f"report_learning_curve failed (run {curve.run_id})", file=sys.stderr)
+        return 1
     root = Path(os.environ.get("DYNAMICS_DATA_DIR", "data")).resolve()
-    print(f"\nDone in {time.perf_counter() - started:.0f} s: curate_pool + {len(keys)} epoch plan(s).")
-    print(f"  artefacts:  {root / 'artifacts'}")
+    print(f"\nDone in {time.perf_counter() - started:.0f} s: curate_pool, {len(keys)} epoch(s), learning curve.")
+    print(f"  reports:    {root / 'artifacts' / 'eval_report'}/<epoch>/report.md (+ accuracy_vs_frequency.png)")
+    print(f"  curve:      {root / 'artifacts' / 'learning_curve' / 'learning_curve.png'}")
     print(f"  instance:   {os.environ['DAGSTER_HOME']}")
     print("  Dagster UI: bash scripts/ui.sh  → http://127.0.0.1:3000 (asset lineage, runs, metadata)")
+    print(f"  MLflow UI:  .venv/bin/mlflow ui --backend-store-uri sqlite:///{root / 'mlflow' / 'mlflow.db'} "
+          "--host 127.0.0.1 --port 5000")
     return 0
 
 

@@ -5,4 +5,6 @@ One module per concern and one asset group per stage:
   embeddings  (reference_model, pair_embeddings)  — embeddings.py
   clustering  (clusters, cluster_stats)           — clustering.py
   sampling    (sample_plan, per epoch)            — sampling.py
+  training    (checkpoint, per epoch)             — training.py
+  evaluation  (eval_report per epoch, learning_curve) — evaluation.py
 """

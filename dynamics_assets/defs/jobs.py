@@ -12,6 +12,14 @@ curate_pool_job = dg.define_asset_job(
 
 epoch_plan_job = dg.define_asset_job(
     "draw_epoch_plan", selection=dg.AssetSelection.groups("sampling"),
-    description="One epoch's sample plan (run once per epoch partition).")
+    description="One epoch's sample plan only (run once per epoch partition).")
 
-jobs = [curate_pool_job, epoch_plan_job]
+train_epoch_job = dg.define_asset_job(
+    "train_epoch", selection=dg.AssetSelection.assets("sample_plan", "checkpoint", "eval_report"),
+    description="One epoch: its plan, the checkpoint trained on it (from the previous epoch's), its eval report.")
+
+learning_curve_job = dg.define_asset_job(
+    "report_learning_curve", selection=dg.AssetSelection.assets("learning_curve"),
+    description="The learning curve across every evaluated epoch.")
+
+jobs = [curate_pool_job, epoch_plan_job, train_epoch_job, learning_curve_job]

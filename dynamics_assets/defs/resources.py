@@ -41,10 +41,14 @@ class GpuResource(dg.ConfigurableResource):
 
 
 def default_resources() -> dict:
+    from .tracking import MlflowResource
+
+    root = str(Path(os.environ.get("DYNAMICS_DATA_DIR", "data")).resolve())
     return {
         # Assets hand each other small records (paths, counts); the artefacts themselves are
         # files under the storage root. Records persist in the instance's storage folder.
         "io_manager": dg.FilesystemIOManager(),
-        "storage": StorageResource(root=str(Path(os.environ.get("DYNAMICS_DATA_DIR", "data")).resolve())),
+        "storage": StorageResource(root=root),
+        "mlflow": MlflowResource(data_root=root, tracking_uri=os.environ.get("MLFLOW_TRACKING_URI")),
         "gpu": GpuResource(device=os.environ.get("DYNAMICS_DEVICE", "auto")),
     }

@@ -1,0 +1,93 @@
+"""The training half through Dagster: epoch checkpoints chained on the previous partition, eval
+reports, the learning curve, and MLflow runs that always end."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from dynamics_assets.defs import clustering, embeddings, evaluation, raw_data, sampling, training
+from dynamics_assets.defs.partitions import epoch_partitions
+from dynamics_assets.defs.resources import GpuResource, StorageResource
+from dynamics_assets.defs.tracking import MlflowResource, redact
+from dynamics_assets_tests.conftest import TINY_RUN_CONFIG
+
+SPINE = [raw_data.raw_shards, raw_data.raw_pairs, embeddings.reference_model, embeddings.pair_embeddings,
+         clustering.clusters, clustering.cluster_stats]
+EPOCH = [sampling.sample_plan, training.checkpoint, evaluation.eval_report]
+ALL = [*SPINE, *EPOCH, evaluation.learning_curve]
+EPOCH_CONFIG = {"ops": {"checkpoint": {"config": {"batch_size": 32, "checkpoint_every_steps": 2}}}}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("train")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    resources = {"storage": StorageResource(root=str(tmp / "data")), "gpu": GpuResource(device="cpu"),
+                 "mlflow": MlflowResource(data_root=str(tmp / "data"), tracking_uri=uri),
+                 "io_manager": dg.FilesystemIOManager(base_dir=str(tmp / "io"))}
+    (tmp / "home").mkdir()
+    results = {}
+    with dg.instance_for_test(temp_dir=str(tmp / "home")) as instance:
+        assert dg.materialize(SPINE, resources=resources, run_config=TINY_RUN_CONFIG, instance=instance).success
+        for key in epoch_partitions.get_partition_keys():
+            r = dg.materialize(ALL, selection=EPOCH, partition_key=key, resources=resources,
+                               run_config=EPOCH_CONFIG, instance=instance)
+            assert r.success
+            results[key] = r
+        results["curve"] = dg.materialize(ALL, selection=[evaluation.learning_curve], resources=resources,
+                                          instance=instance)
+        assert results["curve"].success
+    return results, uri
+
+
+def test_checkpoints_chain_across_epochs(trained):
+    results, _ = trained
+    cks = [results[k].output_for_node("checkpoint") for k in epoch_partitions.get_partition_keys()]
+    assert [c["epoch"] for c in cks] == [1, 2, 3]
+    seen = [c["samples_seen"] for c in cks]
+    steps = [c["global_step"] for c in cks]
+    assert seen == sorted(seen) and seen[0] > 0 and len(set(seen)) == 3, "each epoch adds its plan"
+    assert steps == sorted(steps) and len(set(steps)) == 3
+    assert all(np.isfinite(c["final_loss"]) for c in cks)
+
+
+def test_eval_reports_and_learning_curve(trained):
+    results, _ = trained
+    for key in epoch_partitions.get_partition_keys():
+        rep = results[key].output_for_node("eval_report")
+        m = rep["metrics"]
+        for name in ["zero_shot/top1", "zero_shot/top5", "zero_shot/mean_per_class", "zero_shot/tail",
+                     "retrieval/i2t_r1", "retrieval/t2i_r10"]:
+            assert 0.0 <= m[name] <= 1.0, name
+        assert m["compute/train_flops"] > 0 and m["compute/samples_seen"] > 0
+        assert (Path(rep["report_dir"]) / "accuracy_vs_frequency.png").exists()
+    curve = results["curve"].output_for_node("learning_curve")
+    assert curve["epochs"] == 3 and (Path(curve["curve_dir"]) / "learning_curve.png").exists()
+
+
+def test_mlflow_runs_are_tagged_and_finished(trained):
+    results, uri = trained
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("dynamics_assets")
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    names = {r.info.run_name for r in runs}
+    assert {"train epoch-001", "train epoch-003", "eval epoch-002", "learning curve"} <= names
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    train1 = next(r for r in runs if r.info.run_name == "train epoch-001")
+    assert train1.data.tags["dagster.partition"] == "epoch-001"
+    assert train1.data.tags["dagster.asset"] == "checkpoint"
+    assert train1.data.tags["dagster.run_id"] == results["epoch-001"].run_id
+    assert len(client.get_metric_history(train1.info.run_id, "loss")) >= 2, "per-step metrics"
+
+
+def test_mlflow_run_fails_cleanly_and_redacts(tmp_path):
+    res = MlflowResource(data_root=str(tmp_path), tracking_uri=f"sqlite:///{tmp_path / 'm.db'}")
+    with pytest.raises(RuntimeError):
+        with res.start_run(None, "boom") as run:
+            raise RuntimeError("step failed")
+    assert MlflowClient(tracking_uri=res.resolved_uri()).get_run(run.run_id).info.status == "FAILED"
+    assert redact("https://user:secret@mlflow.example:5000/x") == "https://mlflow.example:5000/x"
