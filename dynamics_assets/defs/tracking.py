@@ -73,8 +73,8 @@ class MlflowResource(dg.ConfigurableResource):
         exp = client.get_experiment_by_name(self.experiment)
         if exp is not None:
             return exp.experiment_id
-        location = None
-        if not self.tracking_uri:
+        location = None  # a tracking server decides where its artifacts go
+        if urlsplit(self.resolved_uri()).scheme in ("sqlite", "file", ""):  # a local store: beside it
             location = (Path(self.data_root).resolve() / "mlflow" / "artifacts").as_uri()
         return client.create_experiment(self.experiment, artifact_location=location)
 
