@@ -100,11 +100,13 @@ MANIFEST_SCHEMA = pa.schema(
         pa.field("status", pa.string(), nullable=False),
         pa.field("reason", pa.string()),
         pa.field("duplicate_of", pa.string()),
+        pa.field("image_offset", pa.int64()),  # byte offset / size of the image data in the tar
+        pa.field("image_size", pa.int64()),    # (uncompressed tars): loaders seek straight to it
     ]
 )
 OK_ROW_COLUMNS = ("sample_id", "shard", "row", "key", "image_member", "caption")
 METADATA_KEY = b"dynamics_assets.manifest"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 SUMMARY_NAME = "_summary.json"
 
 _UID = re.compile(r"[0-9a-fA-F]{32}")
@@ -195,6 +197,8 @@ def _describe(sample: RawSample, shard: str, verify_images: bool) -> dict[str, A
         "width": size[0] if size else None,
         "height": size[1] if size else None,
         "image_sha256": hashlib.sha256(image.data).hexdigest() if image else None,
+        "image_offset": image.offset if image else None,
+        "image_size": len(image.data) if image and image.offset is not None else None,
         "meta_json": meta_json,
         "status": QUARANTINED if reason else OK,
         "reason": reason,

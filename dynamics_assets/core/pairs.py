@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 
 from dynamics_assets.core.manifest import OK, manifest_files
-from dynamics_assets.core.webdataset import read_members
+from dynamics_assets.core.webdataset import read_members, read_ranges
 
 _SAMPLE_ID = re.compile("[0-9a-fA-F]{32}")
 _UNIFORM_CHUNK = 4096  # random draws are taken from the generator in chunks of this size
@@ -189,15 +189,22 @@ def iter_shard_pairs(
     shard: PoolShard, shards_dir: str | Path, local: np.ndarray | None = None
 ) -> Iterator[Pair]:
     """The shard's ok pairs in row order (or those at the local ok positions ``local``)."""
-    rows = _ok_rows(shard, ["sample_id", "image_member", "caption"])
+    located = {"image_offset", "image_size"} <= set(pq.read_schema(shard.manifest_path).names)
+    rows = _ok_rows(shard, ["sample_id", "image_member", "caption", *(("image_offset", "image_size") if located else ())])
     positions = range(shard.n_ok) if local is None else local.tolist()
     if local is not None:
         rows = rows.take(pa.array(local))
     ids, members, captions = (rows[c].to_pylist() for c in ("sample_id", "image_member", "caption"))
+    offsets = rows["image_offset"].to_pylist() if located else [None]
+    sizes = rows["image_size"].to_pylist() if located else []
     tar_path = Path(shards_dir) / shard.name
-    data = read_members(tar_path, members)
-    for pos, sample_id, member, caption in zip(positions, ids, members, captions):
-        yield Pair(shard.offset + pos, sample_id, _open_image(data[member], tar_path, member), caption)
+    if None in offsets:  # no offsets (e.g. a compressed tar): parse the tar member by member
+        by_name = read_members(tar_path, members)
+        images = [by_name[m] for m in members]
+    else:  # seek to each image's bytes (rows are in file order)
+        images = read_ranges(tar_path, zip(offsets, sizes))
+    for pos, sample_id, member, caption, data in zip(positions, ids, members, captions, images):
+        yield Pair(shard.offset + pos, sample_id, _open_image(data, tar_path, member), caption)
 
 
 def _open_image(data: bytes, tar_path: Path, member: str) -> Image.Image:

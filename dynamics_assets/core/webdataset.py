@@ -49,6 +49,7 @@ class ShardReadError(Exception):
 class MemberRef:
     name: str  # full member name inside the tar, e.g. "00000/000000012.jpg"
     data: bytes
+    offset: int | None = None  # byte offset of the data in the file (uncompressed tars only)
 
 
 @dataclass
@@ -141,6 +142,7 @@ def iter_samples(shard_path: str | Path) -> Iterator[RawSample]:
     current: RawSample | None = None
     complete = False
     with _open_stream(shard_path) as tar:
+        seekable = getattr(tar.fileobj, "comptype", "tar") == "tar"  # offsets are file offsets
         while True:
             try:
                 info = tar.next()
@@ -161,7 +163,7 @@ def iter_samples(shard_path: str | Path) -> Iterator[RawSample]:
                 data = tar.extractfile(info).read()  # type: ignore[union-attr]
             except tarfile.TarError:
                 break
-            _add_member(current, ext, MemberRef(info.name, data))
+            _add_member(current, ext, MemberRef(info.name, data, info.offset_data if seekable else None))
     if complete:
         if current is not None:
             yield current
@@ -169,3 +171,19 @@ def iter_samples(shard_path: str | Path) -> Iterator[RawSample]:
     tail = current if current is not None else RawSample(None, len(rows))
     tail.problems.append(TRUNCATED_TAR)
     yield tail
+
+
+def read_ranges(shard_path: str | Path, ranges: Iterable[tuple[int, int]]) -> list[bytes]:
+    """The bytes at ``(offset, size)`` ranges of one file, read with seeks in the given order.
+
+    With the member offsets recorded in the manifest, a loader reads only the members it needs
+    instead of parsing every tar header of the shard."""
+    out = []
+    with open(shard_path, "rb") as f:
+        for offset, size in ranges:
+            f.seek(offset)
+            data = f.read(size)
+            if len(data) != size:
+                raise ValueError(f"{shard_path}: {size} bytes expected at offset {offset}, got {len(data)}")
+            out.append(data)
+    return out

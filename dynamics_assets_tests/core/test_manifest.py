@@ -31,6 +31,7 @@ from dynamics_assets.core.webdataset import ShardReadError, iter_samples
 SPEC_COLUMNS = [
     "sample_id", "shard", "key", "row", "image_member", "text_member", "json_member", "caption",
     "width", "height", "image_sha256", "meta_json", "status", "reason", "duplicate_of",
+    "image_offset", "image_size",
 ]
 
 
@@ -344,3 +345,13 @@ def test_shards_with_the_same_stem_are_rejected(tmp_path):
     two = write_tar(tmp_path / "y" / "s.tar", pair("k", 2))
     with pytest.raises(ValueError, match="s.parquet"):
         build_manifest([one, two], tmp_path / "m")
+
+
+def test_image_offsets_point_at_the_image_bytes(tmp_path):
+    """Loaders seek straight to an image with the recorded offset and size."""
+    from dynamics_assets.core.webdataset import read_ranges
+
+    shard = write_tar(tmp_path / "s.tar", [("a.png", png(1)), ("a.txt", b"x"), ("b.png", png(2)), ("b.txt", b"y")])
+    table = read_shard_manifest(shard)
+    ranges = zip(table["image_offset"].to_pylist(), table["image_size"].to_pylist())
+    assert read_ranges(shard, ranges) == [png(1), png(2)]
