@@ -1,14 +1,23 @@
 """Samplers: interchangeable curation strategies behind one small interface (``Sampler``)."""
 from .base import ClusterPool, Plan, Sampler, resolve_budget
+from .clip_score import ClipScoreFilter
+from .compose import Compose
+from .dbp import DBPPruning
 from .dynamics import DynamicsSampler, cluster_targets
+from .flatten import FlattenSampler
 from .plan_io import read_plan, write_plan
+from .semdedup import SemDeDup
+from .ssp import SSPPruning
 from .uniform import UniformSampler
 
-SAMPLERS = {"uniform": UniformSampler, "dynamics": DynamicsSampler}
+SAMPLERS = {"uniform": UniformSampler, "dynamics": DynamicsSampler, "flatten": FlattenSampler,
+            "semdedup": SemDeDup, "ssp": SSPPruning, "dbp": DBPPruning, "clip_score": ClipScoreFilter,
+            "compose": Compose}
 
 
 def make_sampler(strategy: str, **params) -> Sampler:
-    """Build a sampler by name, e.g. ``make_sampler("dynamics", budget=0.5, alpha=0.2)``."""
+    """Build a sampler by name, e.g. ``make_sampler("dynamics", budget=0.5, alpha=0.2)``; a
+    composition from step dicts: ``make_sampler("compose", steps=[{"strategy": "semdedup"}, ...])``."""
     try:
         cls = SAMPLERS[strategy]
     except KeyError:
@@ -16,5 +25,6 @@ def make_sampler(strategy: str, **params) -> Sampler:
     return cls(**params)
 
 
-__all__ = ["ClusterPool", "Plan", "Sampler", "DynamicsSampler", "UniformSampler", "SAMPLERS",
+__all__ = ["ClusterPool", "Plan", "Sampler", "DynamicsSampler", "UniformSampler", "FlattenSampler",
+           "SemDeDup", "SSPPruning", "DBPPruning", "ClipScoreFilter", "Compose", "SAMPLERS",
            "make_sampler", "resolve_budget", "cluster_targets", "read_plan", "write_plan"]

@@ -1,7 +1,9 @@
 """The sampler interface: a strategy turns a clustered pool into one epoch's sample plan.
 
 A *pool* is the cluster id of every valid sample in pool order (-1 marks a sample that was
-quarantined before clustering and is never sampled). A *plan* is the sorted list of sample
+quarantined before clustering, or removed by a pruner, and is never sampled). It may carry the
+context static pruners need: the cosine distance of every sample to its centroid, the centroids,
+and the embedding directory (``ClusterPool.from_artifacts``). A *plan* is the sorted list of sample
 indices to read in an epoch, each with a multiplicity (how many times it is seen), plus a
 per-cluster summary (size, expected, realised). Plans depend only on (pool, parameters, seed,
 epoch): the same inputs give byte-identical plans.
@@ -20,21 +22,71 @@ CHUNK = 1 << 20  # samples per random-number chunk; part of the algorithm (fixes
 
 @dataclass
 class ClusterPool:
-    """Cluster ids of a pool, read chunk by chunk (from memory or from an ``.npy`` file)."""
+    """Cluster ids of a pool, read chunk by chunk (from memory or from an ``.npy`` file).
+
+    Optional context (None when absent): ``distance`` per sample (float32 1 − cos to the assigned
+    centroid, in memory or ``distance.npy``), ``centroids`` (K×D unit rows), ``embeddings_dir``
+    (the EmbeddingStore root, pool order), and a keep mask (``masked``: removed samples read as -1).
+    """
 
     n_clusters: int
     _ids: np.ndarray | None = None
     _path: Path | None = None
     _sizes: np.ndarray | None = field(default=None, repr=False)
+    _distance: np.ndarray | None = field(default=None, repr=False)
+    _distance_path: Path | None = None
+    centroids: np.ndarray | None = field(default=None, repr=False)
+    embeddings_dir: Path | None = None
+    _keep: np.ndarray | None = field(default=None, repr=False)
+    _budget_base: int | None = None
 
     @classmethod
-    def from_array(cls, cluster_id: np.ndarray, n_clusters: int) -> "ClusterPool":
+    def from_array(cls, cluster_id: np.ndarray, n_clusters: int, *, distance: np.ndarray | None = None,
+                   centroids: np.ndarray | None = None,
+                   embeddings_dir: str | Path | None = None) -> "ClusterPool":
         ids = np.ascontiguousarray(cluster_id, dtype=np.int32)
-        return cls(n_clusters=int(n_clusters), _ids=ids)._validated()
+        if distance is not None:
+            distance = np.ascontiguousarray(distance, dtype=np.float32)
+            if distance.shape != ids.shape:
+                raise ValueError(f"distance has shape {distance.shape}, cluster ids {ids.shape}")
+        return cls(n_clusters=int(n_clusters), _ids=ids, _distance=distance,
+                   centroids=_checked_centroids(centroids, n_clusters, "centroids"),
+                   embeddings_dir=None if embeddings_dir is None else Path(embeddings_dir))._validated()
 
     @classmethod
     def from_npy(cls, path: str | Path, n_clusters: int) -> "ClusterPool":
         return cls(n_clusters=int(n_clusters), _path=Path(path))._validated()
+
+    @classmethod
+    def from_artifacts(cls, clusters_dir: str | Path, n_clusters: int,
+                       embeddings_dir: str | Path | None = None) -> "ClusterPool":
+        """The pool the ``clusters`` stage wrote: ``cluster_id.npy``, ``distance.npy`` and
+        ``centroids.npy`` in ``clusters_dir``; ``embeddings_dir`` is the EmbeddingStore root."""
+        d = Path(clusters_dir)
+        for name in ("cluster_id.npy", "distance.npy", "centroids.npy"):
+            if not (d / name).is_file():
+                raise FileNotFoundError(f"{d / name}: cluster artefact not found")
+        if embeddings_dir is not None and not Path(embeddings_dir).is_dir():
+            raise FileNotFoundError(f"{embeddings_dir}: embedding directory not found")
+        pool = cls(n_clusters=int(n_clusters), _path=d / "cluster_id.npy", _distance_path=d / "distance.npy",
+                   centroids=_checked_centroids(np.load(d / "centroids.npy"), n_clusters, d / "centroids.npy"),
+                   embeddings_dir=None if embeddings_dir is None else Path(embeddings_dir))._validated()
+        n_dist = int(np.load(pool._distance_path, mmap_mode="r").shape[0])
+        if n_dist != len(pool):
+            raise ValueError(f"{pool._distance_path}: {n_dist} rows, {pool._path} has {len(pool)}")
+        return pool
+
+    def masked(self, keep: np.ndarray) -> "ClusterPool":
+        """The same pool with the samples where ``keep`` is False read as cluster -1 (removed).
+
+        The mask (1 byte per sample) is held in memory; masks compose (a masked pool's mask is
+        and-ed). Fractional budgets of later steps still refer to this pool's ``budget_base``.
+        """
+        keep = np.asarray(keep)
+        if keep.dtype != np.bool_ or keep.shape != (len(self),):
+            raise ValueError(f"keep must be a bool array of shape ({len(self)},); got {keep.dtype} {keep.shape}")
+        combined = keep if self._keep is None else keep & self._keep
+        return dataclasses.replace(self, _keep=combined, _sizes=None, _budget_base=self.budget_base)
 
     def _validated(self) -> "ClusterPool":
         lo, hi, n = 0, -1, 0
@@ -53,25 +105,33 @@ class ClusterPool:
 
     def chunks(self, size: int = CHUNK) -> Iterator[tuple[int, np.ndarray]]:
         """Yield (start, int32 ids) in pool order; a file is read with plain reads, not mmap,
-        so resident memory stays O(chunk) whatever the pool size."""
-        if self._ids is not None:
-            for s in range(0, len(self._ids), size):
-                yield s, self._ids[s:s + size]
+        so resident memory stays O(chunk) whatever the pool size. Masked-out samples read as -1."""
+        raw = _array_chunks(self._ids, size) if self._ids is not None else _npy_chunks(self._path, np.int32, size)
+        if self._keep is None:
+            yield from raw
             return
-        with open(self._path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                           else np.lib.format.read_array_header_2_0)
-            shape, _fortran, dtype = read_header(f)
-            if dtype != np.dtype("<i4") or len(shape) != 1:
-                raise ValueError(f"{self._path}: expected a 1-d int32 array, got {dtype} {shape}")
-            n = shape[0]
-            for s in range(0, n, size):
-                m = min(size, n - s)
-                buf = np.empty(m, dtype=np.int32)  # fresh: consumers may hold on to chunks
-                if f.readinto(memoryview(buf).cast("B")) != m * 4:
-                    raise ValueError(f"{self._path}: truncated at sample {s}")
-                yield s, buf
+        for s, ids in raw:
+            yield s, np.where(self._keep[s:s + len(ids)], ids, np.int32(-1))
+
+    @property
+    def has_distance(self) -> bool:
+        return self._distance is not None or self._distance_path is not None
+
+    def distance_chunks(self, size: int = CHUNK) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield (start, float32 distance) aligned with ``chunks(size)``."""
+        if self._distance is not None:
+            return _array_chunks(self._distance, size)
+        if self._distance_path is None:
+            raise ValueError("this pool has no distances: build it with ClusterPool.from_artifacts")
+        return _npy_chunks(self._distance_path, np.float32, size)
+
+    def distance_at(self, indices: np.ndarray) -> np.ndarray:
+        """float32 distances of the samples at ``indices``."""
+        if self._distance is not None:
+            return self._distance[indices]
+        if self._distance_path is None:
+            raise ValueError("this pool has no distances: build it with ClusterPool.from_artifacts")
+        return np.asarray(np.load(self._distance_path, mmap_mode="r")[indices], dtype=np.float32)
 
     @property
     def sizes(self) -> np.ndarray:
@@ -87,6 +147,45 @@ class ClusterPool:
     @property
     def n_valid(self) -> int:
         return int(self.sizes.sum())
+
+    @property
+    def budget_base(self) -> int:
+        """The valid count fractional budgets refer to: ``n_valid``, or the original pool's for a
+        masked pool (equal compute across recipes that prune first)."""
+        return self.n_valid if self._budget_base is None else self._budget_base
+
+
+def _array_chunks(a: np.ndarray, size: int) -> Iterator[tuple[int, np.ndarray]]:
+    for s in range(0, len(a), size):
+        yield s, a[s:s + size]
+
+
+def _npy_chunks(path: Path, dtype: type, size: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(start, values) of a 1-d ``.npy`` file of ``dtype``, read with plain reads in chunks."""
+    want = np.dtype(dtype).newbyteorder("<")
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, _fortran, found = read_header(f)
+        if found != want or len(shape) != 1:
+            raise ValueError(f"{path}: expected a 1-d {want.name} array, got {found} {shape}")
+        n = shape[0]
+        for s in range(0, n, size):
+            m = min(size, n - s)
+            buf = np.empty(m, dtype=want)  # fresh: consumers may hold on to chunks
+            if f.readinto(memoryview(buf).cast("B")) != m * want.itemsize:
+                raise ValueError(f"{path}: truncated at sample {s}")
+            yield s, buf
+
+
+def _checked_centroids(centroids: np.ndarray | None, n_clusters: int, source: object) -> np.ndarray | None:
+    if centroids is None:
+        return None
+    c = np.asarray(centroids, dtype=np.float32)
+    if c.ndim != 2 or c.shape[0] != n_clusters:
+        raise ValueError(f"{source}: expected {n_clusters} centroid rows, got shape {c.shape}")
+    return c
 
 
 @dataclass
