@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import dagster as dg
 
-from .defs import clustering, embeddings, evaluation, raw_data, sampling, training
+from .defs import checks, clustering, embeddings, evaluation, raw_data, sampling, training
 from .defs.jobs import jobs
 from .defs.resources import default_resources
 
 defs = dg.Definitions(
     assets=dg.load_assets_from_modules([raw_data, embeddings, clustering, sampling, training, evaluation]),
+    asset_checks=checks.asset_checks,
     resources=default_resources(),
     jobs=jobs,
 )

@@ -23,16 +23,41 @@ def test_lineage_and_groups():
     assert deps["pair_embeddings"] == {"raw_pairs", "reference_model"}
     assert deps["clusters"] == {"pair_embeddings"}
     assert deps["cluster_stats"] == {"clusters", "raw_pairs"}
-    assert deps["sample_plan"] == {"clusters", "cluster_stats"}
+    assert deps["sample_plan"] == {"clusters", "cluster_stats", "pair_embeddings"}
+    assert deps["checkpoint"] == {"sample_plan", "raw_pairs", "reference_model", "checkpoint"}
+    assert deps["eval_report"] == {"checkpoint", "raw_pairs", "reference_model", "clusters"}
+    assert deps["comparison_report"] == {"eval_report"} and deps["learning_curve"] == {"eval_report"}
     groups = {key.to_user_string(): graph.get(key).group_name for key in graph.get_all_asset_keys()}
     assert groups["raw_pairs"] == "raw_data" and groups["pair_embeddings"] == "embeddings"
     assert groups["clusters"] == "clustering" and groups["sample_plan"] == "sampling"
+    assert groups["checkpoint"] == "training" and groups["eval_report"] == "evaluation"
 
 
-def test_sample_plan_is_partitioned_by_epoch():
-    node = defs.resolve_asset_graph().get(dg.AssetKey("sample_plan"))
-    keys = node.partitions_def.get_partition_keys()
-    assert keys[0] == "epoch-001" and all(k.startswith("epoch-") for k in keys)
+def test_plans_checkpoints_and_reports_are_partitioned_by_recipe_and_epoch():
+    from dynamics_assets.defs.experiments import EXPERIMENTS
+
+    for asset in ("sample_plan", "checkpoint", "eval_report"):
+        pd = defs.resolve_asset_graph().get(dg.AssetKey(asset)).partitions_def
+        assert {d.name for d in pd.partitions_defs} == {"recipe", "epoch"}
+        epochs = pd.get_partitions_def_for_dimension("epoch").get_partition_keys()
+        assert epochs[0] == "epoch-001" and all(k.startswith("epoch-") for k in epochs)
+        assert set(pd.get_partitions_def_for_dimension("recipe").get_partition_keys()) == set(EXPERIMENTS.recipes)
     twelve = epoch_partitions_def(12)
     assert [epoch_of(k) for k in twelve.get_partition_keys()] == list(range(1, 13))
     assert all(twelve.has_partition_key(k) for k in twelve.get_partition_keys()), "keys parse back"
+
+
+def test_experiments_file_expands_recipes_by_seed(tmp_path):
+    import pytest
+
+    from dynamics_assets.defs.experiments import load_experiments
+
+    (tmp_path / "e.yaml").write_text(
+        "default_recipe: a\nseeds: [0, 4]\nrecipes:\n  a: {sampler: {strategy: uniform, budget: 0.5}}\n"
+        "  b: {sampler: {strategy: dynamics, budget: 0.5}, training: {selection: jest}}\n")
+    exp = load_experiments(tmp_path / "e.yaml")
+    assert list(exp.recipes) == ["a.s0", "a.s4", "b.s0", "b.s4"]
+    assert exp.default_keys == ["a.s0"] and exp.recipes["b.s4"].training == {"selection": "jest"}
+    (tmp_path / "bad.yaml").write_text("recipes:\n  x.y: {sampler: {strategy: uniform}}\n")
+    with pytest.raises(ValueError, match="may not contain"):
+        load_experiments(tmp_path / "bad.yaml")

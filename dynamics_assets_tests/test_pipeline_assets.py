@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from dynamics_assets.defs import clustering, embeddings, raw_data, sampling
-from dynamics_assets.defs.sampling import PlanConfig, sample_plan
+from dynamics_assets.defs.experiments import EXPERIMENTS
+from dynamics_assets.defs.sampling import sample_plan
 from dynamics_assets_tests.conftest import TINY_RUN_CONFIG
 
 SPINE = [raw_data.raw_shards, raw_data.raw_pairs, embeddings.reference_model, embeddings.pair_embeddings,
@@ -60,26 +61,32 @@ def test_embeddings_clusters_and_stats_cover_every_valid_pair(spine):
     assert any(w for w in stats["top_words"]), "clusters are described by their caption words"
 
 
+def plan_key(epoch: str, recipe: str = "dynamics-50.s0") -> dg.MultiPartitionKey:
+    return dg.MultiPartitionKey({"recipe": recipe, "epoch": epoch})
+
+
 def test_sample_plan_partition_direct_invocation(spine):
     result, root, resources = spine
     clusters = result.output_for_node("clusters")
+    emb = result.output_for_node("pair_embeddings")
     plans = []
-    for key in ["epoch-001", "epoch-002", "epoch-001"]:
+    for key in [plan_key("epoch-001"), plan_key("epoch-002"), plan_key("epoch-001", "uniform-100.s0")]:
         ctx = dg.build_asset_context(partition_key=key, resources={"storage": resources["storage"]})
-        plans.append(sample_plan(ctx, config=PlanConfig(budget=0.5, alpha=0.2), clusters=clusters,
-                                 cluster_stats={}))
+        plans.append(sample_plan(ctx, clusters=clusters, pair_embeddings=emb, cluster_stats={}))
     n_ok = result.output_for_node("raw_pairs")["n_ok"]
     assert plans[0]["realised"] == round(0.5 * n_ok)
+    assert plans[2]["realised"] == n_ok, "uniform-100 plans the whole valid pool"
     d1, d2 = Path(plans[0]["plan_dir"]), Path(plans[1]["plan_dir"])
-    assert d1.name == "epoch-001" and d2.name == "epoch-002"
+    assert (d1.parent.name, d1.name) == ("dynamics-50.s0", "epoch-001") and d2.name == "epoch-002"
     assert (d1 / "indices.npy").read_bytes() != (d2 / "indices.npy").read_bytes()
     meta = json.loads((d1 / "plan.json").read_text())
     assert meta["pool_fingerprint"] == clusters["pool_fingerprint"] and meta["epoch"] == 1
 
 
-def test_plan_partition_through_a_real_instance(spine, tmp_path):
-    """materialize (not to memory) on a temp folder: one epoch partition of sample_plan in a
-    persistent instance, upstream records loaded by the filesystem IO manager."""
+@pytest.mark.parametrize("recipe", sorted({r.name for r in EXPERIMENTS.recipes.values()}))
+def test_every_recipe_plans_through_a_real_instance(spine, tmp_path, recipe):
+    """materialize (not to memory) on a temp folder: one recipe × epoch partition of sample_plan
+    in a persistent instance, upstream records loaded by the filesystem IO manager."""
     _, root, resources = spine
     io = {"io_manager": dg.FilesystemIOManager(base_dir=str(tmp_path / "io"))}
     (tmp_path / "home").mkdir()
@@ -87,10 +94,12 @@ def test_plan_partition_through_a_real_instance(spine, tmp_path):
         first = dg.materialize(SPINE, resources={**resources, **io}, run_config=TINY_RUN_CONFIG,
                                instance=instance)
         assert first.success
-        second = dg.materialize([*SPINE, sample_plan], selection=[sample_plan], partition_key="epoch-003",
+        key = plan_key("epoch-003", f"{recipe}.s1")
+        second = dg.materialize([*SPINE, sample_plan], selection=[sample_plan], partition_key=key,
                                 resources={**resources, **io}, instance=instance)
         assert second.success
         record = second.output_for_node("sample_plan")
         assert record["epoch"] == 3 and Path(record["plan_dir"]).name == "epoch-003"
+        assert record["recipe"] == f"{recipe}.s1"
         mats = instance.fetch_materializations(dg.AssetKey("sample_plan"), limit=5).records
-        assert [m.partition_key for m in mats] == ["epoch-003"]
+        assert [m.partition_key for m in mats] == [str(key)]

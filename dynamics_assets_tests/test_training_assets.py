@@ -10,6 +10,7 @@ import pytest
 from mlflow import MlflowClient
 
 from dynamics_assets.defs import clustering, embeddings, evaluation, raw_data, sampling, training
+from dynamics_assets.defs.experiments import EXPERIMENTS
 from dynamics_assets.defs.partitions import epoch_partitions
 from dynamics_assets.defs.resources import GpuResource, StorageResource
 from dynamics_assets.defs.tracking import MlflowResource, redact
@@ -18,7 +19,9 @@ from dynamics_assets_tests.conftest import TINY_RUN_CONFIG
 SPINE = [raw_data.raw_shards, raw_data.raw_pairs, embeddings.reference_model, embeddings.pair_embeddings,
          clustering.clusters, clustering.cluster_stats]
 EPOCH = [sampling.sample_plan, training.checkpoint, evaluation.eval_report]
-ALL = [*SPINE, *EPOCH, evaluation.learning_curve]
+REPORTS = [evaluation.learning_curve, evaluation.comparison_report]
+ALL = [*SPINE, *EPOCH, *REPORTS]
+RECIPES = ["dynamics-50.s0", "uniform-100.s0"]
 EPOCH_CONFIG = {"ops": {"checkpoint": {"config": {"batch_size": 32, "checkpoint_every_steps": 2}}}}
 
 
@@ -33,20 +36,21 @@ def trained(tmp_path_factory):
     results = {}
     with dg.instance_for_test(temp_dir=str(tmp / "home")) as instance:
         assert dg.materialize(SPINE, resources=resources, run_config=TINY_RUN_CONFIG, instance=instance).success
-        for key in epoch_partitions.get_partition_keys():
-            r = dg.materialize(ALL, selection=EPOCH, partition_key=key, resources=resources,
-                               run_config=EPOCH_CONFIG, instance=instance)
-            assert r.success
-            results[key] = r
-        results["curve"] = dg.materialize(ALL, selection=[evaluation.learning_curve], resources=resources,
-                                          instance=instance)
-        assert results["curve"].success
+        for recipe in RECIPES:
+            for epoch in epoch_partitions.get_partition_keys():
+                key = dg.MultiPartitionKey({"recipe": recipe, "epoch": epoch})
+                r = dg.materialize(ALL, selection=EPOCH, partition_key=key, resources=resources,
+                                   run_config=EPOCH_CONFIG, instance=instance)
+                assert r.success
+                results[(recipe, epoch)] = r
+        results["reports"] = dg.materialize(ALL, selection=REPORTS, resources=resources, instance=instance)
+        assert results["reports"].success
     return results, uri
 
 
 def test_checkpoints_chain_across_epochs(trained):
     results, _ = trained
-    cks = [results[k].output_for_node("checkpoint") for k in epoch_partitions.get_partition_keys()]
+    cks = [results[("dynamics-50.s0", k)].output_for_node("checkpoint") for k in epoch_partitions.get_partition_keys()]
     assert [c["epoch"] for c in cks] == [1, 2, 3]
     seen = [c["samples_seen"] for c in cks]
     steps = [c["global_step"] for c in cks]
@@ -58,15 +62,22 @@ def test_checkpoints_chain_across_epochs(trained):
 def test_eval_reports_and_learning_curve(trained):
     results, _ = trained
     for key in epoch_partitions.get_partition_keys():
-        rep = results[key].output_for_node("eval_report")
+        rep = results[("dynamics-50.s0", key)].output_for_node("eval_report")
         m = rep["metrics"]
         for name in ["zero_shot/top1", "zero_shot/top5", "zero_shot/mean_per_class", "zero_shot/tail",
                      "retrieval/i2t_r1", "retrieval/t2i_r10"]:
             assert 0.0 <= m[name] <= 1.0, name
         assert m["compute/train_flops"] > 0 and m["compute/samples_seen"] > 0
         assert (Path(rep["report_dir"]) / "accuracy_vs_frequency.png").exists()
-    curve = results["curve"].output_for_node("learning_curve")
-    assert curve["epochs"] == 3 and (Path(curve["curve_dir"]) / "learning_curve.png").exists()
+    curve = results["reports"].output_for_node("learning_curve")
+    assert curve["reports"] == 6 and (Path(curve["curve_dir"]) / "learning_curve.png").exists()
+    comparison = results["reports"].output_for_node("comparison_report")
+    assert comparison["recipes"] == 2
+    md = (Path(comparison["report_dir"]) / "comparison.md").read_text()
+    assert "dynamics-50" in md and "uniform-100" in md and "equal compute" in md
+    full = results[("uniform-100.s0", "epoch-001")].output_for_node("checkpoint")
+    half = results[("dynamics-50.s0", "epoch-001")].output_for_node("checkpoint")
+    assert full["samples_seen"] > 1.8 * half["samples_seen"], "uniform-100 sees twice the samples"
 
 
 def test_mlflow_runs_are_tagged_and_finished(trained):
@@ -75,12 +86,14 @@ def test_mlflow_runs_are_tagged_and_finished(trained):
     exp = client.get_experiment_by_name("dynamics_assets")
     runs = client.search_runs([exp.experiment_id], max_results=100)
     names = {r.info.run_name for r in runs}
-    assert {"train epoch-001", "train epoch-003", "eval epoch-002", "learning curve"} <= names
+    assert {"train dynamics-50.s0 epoch-001", "train uniform-100.s0 epoch-003", "eval dynamics-50.s0 epoch-002",
+            "learning curve", "comparison report"} <= names
     assert {r.info.status for r in runs} == {"FINISHED"}
-    train1 = next(r for r in runs if r.info.run_name == "train epoch-001")
-    assert train1.data.tags["dagster.partition"] == "epoch-001"
+    train1 = next(r for r in runs if r.info.run_name == "train dynamics-50.s0 epoch-001")
+    assert train1.data.tags["dagster.partition"] == "epoch-001|dynamics-50.s0"
+    assert train1.data.tags["recipe"] == "dynamics-50.s0"
     assert train1.data.tags["dagster.asset"] == "checkpoint"
-    assert train1.data.tags["dagster.run_id"] == results["epoch-001"].run_id
+    assert train1.data.tags["dagster.run_id"] == results[("dynamics-50.s0", "epoch-001")].run_id
     assert len(client.get_metric_history(train1.info.run_id, "loss")) >= 2, "per-step metrics"
 
 

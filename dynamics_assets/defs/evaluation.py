@@ -6,10 +6,11 @@ import numpy as np
 
 from ..core.evaluation import embed_eval_images, evaluate_model, load_eval_set
 from ..core.flops import forward_flops_per_pair, train_flops
+from ..core.comparison import collect_reports, compare, write_comparison
 from ..core.learning_curve import learning_curve_table, plot_learning_curve
 from ..core.models import EncoderSpec, load_encoder
 from .metadata import md_table
-from .partitions import epoch_partitions
+from .experiments import EXPERIMENTS, partition_dir, recipe_and_epoch, recipe_epoch_partitions
 from .resources import GpuResource, StorageResource
 from .tracking import MlflowResource
 
@@ -25,12 +26,13 @@ def eval_clusters(reference_model: dict, clusters: dict, eval_set, device: str) 
     return np.argmax(emb @ centroids.T, axis=1).astype(np.int64)
 
 
-@dg.asset(group_name=GROUP, partitions_def=epoch_partitions, pool="gpu", kinds={"pytorch", "mlflow"})
+@dg.asset(group_name=GROUP, partitions_def=recipe_epoch_partitions, pool="gpu", kinds={"pytorch", "mlflow"})
 def eval_report(context: dg.AssetExecutionContext, checkpoint: dict, raw_pairs: dict, reference_model: dict,
                 clusters: dict, storage: StorageResource, gpu: GpuResource, mlflow: MlflowResource) -> dict:
     """Zero-shot top-1/top-5, mean per-class accuracy, head / middle / tail buckets by training
     frequency (tail = the 20% least frequent concepts), retrieval recall@1/5/10 both ways,
     accuracy per cluster, samples seen and compute spent."""
+    recipe, epoch_key = recipe_and_epoch(context)
     if not raw_pairs.get("eval_dir"):
         raise dg.Failure("no held-out evaluation set: the raw source provides none")
     device = gpu.resolved_device()
@@ -40,13 +42,15 @@ def eval_report(context: dg.AssetExecutionContext, checkpoint: dict, raw_pairs: 
                             cluster_of_image=eval_clusters(reference_model, clusters, eval_set, device))
     visual, text = enc.model.visual, enc.model
     flops_pair = forward_flops_per_pair(enc.model, visual.image_size, text.context_length)
+    training = float(train_flops(checkpoint["samples_seen"], flops_pair))
     compute = {"samples_seen": checkpoint["samples_seen"], "device_seconds": checkpoint["device_seconds"],
-               "train_flops": float(train_flops(checkpoint["samples_seen"], flops_pair)),
+               "train_flops": training, "scoring_flops": float(checkpoint.get("scoring_flops", 0.0)),
+               "total_flops": training + float(checkpoint.get("scoring_flops", 0.0)),
                "forward_flops_per_pair": int(flops_pair), "epoch": checkpoint["epoch"]}
     report.metrics.update({f"compute/{k}": v for k, v in compute.items()})
-    out = storage.layout.artifact("eval_report", context.partition_key)
+    out = storage.layout.artifact("eval_report", str(partition_dir(recipe, epoch_key)))
     files = report.save(out)
-    with mlflow.start_run(context, run_name=f"eval {context.partition_key}") as run:
+    with mlflow.start_run(context, run_name=f"eval {recipe.key} {epoch_key}", tags={"recipe": recipe.key}) as run:
         run.log_metrics({k: v for k, v in report.metrics.items() if v == v}, step=checkpoint["epoch"])
         for path in files.values():
             run.log_artifact(path)
@@ -59,23 +63,45 @@ def eval_report(context: dg.AssetExecutionContext, checkpoint: dict, raw_pairs: 
         "accuracy_vs_frequency": dg.MetadataValue.path(str(files["accuracy_vs_frequency.png"])),
         "mlflow_run": run.url_hint,
     })
-    return {"report_dir": str(out), "metrics": {k: v for k, v in m.items()}, "epoch": checkpoint["epoch"]}
+    return {"report_dir": str(out), "metrics": dict(m), "epoch": checkpoint["epoch"], "recipe": recipe.key}
 
 
-@dg.asset(group_name=GROUP, kinds={"mlflow"},
-          ins={"eval_report": dg.AssetIn(partition_mapping=dg.AllPartitionMapping())})
-def learning_curve(context: dg.AssetExecutionContext, eval_report: dict, storage: StorageResource,
-                   mlflow: MlflowResource) -> dict:
-    """Every epoch's headline metrics against samples seen and compute: the learning curve."""
-    table = learning_curve_table(list(eval_report.values()))
+@dg.asset(group_name=GROUP, kinds={"mlflow"}, deps=["eval_report"])
+def learning_curve(context: dg.AssetExecutionContext, storage: StorageResource, mlflow: MlflowResource) -> dict:
+    """Every evaluated epoch of every recipe: headline metrics against samples seen and compute.
+    Reads whichever eval-report partitions exist, so it can run after any subset of them."""
+    reports = collect_reports(storage.layout.artifact("eval_report"))
+    if not reports:
+        raise dg.Failure("no eval_report partition has been materialised yet")
     out = storage.layout.artifact("learning_curve")
+    table = learning_curve_table(reports)
     paths = plot_learning_curve(table, out)
     with mlflow.start_run(context, run_name="learning curve") as run:
         for path in paths.values():
             run.log_artifact(path)
-    cols = ["epoch", "samples_seen", "train_flops", "top1", "mean_per_class", "head", "middle", "tail", "i2t_r1"]
+    cols = ["recipe", "epoch", "samples_seen", "total_flops", "top1", "mean_per_class", "head", "middle", "tail", "i2t_r1"]
     context.add_output_metadata({
         "curve": md_table(cols, [[row[c] for c in cols] for row in table]),
-        "plot": dg.MetadataValue.path(str(paths["png"])), "epochs": len(table),
+        "plot": dg.MetadataValue.path(str(paths["png"])), "reports": len(table),
     })
-    return {"curve_dir": str(out), "epochs": len(table)}
+    return {"curve_dir": str(out), "reports": len(table)}
+
+
+@dg.asset(group_name=GROUP, kinds={"mlflow"}, deps=["eval_report"])
+def comparison_report(context: dg.AssetExecutionContext, storage: StorageResource, mlflow: MlflowResource) -> dict:
+    """Every recipe side by side at equal samples seen and equal compute: overall, head and
+    tail accuracy (mean ± spread over seeds), as Markdown and PNG."""
+    reports = collect_reports(storage.layout.artifact("eval_report"))
+    if not reports:
+        raise dg.Failure("no eval_report partition has been materialised yet")
+    comparison = compare(reports, recipe_order=list(dict.fromkeys(r.name for r in EXPERIMENTS.recipes.values())))
+    out = storage.layout.artifact("comparison_report")
+    paths = write_comparison(comparison, out)
+    with mlflow.start_run(context, run_name="comparison report") as run:
+        for path in paths.values():
+            run.log_artifact(path)
+    context.add_output_metadata({
+        "report": dg.MetadataValue.md(comparison.markdown), "plot": dg.MetadataValue.path(str(paths["png"])),
+        "recipes": len(comparison.rows), "mlflow_run": run.url_hint,
+    })
+    return {"report_dir": str(out), "recipes": len(comparison.rows)}

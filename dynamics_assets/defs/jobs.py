@@ -12,14 +12,15 @@ curate_pool_job = dg.define_asset_job(
 
 epoch_plan_job = dg.define_asset_job(
     "draw_epoch_plan", selection=dg.AssetSelection.groups("sampling"),
-    description="One epoch's sample plan only (run once per epoch partition).")
+    description="One recipe's sample plan for one epoch (partition recipe × epoch).")
 
 train_epoch_job = dg.define_asset_job(
     "train_epoch", selection=dg.AssetSelection.assets("sample_plan", "checkpoint", "eval_report"),
-    description="One epoch: its plan, the checkpoint trained on it (from the previous epoch's), its eval report.")
+    description="One recipe × epoch: its plan, the checkpoint trained on it (from the recipe's previous "
+                "epoch), its eval report.")
 
-learning_curve_job = dg.define_asset_job(
-    "report_learning_curve", selection=dg.AssetSelection.assets("learning_curve"),
-    description="The learning curve across every evaluated epoch.")
+report_job = dg.define_asset_job(
+    "report_recipes", selection=dg.AssetSelection.assets("learning_curve", "comparison_report"),
+    description="Learning curves and the side-by-side comparison of every evaluated recipe.")
 
-jobs = [curate_pool_job, epoch_plan_job, train_epoch_job, learning_curve_job]
+jobs = [curate_pool_job, epoch_plan_job, train_epoch_job, report_job]

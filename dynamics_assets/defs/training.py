@@ -12,14 +12,19 @@ import dagster as dg
 
 from ..core.epoch_training import EpochJob, run_epoch
 from ..core.models import read_checkpoint
-from .partitions import N_EPOCHS, epoch_of, epoch_partitions
+from .experiments import partition_dir, recipe_and_epoch, recipe_epoch_partitions
+from .partitions import N_EPOCHS, epoch_of
 from .resources import GpuResource, StorageResource
 from .tracking import MlflowResource
 
 GROUP = "training"
 
-PREVIOUS_EPOCH = dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1,
-                                               allow_nonexistent_upstream_partitions=True)
+# Same recipe, previous epoch (the first epoch gets None).
+PREVIOUS_EPOCH = dg.MultiPartitionMapping({
+    "recipe": dg.DimensionPartitionMapping("recipe", dg.IdentityPartitionMapping()),
+    "epoch": dg.DimensionPartitionMapping("epoch", dg.TimeWindowPartitionMapping(
+        start_offset=-1, end_offset=-1, allow_nonexistent_upstream_partitions=True)),
+})
 
 
 class TrainingConfig(dg.Config):
@@ -39,15 +44,21 @@ class TrainingConfig(dg.Config):
 
 
 def epoch_job(config: TrainingConfig, context: dg.AssetExecutionContext, plan: dict, raw_pairs: dict,
-              previous: Optional[dict], out: Path, gpu: GpuResource) -> EpochJob:
+              previous: Optional[dict], reference_model: dict, out: Path, gpu: GpuResource) -> EpochJob:
+    """The epoch's training job: the asset config, overridden by the recipe's ``training`` keys."""
+    recipe, epoch_key = recipe_and_epoch(context)
+    settings = {**config.model_dump(), **recipe.training}
+    selection = settings.get("selection")
     return EpochJob(
         plan_dir=plan["plan_dir"], manifest_dir=raw_pairs["manifest_dir"], shards_dir=raw_pairs["shards_dir"],
-        out_checkpoint=str(out), epoch=epoch_of(context.partition_key), n_epochs=config.n_epochs or N_EPOCHS,
-        previous_checkpoint=previous["checkpoint"] if previous else None, model_name=config.model_name,
-        init_pretrained=config.init_pretrained, lr=config.lr, weight_decay=config.weight_decay,
-        warmup_fraction=config.warmup_fraction, batch_size=config.batch_size, seed=config.seed,
-        device=gpu.resolved_device(), precision=gpu.resolved_precision(),
-        checkpoint_every_steps=config.checkpoint_every_steps)
+        out_checkpoint=str(out), epoch=epoch_of(epoch_key), n_epochs=settings["n_epochs"] or N_EPOCHS,
+        previous_checkpoint=previous["checkpoint"] if previous else None, model_name=settings["model_name"],
+        init_pretrained=settings["init_pretrained"], lr=settings["lr"], weight_decay=settings["weight_decay"],
+        warmup_fraction=settings["warmup_fraction"], batch_size=settings["batch_size"],
+        seed=settings["seed"] + 1000 * recipe.seed, device=gpu.resolved_device(),
+        precision=gpu.resolved_precision(), checkpoint_every_steps=settings["checkpoint_every_steps"],
+        **({"selection": selection, "filter_ratio": settings.get("filter_ratio", 0.8),
+            "reference_checkpoint": reference_model["checkpoint"]} if selection else {}))
 
 
 def run_under_torchrun(job: EpochJob, nproc: int, context: dg.AssetExecutionContext) -> dict:
@@ -65,17 +76,18 @@ def run_under_torchrun(job: EpochJob, nproc: int, context: dg.AssetExecutionCont
 
 
 @dg.asset(
-    group_name=GROUP, partitions_def=epoch_partitions, pool="gpu", kinds={"pytorch"},
+    group_name=GROUP, partitions_def=recipe_epoch_partitions, pool="gpu", kinds={"pytorch"},
     ins={"previous_checkpoint": dg.AssetIn(key="checkpoint", partition_mapping=PREVIOUS_EPOCH)},
 )
 def checkpoint(context: dg.AssetExecutionContext, config: TrainingConfig, sample_plan: dict, raw_pairs: dict,
-               previous_checkpoint: Optional[dict], storage: StorageResource, gpu: GpuResource,
-               mlflow: MlflowResource) -> dict:
-    """An open_clip checkpoint after epoch e: trained on exactly plan e's samples, from the
-    checkpoint of epoch e−1; carries the optimizer state and the samples seen."""
-    out = storage.layout.artifact("checkpoint", f"{context.partition_key}.pt")
-    job = epoch_job(config, context, sample_plan, raw_pairs, previous_checkpoint or None, out, gpu)
-    with mlflow.start_run(context, run_name=f"train {context.partition_key}") as run:
+               reference_model: dict, previous_checkpoint: Optional[dict], storage: StorageResource,
+               gpu: GpuResource, mlflow: MlflowResource) -> dict:
+    """An open_clip checkpoint after epoch e of a recipe: trained on exactly that plan's samples,
+    from the recipe's checkpoint of epoch e−1; carries the optimizer state and the samples seen."""
+    recipe, epoch_key = recipe_and_epoch(context)
+    out = storage.layout.artifact("checkpoint", str(partition_dir(recipe, epoch_key)) + ".pt")
+    job = epoch_job(config, context, sample_plan, raw_pairs, previous_checkpoint or None, reference_model, out, gpu)
+    with mlflow.start_run(context, run_name=f"train {recipe.key} {epoch_key}", tags={"recipe": recipe.key}) as run:
         run.log_params({**asdict(job), "num_processes": gpu.num_processes})
         if gpu.num_processes > 1:
             metrics = run_under_torchrun(job, gpu.num_processes, context)
@@ -87,8 +99,11 @@ def checkpoint(context: dg.AssetExecutionContext, config: TrainingConfig, sample
         **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str))},
         "mlflow_run": run.url_hint,
     })
-    return {"checkpoint": str(out), "model_name": job.model_name, "epoch": job.epoch,
-            "samples_seen": metrics["samples_seen"], "device_seconds": metrics["device_seconds"],
+    before = previous_checkpoint or {}
+    return {"checkpoint": str(out), "model_name": job.model_name, "epoch": job.epoch, "recipe": recipe.key,
+            "samples_seen": metrics["samples_seen"],  # cumulative, like the two totals below
+            "device_seconds": before.get("device_seconds", 0.0) + metrics["device_seconds"],
+            "scoring_flops": before.get("scoring_flops", 0.0) + float(metrics.get("scoring_flops", 0.0)),
             "global_step": metrics["global_step"], "final_loss": metrics["final_loss"]}
 
 

@@ -1,0 +1,5 @@
+#!/usr/bin/env bash
+# The standard comparison: every recipe × seed of data/experiments.yaml on the default data,
+# then the comparison report (data/artifacts/comparison_report/comparison.md).
+source "$(dirname "$0")/env.sh"
+exec python -m dynamics_assets.pipeline --recipes all "$@"
