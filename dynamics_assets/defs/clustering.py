@@ -1,7 +1,6 @@
 """Stage 3 — clustering: spherical faiss k-means on a sample, streamed assignment of every
 embedding, and per-cluster statistics in DuckDB."""
 
-import hashlib
 from pathlib import Path
 from typing import Optional
 
@@ -10,6 +9,7 @@ import numpy as np
 
 from ..core.cluster_stats import compute_cluster_stats
 from ..core.clustering import EmbeddingStore, assign, merge_centroids, train_kmeans
+from ..core.models import file_sha256
 from .metadata import md_table
 from .resources import GpuResource, StorageResource
 
@@ -29,14 +29,6 @@ class ClusteringConfig(dg.Config):
     seed: int = 0
     embedding: str = "image"
     merge_threshold: Optional[float] = None
-
-
-def file_sha256(path: Path, block: int = 1 << 24) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dg.asset(group_name=GROUP, kinds={"faiss", "numpy"})
