@@ -4,6 +4,7 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 
+from ..core.plots import plot_cluster_scaling
 from ..core.samplers import ClusterPool, make_sampler, write_plan
 from .experiments import Recipe, partition_dir, recipe_and_epoch, recipe_epoch_partitions
 from .metadata import md_table
@@ -30,6 +31,8 @@ def sample_plan(context: dg.AssetExecutionContext, clusters: dict, pair_embeddin
     plan = sampler_for(recipe).draw(pool, epoch=epoch, seed=recipe.seed)
     plan.meta.update(pool_fingerprint=clusters["pool_fingerprint"], recipe=recipe.key)
     out = write_plan(storage.layout.artifact("sample_plan", str(partition_dir(recipe, epoch_key))), plan)
+    plot = plot_cluster_scaling(plan.cluster_size, plan.cluster_realised, out / "cluster_scaling.png",
+                                title=f"{recipe.key} {epoch_key}")
     order = np.argsort(-plan.cluster_size, kind="stable")
     nonempty = plan.cluster_size > 0
     head = order[:max(1, len(order) // 10)]
@@ -44,6 +47,7 @@ def sample_plan(context: dg.AssetExecutionContext, clusters: dict, pair_embeddin
                                 [(int(c), int(plan.cluster_size[c]), float(plan.cluster_expected[c]),
                                   int(plan.cluster_realised[c])) for c in order]),
         "plan_dir": dg.MetadataValue.path(str(out)),
+        "cluster_scaling_plot": dg.MetadataValue.path(str(plot)),
         "dagster/row_count": int(len(plan.indices)),
     })
     return {"plan_dir": str(out), "epoch": epoch, "recipe": recipe.key, "realised": plan.size,
