@@ -24,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", nargs="*", help="epoch partition keys (default: all)")
     parser.add_argument("--recipes", nargs="*", help="recipe partition keys, or 'all' "
                         "(default: the default recipe of data/experiments.yaml, first seed)")
+    parser.add_argument("--skip-existing", action="store_true",
+                        help="skip recipe × epoch partitions whose eval_report is already materialised")
     args = parser.parse_args(argv)
     if "DAGSTER_HOME" not in os.environ:
         sys.exit("DAGSTER_HOME is not set: run `bash scripts/pipeline.sh`, which sets it to data/dagster_home")
@@ -34,12 +36,18 @@ def main(argv: list[str] | None = None) -> int:
 
     instance = dg.DagsterInstance.get()
     started = time.perf_counter()
-    result = defs.resolve_job_def("curate_pool").execute_in_process(instance=instance, raise_on_error=False)
-    if not result.success:
+    curation = defs.resolve_job_def("curate_pool")
+    done = args.skip_existing and all(
+        instance.get_latest_materialization_event(key) is not None for key in curation.asset_layer.executable_asset_keys)
+    result = None if done else curation.execute_in_process(instance=instance, raise_on_error=False)
+    if result is not None and not result.success:
         print(f"curate_pool failed (run {result.run_id})", file=sys.stderr)
         return 1
     epochs = args.epochs or epoch_partitions.get_partition_keys()
-    recipes = (list(EXPERIMENTS.recipes) if args.recipes == ["all"] else args.recipes) or EXPERIMENTS.default_keys
+    if args.recipes == ["all"]:  # seed-major: every recipe's first seed before any second seed
+        recipes = sorted(EXPERIMENTS.recipes, key=lambda k: (EXPERIMENTS.recipes[k].seed, list(EXPERIMENTS.recipes).index(k)))
+    else:
+        recipes = args.recipes or EXPERIMENTS.default_keys
     unknown = set(recipes) - set(EXPERIMENTS.recipes)
     if unknown:
         sys.exit(f"unknown recipe partition(s) {sorted(unknown)}; known: {sorted(EXPERIMENTS.recipes)}")
@@ -47,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     for recipe in recipes:
         for epoch in epochs:
             key = dg.MultiPartitionKey({"recipe": recipe, "epoch": epoch})
+            if args.skip_existing and _materialized(instance, "eval_report", key):
+                continue
             r = epoch_job.execute_in_process(instance=instance, partition_key=key, raise_on_error=False)
             if not r.success:
                 print(f"train_epoch {key} failed (run {r.run_id})", file=sys.stderr)
@@ -69,6 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  MLflow UI:  .venv/bin/mlflow ui --backend-store-uri sqlite:///{root / 'mlflow' / 'mlflow.db'} "
           "--host 127.0.0.1 --port 5000")
     return 0
+
+
+def _materialized(instance: dg.DagsterInstance, asset: str, key: dg.MultiPartitionKey) -> bool:
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[str(key)]), limit=1).records
+    return bool(records)
 
 
 if __name__ == "__main__":
