@@ -1,9 +1,10 @@
 """Asset checks: the invariants of every artefact, verified in the run that materialises it.
 
-BLOCKING (an ERROR result skips the downstream assets of the same run) where a bad artefact
-would poison training: ``pair_embeddings`` (finite, unit-norm, one dimension), ``clusters``
-(every embedded pair assigned or quarantined), ``sample_plan`` (budget, multiplicities, valid
-sorted indices, no starved cluster) and ``checkpoint`` (loads safely, finite loss and weights).
+BLOCKING (an ERROR result fails the check's step, so the downstream assets of the same run never
+start) where a bad artefact would poison training: ``pair_embeddings`` (finite, unit-norm, one
+dimension), ``clusters`` (every embedded pair assigned or quarantined), ``sample_plan`` (budget,
+multiplicities, valid sorted indices, no starved cluster) and ``checkpoint`` (loads safely,
+finite loss and weights).
 ``eval_report`` (metrics in [0, 1]) is checked but not blocking: nothing trains on a report.
 
 Partitioned assets get partitioned checks (``partitions_def`` = the asset's, a preview feature
@@ -224,7 +225,8 @@ def plan_findings(plan_dir: str | Path, clusters_dir: str | Path, k: int,
     strategy, params = final_sampler(meta)
     mode = params.get("mode")
     budget, limit = meta.get("budget"), multiplicity_limit(meta)
-    cluster_id = np.load(Path(clusters_dir) / "cluster_id.npy", mmap_mode="r")
+    cluster_id_path = Path(clusters_dir) / "cluster_id.npy"
+    pool_size = len(np.load(cluster_id_path, mmap_mode="r"))
     n_idx = len(np.load(plan_dir / "indices.npy", mmap_mode="r"))
     n_mult = len(np.load(plan_dir / "multiplicity.npy", mmap_mode="r"))
     f.require(n_idx == n_mult, "misaligned", f"{n_idx} indices, {n_mult} multiplicities")
@@ -238,10 +240,10 @@ def plan_findings(plan_dir: str | Path, clusters_dir: str | Path, k: int,
         unsorted = np.diff(np.concatenate([[previous], idx])) <= 0
         f.error("not_sorted_unique", int(unsorted.sum()), flagged(unsorted, "indices.npy", start))
         previous = int(idx[-1])
-        in_pool = (idx >= 0) & (idx < len(cluster_id))
+        in_pool = (idx >= 0) & (idx < pool_size)
         f.error("index_outside_pool", int((~in_pool).sum()), flagged(~in_pool, "indices.npy", start))
         ids = np.full(len(idx), -1, dtype=np.int64)
-        ids[in_pool] = cluster_id[idx[in_pool]]
+        ids[in_pool] = np.load(cluster_id_path, mmap_mode="r")[idx[in_pool]]  # re-mapped per chunk
         f.error("quarantined_sample_planned", int((in_pool & (ids < 0)).sum()),
                 flagged(in_pool & (ids < 0), "indices.npy", start))
         ok = (ids >= 0) & (ids < k)
