@@ -8,7 +8,7 @@ import dagster as dg
 import numpy as np
 import pytest
 
-from dynamics_assets.defs import clustering, embeddings, raw_data, sampling
+from dynamics_assets.defs import clustering, embeddings, raw_data
 from dynamics_assets.defs.experiments import EXPERIMENTS
 from dynamics_assets.defs.sampling import sample_plan
 from dynamics_assets_tests.conftest import TINY_RUN_CONFIG

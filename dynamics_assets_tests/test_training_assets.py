@@ -10,7 +10,6 @@ import pytest
 from mlflow import MlflowClient
 
 from dynamics_assets.defs import clustering, embeddings, evaluation, raw_data, sampling, training
-from dynamics_assets.defs.experiments import EXPERIMENTS
 from dynamics_assets.defs.partitions import epoch_partitions
 from dynamics_assets.defs.resources import GpuResource, StorageResource
 from dynamics_assets.defs.tracking import MlflowResource, redact

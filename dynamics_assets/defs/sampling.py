@@ -1,5 +1,4 @@
 """Stage 4 — sampling: one plan per recipe and epoch, drawn from (recipe seed, epoch)."""
-from pathlib import Path
 
 import dagster as dg
 import numpy as np

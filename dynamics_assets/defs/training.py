@@ -11,7 +11,6 @@ from typing import Optional
 import dagster as dg
 
 from ..core.epoch_training import EpochJob, run_epoch
-from ..core.models import read_checkpoint
 from .experiments import partition_dir, recipe_and_epoch, recipe_epoch_partitions
 from .partitions import N_EPOCHS, epoch_of
 from .resources import GpuResource, StorageResource
@@ -106,6 +105,3 @@ def checkpoint(context: dg.AssetExecutionContext, config: TrainingConfig, sample
             "scoring_flops": before.get("scoring_flops", 0.0) + float(metrics.get("scoring_flops", 0.0)),
             "global_step": metrics["global_step"], "final_loss": metrics["final_loss"]}
 
-
-def last_loss(path: str) -> float:
-    return float(read_checkpoint(path)["extra"].get("last_loss", float("nan")))

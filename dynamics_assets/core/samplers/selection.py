@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from .base import CHUNK, ClusterPool
+from .base import ClusterPool
 
 ONE = 1 << 31  # random numbers are uniform on [0, 2^31)
 WORKERS = 2
