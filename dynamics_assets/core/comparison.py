@@ -78,7 +78,15 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def compare(reports: list[dict[str, Any]], recipe_order: Sequence[str] | None = None) -> Comparison:
+    """Only complete curves (every epoch evaluated) are compared; the others are listed."""
     by = _curves(reports)
+    last = max(r["epoch"] for r in reports)
+    incomplete = sorted(f"{n}.s{seed}" for n, seeds in by.items() for seed, pts in seeds.items()
+                        if pts[-1]["epoch"] < last)
+    for n in list(by):
+        by[n] = {seed: pts for seed, pts in by[n].items() if pts[-1]["epoch"] == last}
+        if not by[n]:
+            del by[n]
     names = [n for n in (recipe_order or []) if n in by] + sorted(n for n in by if n not in (recipe_order or []))
     final = {n: [pts[-1] for pts in by[n].values()] for n in names}
     s_star = min(min(p["samples_seen"] for p in final[n]) for n in names)
@@ -94,7 +102,10 @@ def compare(reports: list[dict[str, Any]], recipe_order: Sequence[str] | None = 
             row[f"compute/{m}"] = _mean_std([_at(pts, "total_flops", f_star, m) for pts in by[n].values()])
         rows.append(row)
     curves = {n: _mean_curve(by[n]) for n in names}
-    return Comparison(rows, s_star, f_star, _markdown(rows, s_star, f_star), curves)
+    markdown = _markdown(rows, s_star, f_star)
+    if incomplete:
+        markdown += f"\nLeft out (not every epoch evaluated yet): {', '.join(incomplete)}.\n"
+    return Comparison(rows, s_star, f_star, markdown, curves)
 
 
 def _mean_curve(seeds: dict[int, list[dict[str, Any]]]) -> list[dict[str, Any]]:
