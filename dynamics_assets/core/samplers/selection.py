@@ -133,7 +133,7 @@ def _exact_pass(pool, strata, sizes, base, extra, full_band, *, seed, epoch, str
             b = np.take(base_of_cluster, ids)
             keep = np.flatnonzero(definite | (b > 0))
             mult = b.take(keep) + definite.take(keep)
-        return (keep + start).astype(idt), mult, n_def, cands
+        return (keep + start).astype(idt), mult, n_def, cands, start, start + len(ids)
 
     parts = _map_chunks(pool, kernel)
     n_def_cluster = np.zeros(K, dtype=np.int64)
@@ -161,21 +161,39 @@ def _exact_pass(pool, strata, sizes, base, extra, full_band, *, seed, epoch, str
     realised = (base[strata] * pool.sizes + n_def_cluster
                 + np.bincount(c_cluster[picked], minlength=K))
 
-    indices = np.concatenate([p[0] for p in parts]) if parts else np.empty(0, idt)
-    if has_base:
-        mult = np.concatenate([p[1] for p in parts]).astype(np.uint16)
-    else:
-        mult = np.ones(len(indices), dtype=np.uint16)
-    # Merge the chosen band members: bump those already present (clusters with base ≥ 1),
-    # insert the others, keeping the order.
-    pos = np.searchsorted(indices, chosen)
-    present = np.zeros(len(chosen), dtype=bool)
-    if len(indices):
-        present = (pos < len(indices)) & (indices[np.minimum(pos, len(indices) - 1)] == chosen)
-    mult[pos[present]] += 1
-    new = ~present
-    indices, mult = _insert_sorted(indices, mult, pos[new], chosen[new])
+    indices, mult = _assemble(parts, chosen, idt)
     return indices, mult, realised
+
+
+def _assemble(parts: list, chosen: np.ndarray, idt: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """The plan arrays: each chunk's members merged with the chosen band members of its index
+    range — a chosen sample already present (cluster with ⌊R/N⌋ ≥ 1) gets one more copy, the
+    others are inserted in order. The output is allocated once and filled chunk by chunk, and
+    each chunk's part is released as soon as it is copied, so the peak stays near the output."""
+    merges, total = [], 0
+    for p in parts:
+        idx = p[0]
+        lo, hi = np.searchsorted(chosen, [p[4], p[5]])
+        c = chosen[lo:hi]
+        pos = np.searchsorted(idx, c)
+        present = np.zeros(len(c), dtype=bool)
+        if len(idx):
+            present = (pos < len(idx)) & (idx[np.minimum(pos, len(idx) - 1)] == c)
+        merges.append((c, pos, present))
+        total += len(idx) + int((~present).sum())
+    out_idx = np.empty(total, dtype=idt)
+    out_mult = np.empty(total, dtype=np.uint16)
+    o = 0
+    for k, (c, pos, present) in enumerate(merges):
+        idx, mult = parts[k][0], parts[k][1]
+        mult = np.ones(len(idx), np.uint16) if mult is None else mult.astype(np.uint16)
+        mult[pos[present]] += 1
+        new = ~present
+        idx, mult = _insert_sorted(idx, mult, pos[new], c[new])
+        out_idx[o:o + len(idx)], out_mult[o:o + len(idx)] = idx, mult
+        o += len(idx)
+        parts[k] = None
+    return out_idx, out_mult
 
 
 def _insert_sorted(indices: np.ndarray, mult: np.ndarray, pos: np.ndarray,
