@@ -9,7 +9,7 @@ from ..core.flops import forward_flops_per_pair, train_flops
 from ..core.comparison import collect_reports, compare, write_comparison
 from ..core.learning_curve import learning_curve_table, plot_learning_curve
 from ..core.models import EncoderSpec, load_encoder
-from .metadata import md_table
+from .metadata import md_image, md_table
 from .experiments import EXPERIMENTS, partition_dir, recipe_and_epoch, recipe_epoch_partitions
 from .resources import GpuResource, StorageResource
 from .tracking import MlflowResource
@@ -61,6 +61,7 @@ def eval_report(context: dg.AssetExecutionContext, checkpoint: dict, raw_pairs: 
         "i2t_r1": m["retrieval/i2t_r1"], "t2i_r1": m["retrieval/t2i_r1"], **compute,
         "report": dg.MetadataValue.md(report.to_markdown()),
         "accuracy_vs_frequency": dg.MetadataValue.path(str(files["accuracy_vs_frequency.png"])),
+        "accuracy_vs_frequency_plot": md_image(files["accuracy_vs_frequency.png"], "accuracy vs concept frequency"),
         "mlflow_run": run.url_hint,
     })
     return {"report_dir": str(out), "metrics": dict(m), "epoch": checkpoint["epoch"], "recipe": recipe.key}
@@ -83,6 +84,7 @@ def learning_curve(context: dg.AssetExecutionContext, storage: StorageResource, 
     context.add_output_metadata({
         "curve": md_table(cols, [[row[c] for c in cols] for row in table]),
         "plot": dg.MetadataValue.path(str(paths["png"])), "reports": len(table),
+        "plot_inline": md_image(paths["png"], "learning curves"),
     })
     return {"curve_dir": str(out), "reports": len(table)}
 
@@ -102,6 +104,7 @@ def comparison_report(context: dg.AssetExecutionContext, storage: StorageResourc
             run.log_artifact(path)
     context.add_output_metadata({
         "report": dg.MetadataValue.md(comparison.markdown), "plot": dg.MetadataValue.path(str(paths["png"])),
+        "plot_inline": md_image(paths["png"], "accuracy against compute per recipe"),
         "recipes": len(comparison.rows), "mlflow_run": run.url_hint,
     })
     return {"report_dir": str(out), "recipes": len(comparison.rows)}

@@ -16,6 +16,15 @@ def md_table(header: Sequence[str], rows: Iterable[Sequence], *, max_rows: int =
     return dg.MetadataValue.md("\n".join(lines))
 
 
+def md_image(path, alt: str) -> dg.MarkdownMetadataValue:
+    """A PNG inlined as a data URI, so the UI shows the plot itself (plots here are ~20–60 kB)."""
+    import base64
+    from pathlib import Path
+
+    data = base64.b64encode(Path(path).read_bytes()).decode()
+    return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{data})")
+
+
 def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"

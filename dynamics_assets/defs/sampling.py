@@ -6,7 +6,7 @@ import numpy as np
 from ..core.plots import plot_cluster_scaling
 from ..core.samplers import ClusterPool, make_sampler, write_plan
 from .experiments import Recipe, partition_dir, recipe_and_epoch, recipe_epoch_partitions
-from .metadata import md_table
+from .metadata import md_image, md_table
 from .partitions import epoch_of
 from .resources import StorageResource
 
@@ -46,7 +46,7 @@ def sample_plan(context: dg.AssetExecutionContext, clusters: dict, pair_embeddin
                                 [(int(c), int(plan.cluster_size[c]), float(plan.cluster_expected[c]),
                                   int(plan.cluster_realised[c])) for c in order]),
         "plan_dir": dg.MetadataValue.path(str(out)),
-        "cluster_scaling_plot": dg.MetadataValue.path(str(plot)),
+        "cluster_scaling_plot": md_image(plot, "cluster sizes before and after scaling"),
         "dagster/row_count": int(len(plan.indices)),
     })
     return {"plan_dir": str(out), "epoch": epoch, "recipe": recipe.key, "realised": plan.size,
