@@ -234,5 +234,12 @@ def resolve_budget(budget: float | int, n: int) -> int:
     return int(budget)
 
 
+class DataclassParams:
+    """``params()`` for a sampler that is a dataclass: every field but its name."""
+
+    def params(self) -> dict[str, Any]:
+        return dataclass_params(self)
+
+
 def dataclass_params(obj: Any) -> dict[str, Any]:
     return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj) if f.name != "name"}

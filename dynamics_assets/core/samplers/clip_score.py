@@ -13,12 +13,11 @@ NeurIPS 2023 (CLIP score top 30%); Hessel et al., "CLIPScore", EMNLP 2021.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from ..clustering import EmbeddingStore
-from .base import ClusterPool, Plan, dataclass_params, resolve_budget
+from .base import ClusterPool, Plan, DataclassParams, resolve_budget
 from .pruning import ScoreChunks, embedding_store, keep_top, plan_from_mask, require
 
 ROWS = 16384
@@ -52,7 +51,7 @@ def clip_scores(pool: ClusterPool) -> ScoreChunks:
 
 
 @dataclass(frozen=True)
-class ClipScoreFilter:
+class ClipScoreFilter(DataclassParams):
     fraction: float = 0.3
     name: str = "clip_score"
     dynamic: bool = False
@@ -60,9 +59,6 @@ class ClipScoreFilter:
     def __post_init__(self) -> None:
         if not 0.0 < self.fraction <= 1.0:
             raise ValueError(f"fraction must lie in (0, 1], got {self.fraction}")
-
-    def params(self) -> dict[str, Any]:
-        return dataclass_params(self)
 
     def keep_mask(self, pool: ClusterPool, *, seed: int) -> np.ndarray:
         require(pool, "CLIP-score filtering", embeddings=True)

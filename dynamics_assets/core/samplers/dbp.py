@@ -17,13 +17,12 @@ based on complexity of concept clusters", ICLR 2024 (arXiv 2401.04578).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from ..cluster_stats import d_inter
 from .allocation import allocate
-from .base import ClusterPool, Plan, dataclass_params, resolve_budget
+from .base import ClusterPool, Plan, DataclassParams, resolve_budget
 from .pruning import distance_scores, keep_top, plan_from_mask, require
 
 
@@ -57,7 +56,7 @@ def dbp_quotas(sizes: np.ndarray, complexity: np.ndarray, budget: int, tau: floa
 
 
 @dataclass(frozen=True)
-class DBPPruning:
+class DBPPruning(DataclassParams):
     budget: float | int = 0.5
     tau: float = 0.5
     l_nearest: int = 20
@@ -69,9 +68,6 @@ class DBPPruning:
             raise ValueError(f"tau must be > 0, got {self.tau}")
         if self.l_nearest < 1:
             raise ValueError(f"l_nearest must be ≥ 1, got {self.l_nearest}")
-
-    def params(self) -> dict[str, Any]:
-        return dataclass_params(self)
 
     def complexity(self, pool: ClusterPool) -> np.ndarray:
         """C_c = d_intra_c · d_inter_c."""

@@ -25,13 +25,12 @@ probability T/N, and the sampler returns exactly the uniform sampler's plan.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from . import selection
 from .allocation import allocate
-from .base import ClusterPool, Plan, dataclass_params, resolve_budget
+from .base import ClusterPool, Plan, DataclassParams, resolve_budget
 from .uniform import UniformSampler
 
 STREAM = 2
@@ -67,7 +66,7 @@ def reference_probabilities(sizes: np.ndarray, budget: int, alpha: float) -> np.
 
 
 @dataclass(frozen=True)
-class DynamicsSampler:
+class DynamicsSampler(DataclassParams):
     budget: float | int = 0.5
     alpha: float = 0.2
     mode: str = "exact"
@@ -82,9 +81,6 @@ class DynamicsSampler:
             raise ValueError(f"alpha must lie in [0, 1], got {self.alpha}")
         if self.max_repeat < 1:
             raise ValueError("max_repeat must be ≥ 1")
-
-    def params(self) -> dict[str, Any]:
-        return dataclass_params(self)
 
     def draw(self, pool: ClusterPool, *, epoch: int, seed: int) -> Plan:
         if self.alpha == 1.0:

@@ -11,13 +11,12 @@ Chuang et al., "MetaCLIP 2: A Worldwide Scaling Recipe", 2025.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from . import selection
 from .allocation import allocate
-from .base import ClusterPool, Plan, dataclass_params, resolve_budget
+from .base import ClusterPool, Plan, DataclassParams, resolve_budget
 
 STREAM = 3
 
@@ -34,7 +33,7 @@ def flat_targets(sizes: np.ndarray, *, t: int | None = None, budget: int | None 
 
 
 @dataclass(frozen=True)
-class FlattenSampler:
+class FlattenSampler(DataclassParams):
     t: int | None = None
     budget: float | int | None = None
     name: str = "flatten"
@@ -45,9 +44,6 @@ class FlattenSampler:
             raise ValueError("flatten needs exactly one of a cap t or a budget")
         if self.t is not None and (isinstance(self.t, bool) or int(self.t) != self.t or self.t < 1):
             raise ValueError(f"the cap t must be an integer ≥ 1, got {self.t!r}")
-
-    def params(self) -> dict[str, Any]:
-        return dataclass_params(self)
 
     def draw(self, pool: ClusterPool, *, epoch: int, seed: int) -> Plan:
         sizes = pool.sizes

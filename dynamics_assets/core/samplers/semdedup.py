@@ -21,12 +21,12 @@ through semantic deduplication", 2023 (arXiv 2303.09540); code facebookresearch/
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
 from ..clustering import EmbeddingStore
-from .base import ClusterPool, Plan, dataclass_params, resolve_budget
+from .base import ClusterPool, Plan, DataclassParams, resolve_budget
 from .pruning import embedding_store, members_by_cluster, plan_from_mask, require, uniform_subset, valid_mask
 
 STREAM = 4
@@ -68,7 +68,7 @@ def _tiles(xi: np.ndarray, i0: int, xj: np.ndarray, j0: int, best: np.ndarray, t
 
 
 @dataclass(frozen=True)
-class SemDeDup:
+class SemDeDup(DataclassParams):
     epsilon: float = 0.05
     budget: float | int | None = None
     embedding: str = "image"
@@ -82,9 +82,6 @@ class SemDeDup:
             raise ValueError(f"epsilon must lie in [0, 1), got {self.epsilon}")
         if not 1 <= self.tile <= self.panel:
             raise ValueError(f"need 1 ≤ tile ≤ panel, got tile={self.tile}, panel={self.panel}")
-
-    def params(self) -> dict[str, Any]:
-        return dataclass_params(self)
 
     def duplicates(self, pool: ClusterPool) -> np.ndarray:
         """Sorted indices of the samples SemDeDup removes."""

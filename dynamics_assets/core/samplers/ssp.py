@@ -14,11 +14,10 @@ scaling via data pruning", NeurIPS 2022.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
-from .base import ClusterPool, Plan, dataclass_params, resolve_budget
+from .base import ClusterPool, Plan, DataclassParams, resolve_budget
 from .flatten import flat_targets
 from .pruning import distance_scores, keep_top, plan_from_mask, require
 
@@ -26,7 +25,7 @@ KEEP = ("hard", "easy")
 
 
 @dataclass(frozen=True)
-class SSPPruning:
+class SSPPruning(DataclassParams):
     budget: float | int = 0.5
     keep: str = "hard"
     balanced: bool = True
@@ -36,9 +35,6 @@ class SSPPruning:
     def __post_init__(self) -> None:
         if self.keep not in KEEP:
             raise ValueError(f"SSP keep must be one of {KEEP}, got {self.keep!r}")
-
-    def params(self) -> dict[str, Any]:
-        return dataclass_params(self)
 
     def quotas(self, pool: ClusterPool) -> np.ndarray:
         """Per-cluster quotas (balanced) or the single global quota [T]."""

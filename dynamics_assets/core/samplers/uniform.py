@@ -11,18 +11,17 @@ Source: the standard baseline of DataComp (Gadre et al., 2023) and of the Dynami
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from . import selection
-from .base import ClusterPool, Plan, dataclass_params, resolve_budget
+from .base import ClusterPool, Plan, DataclassParams, resolve_budget
 
 STREAM = 1
 
 
 @dataclass(frozen=True)
-class UniformSampler:
+class UniformSampler(DataclassParams):
     budget: float | int = 1.0
     mode: str = "exact"
     redraw: bool = True
@@ -35,9 +34,6 @@ class UniformSampler:
     @property
     def dynamic(self) -> bool:
         return self.redraw
-
-    def params(self) -> dict[str, Any]:
-        return dataclass_params(self)
 
     def draw(self, pool: ClusterPool, *, epoch: int, seed: int) -> Plan:
         n = pool.n_valid
