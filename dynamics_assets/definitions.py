@@ -4,6 +4,8 @@ from __future__ import annotations
 import dagster as dg
 
 from .defs import checks, clustering, embeddings, evaluation, raw_data, sampling, training
+from .defs.schedules import schedules
+from .defs.sensors import sensors
 from .defs.jobs import jobs
 from .defs.resources import default_resources
 
@@ -12,4 +14,6 @@ defs = dg.Definitions(
     asset_checks=checks.asset_checks,
     resources=default_resources(),
     jobs=jobs,
+    schedules=schedules,
+    sensors=sensors,
 )

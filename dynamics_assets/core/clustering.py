@@ -25,7 +25,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal, NamedTuple
+from typing import Iterable, Iterator, Literal, NamedTuple
 
 import faiss
 import numpy as np
@@ -311,6 +311,7 @@ class AssignmentSummary:
     n_empty_clusters: int
     seconds: float
     rows_per_s: float
+    mean_distance: float  # mean 1 - cos to the nearest centroid over the assigned rows (NaN if none)
 
 
 def _centroid_index(centroids: np.ndarray, gpu: bool) -> faiss.Index:
@@ -374,6 +375,7 @@ def assign(
     out = Path(out_dir)
     sizes = np.zeros(len(c), dtype=np.int64)
     n_non_finite = n_zero_norm = 0
+    distance_sum = 0.0
     t0 = time.perf_counter()
     with contextlib.ExitStack() as stack:
         tmp = {name: stack.enter_context(atomic_path(out / name)) for name in (
@@ -393,6 +395,7 @@ def assign(
             if not result.valid.all():
                 quarantine.write_table(_quarantine_table(sample_index, sample_ids, result))
             sizes += np.bincount(result.cluster_id[result.valid], minlength=len(c))
+            distance_sum += float(result.distance[result.valid].sum(dtype=np.float64))
             n_non_finite += int(result.non_finite.sum())
             n_zero_norm += int(result.zero_norm.sum())
     save_npy(out / "centroids.npy", c)
@@ -401,7 +404,28 @@ def assign(
         n=len(store), k=len(c), n_quarantined=n_non_finite + n_zero_norm, n_non_finite=n_non_finite,
         n_zero_norm=n_zero_norm, n_empty_clusters=int((sizes == 0).sum()), seconds=seconds,
         rows_per_s=len(store) / seconds if seconds > 0 else 0.0,
+        mean_distance=distance_sum / n_valid if (n_valid := int(sizes.sum())) else float("nan"),
     )
+
+
+def mean_distance(store: EmbeddingStore, centroids: np.ndarray, shards: Iterable[str], *,
+                  batch_size: int = 65536, use_gpu: UseGpu = "auto") -> tuple[int, float]:
+    """``(rows, mean 1 - cos to the nearest centroid)`` over the valid rows of the named shards
+    (streamed; the mean is NaN when there is no valid row)."""
+    wanted = set(shards)
+    unknown = wanted - set(store.shards)
+    if unknown:
+        raise ValueError(f"shards not in {store.root}: {sorted(unknown)[:5]}")
+    index = _centroid_index(_l2_normalised(centroids, store.dim), _resolve_gpu(use_gpu))
+    rows, total = 0, 0.0
+    for shard in store.shards:
+        if shard not in wanted:
+            continue
+        for _, view in _npy_slices(store.embedding_path(shard), batch_size):
+            result = _assign_batch(index, view)
+            rows += int(result.valid.sum())
+            total += float(result.distance[result.valid].sum(dtype=np.float64))
+    return rows, (total / rows if rows else float("nan"))
 
 
 def cluster_sizes(cluster_id_path: str | Path, k: int, *, chunk_rows: int = 1 << 22) -> np.ndarray:

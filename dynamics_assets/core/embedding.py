@@ -9,8 +9,9 @@ For each shard (pool order) the ok pairs' images and captions are encoded in bat
                            meta.json      encoder identity, shard, n, dim, invalid_rows
 
 A shard directory is written with ``atomic_dir``: it exists complete or not at all. A rerun skips a
-directory whose meta.json matches the encoder identity and whose ids equal the manifest's ok ids,
-and recomputes any other. A row that is not finite or has zero norm is written as zeros and listed
+directory whose meta.json matches the encoder identity and whose ids equal the manifest's ok ids;
+when the manifest's ok ids are a subset of the stored ones (a shard that landed later made some of
+its rows duplicates) the kept rows are copied without encoding anything; any other is recomputed. A row that is not finite or has zero norm is written as zeros and listed
 under ``invalid_rows`` ({"image": [row, ...], "text": [...]}) for the clustering step to quarantine.
 Decoding, preprocessing and tokenising of the next batches run in worker threads while the model
 encodes the current one.
@@ -49,6 +50,7 @@ class EmbedSummary:
     invalid_rows: int  # rows with a non-finite or zero image or text embedding, skipped shards included
     dim: int
     seconds: float
+    shards_subset: int = 0  # shards rewritten from their stored rows (some rows became duplicates)
 
 
 def embed_shards(
@@ -69,20 +71,22 @@ def embed_shards(
     started = time.perf_counter()
     enc = encoder if isinstance(encoder, Encoder) else load_encoder(encoder, device)
     todo = _chosen(pool_shards(manifest_dir), shards)
-    embedded = pairs = invalid = 0
+    embedded = pairs = invalid = subset = 0
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for shard in todo:
             dest = Path(out_dir) / shard.stem
             ids = ok_sample_ids(shard)
             meta = _current_meta(dest, enc, ids)
-            if meta is None:
+            if meta is None and (meta := _subset_of_existing(dest, enc, ids)) is not None:
+                subset += 1
+            elif meta is None:
                 with atomic_dir(dest) as tmp:
                     meta = _embed_shard(enc, shard, Path(shards_dir), ids, tmp, batch_size, pool, workers)
                 embedded += 1
                 pairs += len(ids)
             invalid += len(set(meta["invalid_rows"]["image"]) | set(meta["invalid_rows"]["text"]))
-    return EmbedSummary(len(todo), embedded, len(todo) - embedded, pairs, invalid, enc.embed_dim,
-                        time.perf_counter() - started)
+    return EmbedSummary(len(todo), embedded, len(todo) - embedded - subset, pairs, invalid, enc.embed_dim,
+                        time.perf_counter() - started, subset)
 
 
 def _chosen(all_shards: list[PoolShard], names: Iterable[str] | None) -> list[PoolShard]:
@@ -110,6 +114,34 @@ def _current_meta(dest: Path, enc: Encoder, ids: np.ndarray) -> dict[str, Any] |
     shapes = {np.load(dest / f, mmap_mode="r").shape for f in ("image.npy", "text.npy")}
     if shapes != {(len(ids), enc.embed_dim)} or not np.array_equal(np.load(dest / "sample_id.npy"), ids):
         return None
+    return meta
+
+
+def _subset_of_existing(dest: Path, enc: Encoder, ids: np.ndarray) -> dict[str, Any] | None:
+    """Rewrite ``dest`` keeping the rows of ``ids`` when they are an ordered subset of the rows it
+    holds from this encoder (nothing is encoded); None, touching nothing, when they are not."""
+    if not all((dest / f).is_file() for f in FILES):
+        return None
+    try:
+        meta = json.loads((dest / "meta.json").read_text())
+    except json.JSONDecodeError:
+        return None
+    if meta.get("encoder") != enc.identity or meta.get("dim") != enc.embed_dim:
+        return None
+    where = {sid: i for i, sid in enumerate(np.load(dest / "sample_id.npy").tolist())}
+    if any(sid not in where for sid in ids.tolist()):
+        return None
+    pos = np.array([where[sid] for sid in ids.tolist()], dtype=np.int64)
+    if len(pos) and np.any(np.diff(pos) <= 0):
+        return None
+    remap = {int(old): new for new, old in enumerate(pos.tolist())}
+    with atomic_dir(dest) as tmp:
+        for name in ("image.npy", "text.npy"):
+            np.save(tmp / name, np.load(dest / name, mmap_mode="r")[pos], allow_pickle=False)
+        np.save(tmp / "sample_id.npy", ids, allow_pickle=False)
+        meta = {**meta, "n": len(ids), "invalid_rows": {
+            kind: [remap[r] for r in rows if r in remap] for kind, rows in meta["invalid_rows"].items()}}
+        write_json(tmp / "meta.json", meta)
     return meta
 
 

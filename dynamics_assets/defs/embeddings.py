@@ -1,13 +1,20 @@
-"""Stage 2 — embeddings: a small open_clip reference model trained on the raw pairs, and the
-L2-normalised image and text embeddings of every valid pair (written per shard, resumable)."""
+"""Stage 2 — embeddings: a small open_clip reference model trained on the raw pairs, the
+L2-normalised image and text embeddings of every valid pair (written per shard, resumable), and
+the embeddings of each shard that lands later (one dynamic partition per shard)."""
 
+from dataclasses import asdict
+from pathlib import Path
 from typing import Optional
 
 import dagster as dg
 
 from ..core.embedding import embed_shards
+from ..core.landing import tar_problem
+from ..core.manifest import build_manifest
 from ..core.models import EncoderSpec
 from ..core.training import train_reference_model
+from .metadata import md_table
+from .partitions import raw_shard_partitions
 from .resources import GpuResource, StorageResource
 
 GROUP = "embeddings"
@@ -66,4 +73,39 @@ def pair_embeddings(context: dg.AssetExecutionContext, config: EmbeddingConfig, 
         "invalid_rows": summary.invalid_rows, "seconds": round(summary.seconds, 2),
         "dagster/row_count": raw_pairs["n_ok"],
     })
-    return {"embeddings_dir": str(out), "encoder": spec.model_name, "n": raw_pairs["n_ok"], "dim": summary.dim}
+    return {"embeddings_dir": str(out), "encoder": spec.model_name, "n": raw_pairs["n_ok"], "dim": summary.dim,
+            "spec": asdict(spec)}
+
+
+@dg.asset(group_name=GROUP, partitions_def=raw_shard_partitions, kinds={"pytorch", "numpy"}, pool="gpu")
+def shard_embeddings(context: dg.AssetExecutionContext, raw_pairs: dict, pair_embeddings: dict,
+                     storage: StorageResource, gpu: GpuResource) -> dict:
+    """One shard that landed in the pool's folder after curation: checked to be a complete tar,
+    manifested into the pool (quarantine and cross-shard duplicates included) and embedded alone,
+    with the encoder that embedded the pool. No other shard is re-embedded; the re-curation that
+    follows refreshes clusters, statistics and the coming epochs' plans."""
+    shard = context.partition_key
+    shards_dir = Path(raw_pairs["shards_dir"])
+    path = shards_dir / shard
+    if not path.is_file():
+        raise dg.Failure(f"shard {shard} is registered but {path} does not exist")
+    if (problem := tar_problem(path)) is not None:
+        raise dg.Failure(f"shard {path} is not a complete tar: {problem}")
+    manifest = build_manifest([path], raw_pairs["manifest_dir"])
+    counts = next(c for c in manifest.per_shard if c.shard == shard)
+    spec = pair_embeddings.get("spec")
+    if spec is None:
+        raise dg.Failure("pair_embeddings was materialised by an older version that did not record its "
+                         "encoder: re-materialise pair_embeddings first")
+    summary = embed_shards(EncoderSpec(**spec), raw_pairs["manifest_dir"], shards_dir,
+                           pair_embeddings["embeddings_dir"], shards=[shard], device=gpu.resolved_device())
+    touched = sorted(set(manifest.rewritten_shards) - {shard})
+    context.add_output_metadata({
+        "shard": shard, "pairs": counts.rows, "ok": counts.ok, "quarantined": counts.quarantined,
+        "quarantine_reasons": md_table(["reason", "pairs"], sorted(counts.by_reason.items())),
+        "pairs_embedded": summary.pairs_embedded, "already_embedded": summary.shards_skipped > 0,
+        "encoder": spec["model_name"], "seconds": round(summary.seconds, 2),
+        "other_shards_with_new_duplicates": dg.MetadataValue.json(touched),
+        "dagster/row_count": counts.rows,
+    })
+    return {"shard": shard, "ok": counts.ok, "pairs": counts.rows, "pairs_embedded": summary.pairs_embedded}

@@ -12,12 +12,14 @@ from typing import Any
 
 import dagster as dg
 import yaml
+from dagster._utils.schedules import is_valid_cron_string  # no public equivalent in dagster 1.13
 
 from .partitions import epoch_partitions
 
 DEFAULT_PATH = Path(__file__).resolve().parents[2] / "data" / "experiments.yaml"
 BUILTIN = {"default_recipe": "dynamics-50", "seeds": [0],
            "recipes": {"dynamics-50": {"sampler": {"strategy": "dynamics", "budget": 0.5, "alpha": 0.2}}}}
+DEFAULT_RECURATION_CRON = "0 2 * * *"  # nightly, 02:00 UTC
 
 
 @dataclass(frozen=True)
@@ -33,13 +35,25 @@ class Recipe:
 
 
 @dataclass(frozen=True)
+class Recuration:
+    cron: str = DEFAULT_RECURATION_CRON
+    recipes: tuple[str, ...] = ()  # recipe names whose coming epochs are redrawn after a re-curation
+
+
+@dataclass(frozen=True)
 class Experiments:
     recipes: dict[str, Recipe]  # by partition key
     default_recipe: str
+    recuration: Recuration = Recuration()
 
     @property
     def default_keys(self) -> list[str]:
         return [k for k, r in self.recipes.items() if r.name == self.default_recipe][:1]
+
+    @property
+    def recuration_keys(self) -> list[str]:
+        """Partition keys (every seed) of the recipes redrawn after a re-curation."""
+        return [k for k, r in self.recipes.items() if r.name in self.recuration.recipes]
 
 
 def load_experiments(path: str | os.PathLike | None = None) -> Experiments:
@@ -58,7 +72,14 @@ def load_experiments(path: str | os.PathLike | None = None) -> Experiments:
     default = spec.get("default_recipe", next(iter(spec["recipes"])))
     if default not in spec["recipes"]:
         raise ValueError(f"{path}: default_recipe {default!r} is not a recipe")
-    return Experiments(recipes, default)
+    recuration = spec.get("recuration") or {}
+    names = tuple(recuration.get("recipes", [default]))
+    if unknown := [n for n in names if n not in spec["recipes"]]:
+        raise ValueError(f"{path}: recuration.recipes names unknown recipes {unknown}")
+    cron = str(recuration.get("cron", DEFAULT_RECURATION_CRON))
+    if not is_valid_cron_string(cron):
+        raise ValueError(f"{path}: recuration.cron {cron!r} is not a cron expression")
+    return Experiments(recipes, default, Recuration(cron, names))
 
 
 EXPERIMENTS = load_experiments()

@@ -1,14 +1,28 @@
-"""Jobs: curate the pool (raw data → clusters → statistics), then draw each epoch's plan."""
+"""Jobs: curate the pool (raw data → clusters → statistics), ingest a landed shard, re-curate,
+draw each epoch's plan, train, report."""
 from __future__ import annotations
 
 import dagster as dg
 
-
 CURATION_GROUPS = ("raw_data", "embeddings", "clustering")
+_PER_SHARD = dg.AssetSelection.assets("shard_embeddings")
 
 curate_pool_job = dg.define_asset_job(
-    "curate_pool", selection=dg.AssetSelection.groups(*CURATION_GROUPS),
+    "curate_pool", selection=dg.AssetSelection.groups(*CURATION_GROUPS) - _PER_SHARD,
     description="Raw shards → manifest → reference model → embeddings → clusters → statistics.")
+
+ingest_shard_job = dg.define_asset_job(
+    "ingest_shard", selection=_PER_SHARD,
+    description="One landed shard (partition raw_shard): checked complete, manifested into the pool, "
+                "embedded alone with the pool's encoder.")
+
+recurate_pool_job = dg.define_asset_job(
+    "recurate_pool",
+    selection=dg.AssetSelection.groups(*CURATION_GROUPS) - _PER_SHARD - dg.AssetSelection.assets("reference_model"),
+    description="Re-curation on the grown pool with the same encoder (the reference model is not re-trained): "
+                "manifest, embeddings of shards not yet embedded, clusters refreshed (centroids kept "
+                "unless the new data drifts), statistics. The coming epochs' plans follow "
+                "(sensor replan_after_recuration).")
 
 epoch_plan_job = dg.define_asset_job(
     "draw_epoch_plan", selection=dg.AssetSelection.groups("sampling"),
@@ -23,4 +37,4 @@ report_job = dg.define_asset_job(
     "report_recipes", selection=dg.AssetSelection.assets("learning_curve", "comparison_report"),
     description="Learning curves and the side-by-side comparison of every evaluated recipe.")
 
-jobs = [curate_pool_job, epoch_plan_job, train_epoch_job, report_job]
+jobs = [curate_pool_job, ingest_shard_job, recurate_pool_job, epoch_plan_job, train_epoch_job, report_job]

@@ -34,3 +34,8 @@ def epoch_of(partition_key: str) -> int:
     if prefix != "epoch" or not number.isdigit():
         raise ValueError(f"not an epoch partition key: {partition_key!r}")
     return int(number)
+
+
+# One key per raw shard that landed after the pool was curated (the file name, e.g.
+# "shard-00010.tar"), added by the landing sensor when the shard is complete and settled.
+raw_shard_partitions = dg.DynamicPartitionsDefinition(name="raw_shard")
