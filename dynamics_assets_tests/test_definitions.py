@@ -21,7 +21,8 @@ def test_lineage_and_groups():
     assert deps["raw_pairs"] == {"raw_shards"}
     assert deps["reference_model"] == {"raw_pairs"}
     assert deps["pair_embeddings"] == {"raw_pairs", "reference_model"}
-    assert deps["clusters"] == {"pair_embeddings"}
+    assert deps["shard_embeddings"] == {"raw_pairs", "pair_embeddings"}
+    assert deps["clusters"] == {"pair_embeddings", "shard_embeddings"}
     assert deps["cluster_stats"] == {"clusters", "raw_pairs"}
     assert deps["sample_plan"] == {"clusters", "cluster_stats", "pair_embeddings"}
     assert deps["checkpoint"] == {"sample_plan", "raw_pairs", "reference_model", "checkpoint"}
@@ -29,6 +30,7 @@ def test_lineage_and_groups():
     assert deps["comparison_report"] == {"eval_report"} and deps["learning_curve"] == {"eval_report"}
     groups = {key.to_user_string(): graph.get(key).group_name for key in graph.get_all_asset_keys()}
     assert groups["raw_pairs"] == "raw_data" and groups["pair_embeddings"] == "embeddings"
+    assert groups["shard_embeddings"] == "embeddings"
     assert groups["clusters"] == "clustering" and groups["sample_plan"] == "sampling"
     assert groups["checkpoint"] == "training" and groups["eval_report"] == "evaluation"
 
@@ -61,3 +63,31 @@ def test_experiments_file_expands_recipes_by_seed(tmp_path):
     (tmp_path / "bad.yaml").write_text("recipes:\n  x.y: {sampler: {strategy: uniform}}\n")
     with pytest.raises(ValueError, match="may not contain"):
         load_experiments(tmp_path / "bad.yaml")
+
+
+def test_recuration_settings_and_jobs(tmp_path):
+    import pytest
+
+    from dynamics_assets.defs.experiments import EXPERIMENTS, load_experiments
+
+    assert EXPERIMENTS.recuration.cron == "0 2 * * *" and EXPERIMENTS.recuration_keys
+    (tmp_path / "e.yaml").write_text(
+        "seeds: [0, 1]\nrecipes:\n  a: {sampler: {strategy: uniform}}\n  b: {sampler: {strategy: uniform}}\n")
+    exp = load_experiments(tmp_path / "e.yaml")
+    assert exp.recuration.cron == "0 2 * * *" and exp.recuration_keys == ["a.s0", "a.s1"], "default recipe"
+    (tmp_path / "bad.yaml").write_text("recipes:\n  a: {sampler: {strategy: uniform}}\nrecuration: {recipes: [zz]}\n")
+    with pytest.raises(ValueError, match="unknown recipes"):
+        load_experiments(tmp_path / "bad.yaml")
+    (tmp_path / "cron.yaml").write_text("recipes:\n  a: {sampler: {strategy: uniform}}\nrecuration: {cron: nightly}\n")
+    with pytest.raises(ValueError, match="cron"):
+        load_experiments(tmp_path / "cron.yaml")
+
+    def selected(job):
+        return {k.to_user_string() for k in defs.resolve_job_def(job).asset_layer.executable_asset_keys}
+
+    assert selected("recurate_pool") == {"raw_shards", "raw_pairs", "pair_embeddings", "clusters", "cluster_stats"}
+    assert selected("ingest_shard") == {"shard_embeddings"}
+    assert "shard_embeddings" not in selected("curate_pool") and "reference_model" in selected("curate_pool")
+    schedule = defs.resolve_schedule_def("nightly_recuration")
+    assert schedule.cron_schedule == EXPERIMENTS.recuration.cron and schedule.job_name == "recurate_pool"
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING

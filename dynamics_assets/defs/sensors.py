@@ -83,7 +83,7 @@ def replan_after_recuration(context: dg.SensorEvaluationContext, asset_event: dg
     if not keys:
         return dg.SkipReason(f"no coming epoch to redraw for {EXPERIMENTS.recuration_keys} "
                              "(not started, or every epoch trained)")
-    return [dg.RunRequest(partition_key=key, run_key=f"replan:{asset_event.storage_id}:{key}",
+    return [dg.RunRequest(partition_key=key, run_key=f"replan:{asset_event.run_id}:{key}",
                           tags={"dynamics/trigger": "recuration"}) for key in keys]
 
 

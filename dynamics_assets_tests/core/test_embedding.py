@@ -104,3 +104,45 @@ def test_unknown_shard_names_are_rejected(encoder, pool):
     manifest_dir, shards_dir, _, out = pool
     with pytest.raises(ValueError, match="shard-009"):
         embed_shards(encoder, manifest_dir, shards_dir, out, shards=["shard-009"])
+
+
+def test_rows_that_left_the_manifest_are_dropped_without_encoding(encoder, pool):
+    """A shard whose ok ids became an ordered subset of its stored ids (a later shard made some of its
+    rows duplicates) is rewritten from its stored rows: nothing is encoded."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    manifest_dir, shards_dir, _, out = pool
+    embed_shards(encoder, manifest_dir, shards_dir, out, batch_size=8)
+    dest = out / "shard-002"
+    old_image, old_text = np.load(dest / "image.npy"), np.load(dest / "text.npy")
+    old_ids = np.load(dest / "sample_id.npy")
+    assert len(old_ids) == 13
+    meta = json.loads((dest / "meta.json").read_text())
+    meta["invalid_rows"] = {"image": [4, 5], "text": [12]}  # 5 and 12 leave, 4 becomes row 3
+    (dest / "meta.json").write_text(json.dumps(meta))
+    others = {p: t for p, t in _mtimes(out).items() if p.parts[0] != "shard-002"}
+
+    # rows 2, 5 and 12 of shard-002 become duplicates of rows of a later shard
+    path = manifest_dir / "shard-002.parquet"
+    table = pq.read_table(path)
+    dropped = pc.is_in(table["row"], pa.array([2, 5, 12], pa.int32()))
+    status = pc.if_else(dropped, pa.scalar("quarantined"), table["status"])
+    pq.write_table(table.set_column(table.schema.get_field_index("status"), "status", status), path)
+    keep = np.array([i for i in range(13) if i not in (2, 5, 12)])
+
+    summary = embed_shards(encoder, manifest_dir, shards_dir, out, batch_size=8)
+    assert (summary.shards_subset, summary.shards_embedded, summary.shards_skipped) == (1, 0, 2)
+    assert summary.pairs_embedded == 0 and summary.invalid_rows == 1
+    np.testing.assert_array_equal(np.load(dest / "sample_id.npy"), old_ids[keep])
+    np.testing.assert_array_equal(np.load(dest / "image.npy"), old_image[keep])
+    np.testing.assert_array_equal(np.load(dest / "text.npy"), old_text[keep])
+    meta = json.loads((dest / "meta.json").read_text())
+    assert meta["n"] == 10 and meta["encoder"] == encoder.identity
+    assert meta["invalid_rows"] == {"image": [3], "text": []}
+    assert {p: t for p, t in _mtimes(out).items() if p.parts[0] != "shard-002"} == others
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary directory left
+
+    again = embed_shards(encoder, manifest_dir, shards_dir, out, batch_size=8)
+    assert (again.shards_subset, again.shards_embedded, again.shards_skipped) == (0, 0, 3)
