@@ -3,6 +3,7 @@ re-curation."""
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import dagster as dg
@@ -14,7 +15,8 @@ from .partitions import raw_shard_partitions
 from .recuration import (coming_plan_keys, last_curation_config, pool_embeddings_dir, pool_shards_dir,
                          runs_in_flight)
 
-LANDING_INTERVAL_S = 60
+# How often the daemon lists the landing folder (a shard needs two looks to settle).
+LANDING_INTERVAL_S = int(os.environ.get("DYNAMICS_LANDING_INTERVAL_S", "60"))
 
 
 @dg.sensor(name="raw_shard_sensor", jobs=[ingest_shard_job, recurate_pool_job],

@@ -10,6 +10,9 @@
    until the run page says Success; the GraphQL API confirms the run, the partition's
    materialisation and its blocking plan check. A screenshot of the succeeded run goes to a tmp
    path, and to docs/ui-screenshot.png when ``UPDATE_SCREENSHOT=1``.
+4. The daemon of that same ``dagster dev``: a shard dropped into the pool's folder is registered by
+   ``raw_shard_sensor`` (ticking every 10 s here), ingested by an ``ingest_shard`` run and followed by
+   a ``recurate_pool`` run, both succeeding.
 
 Never downloads a browser: Playwright drives /usr/bin/chromium (``scripts/install_browser.sh``).
 """
@@ -43,6 +46,7 @@ LINEAGE = ("raw_shards", "raw_pairs", "reference_model", "pair_embeddings", "clu
 EPOCH = "epoch-001"
 UI_START_TIMEOUT_S = 180
 RUN_TIMEOUT_S = 240
+LANDING_INTERVAL_S = 10  # the landing sensor's tick in this test (60 s by default)
 SCREENSHOT = ROOT / "docs" / "ui-screenshot.png"
 
 pytestmark = [
@@ -139,7 +143,8 @@ def make_instance(tmp: Path) -> dict[str, str]:
     shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
     with open(home / "dagster.yaml", "a") as f:  # no "join the community" dialog over the pages
         f.write("\nnux:\n  enabled: false\n")
-    return {**os.environ, "DAGSTER_HOME": str(home), "DYNAMICS_DATA_DIR": str(data), "DYNAMICS_DEVICE": "cpu"}
+    return {**os.environ, "DAGSTER_HOME": str(home), "DYNAMICS_DATA_DIR": str(data), "DYNAMICS_DEVICE": "cpu",
+            "DYNAMICS_LANDING_INTERVAL_S": str(LANDING_INTERVAL_S)}
 
 
 def materialise_spine(env: dict[str, str]) -> None:
@@ -176,7 +181,7 @@ def ui(tmp_path_factory) -> Iterator[dict]:
     try:
         wait_until(lambda: serves_code_location(url), UI_START_TIMEOUT_S, "dagster dev serving the code location", log)
         timings["ui_start_s"] = time.monotonic() - started
-        yield {"url": url, "log": log, "timings": timings}
+        yield {"url": url, "log": log, "timings": timings, "data": Path(env["DYNAMICS_DATA_DIR"]), "tmp": tmp}
     finally:
         started = time.monotonic()
         stop_group(proc)
@@ -232,7 +237,7 @@ def choose_partition(page: Page, choice: dict[str, str]) -> None:
 def runs(url: str, **runs_filter: Any) -> list[dict]:
     """Runs matching a GraphQL RunsFilter, e.g. ``runIds=[...]`` or ``tags=[{key, value}]``."""
     query = """query($filter: RunsFilter) { runsOrError(filter: $filter) { ... on Runs {
-        results { runId status tags { key value } } } } }"""
+        results { runId status jobName tags { key value } } } } }"""
     return graphql(url, query, {"filter": runs_filter})["runsOrError"]["results"]
 
 
@@ -300,3 +305,31 @@ def test_materialize_one_partition_of_sample_plan_from_the_ui(ui, page, tmp_path
     execution = plan_check["executionForLatestMaterialization"]
     assert plan_check["blocking"] and execution["status"] == "SUCCEEDED" and execution["runId"] == run["runId"]
     assert execution["evaluation"] == {"success": True, "partition": expected_key}
+
+
+def test_daemon_ingests_a_landed_shard_then_recurates(ui):
+    """The real daemon: a shard landing in the pool's folder is registered by raw_shard_sensor,
+    ingested by one ingest_shard run, followed by one recurate_pool run."""
+    from dynamics_assets.core.synthetic import generate
+
+    url = ui["url"]
+    other = generate(ui["tmp"] / "other", pairs=480, seed=11, samples_per_shard=160, eval_per_concept=1)
+    target = ui["data"] / "raw" / "shards" / "shard-00099.tar"
+    partial = target.with_name(".shard-00099.tar")  # a writer's temporary name: ignored
+    shutil.copy(other.shards[0], partial)
+    os.replace(partial, target)
+    started = time.monotonic()
+
+    def succeeded(job: str) -> list[dict] | None:
+        found = runs(url, pipelineName=job)
+        bad = [r for r in found if r["status"] in ("FAILURE", "CANCELED")]
+        assert not bad, f"{job} runs failed: {bad}\n{tail(ui['log'])}"
+        return found if found and all(r["status"] == "SUCCESS" for r in found) else None
+
+    [ingest] = wait_until(lambda: succeeded("ingest_shard"), 6 * RUN_TIMEOUT_S, "the landed shard ingested", ui["log"])
+    assert {t["key"]: t["value"] for t in ingest["tags"]}["dagster/partition"] == target.name
+    [recurate] = wait_until(lambda: succeeded("recurate_pool"), 3 * RUN_TIMEOUT_S, "the re-curation", ui["log"])
+    assert {t["key"]: t["value"] for t in recurate["tags"]}["dynamics/trigger"] == "new_shards"
+    ui["timings"]["landing_to_recuration_s"] = time.monotonic() - started
+    # The redraw of the coming epochs that follows (replan_after_recuration) is tested against a
+    # real instance in test_recuration.py; waiting for its runs here would add ~2 min on 2 cores.
