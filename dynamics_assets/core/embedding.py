@@ -100,16 +100,24 @@ def _chosen(all_shards: list[PoolShard], names: Iterable[str] | None) -> list[Po
     return chosen
 
 
-def _current_meta(dest: Path, enc: Encoder, ids: np.ndarray) -> dict[str, Any] | None:
-    """The meta of a complete shard directory made by this encoder for exactly these ok sample
-    ids; None if there is no such directory."""
+def _stored_meta(dest: Path, enc: Encoder) -> dict[str, Any] | None:
+    """The meta of a complete shard directory made by this encoder; None if there is none."""
     if not all((dest / f).is_file() for f in FILES):
         return None
     try:
         meta = json.loads((dest / "meta.json").read_text())
     except json.JSONDecodeError:
         return None
-    if meta.get("encoder") != enc.identity or meta.get("n") != len(ids) or meta.get("dim") != enc.embed_dim:
+    if meta.get("encoder") != enc.identity or meta.get("dim") != enc.embed_dim:
+        return None
+    return meta
+
+
+def _current_meta(dest: Path, enc: Encoder, ids: np.ndarray) -> dict[str, Any] | None:
+    """The meta of a complete shard directory made by this encoder for exactly these ok sample
+    ids; None if there is no such directory."""
+    meta = _stored_meta(dest, enc)
+    if meta is None or meta.get("n") != len(ids):
         return None
     shapes = {np.load(dest / f, mmap_mode="r").shape for f in ("image.npy", "text.npy")}
     if shapes != {(len(ids), enc.embed_dim)} or not np.array_equal(np.load(dest / "sample_id.npy"), ids):
@@ -120,13 +128,7 @@ def _current_meta(dest: Path, enc: Encoder, ids: np.ndarray) -> dict[str, Any] |
 def _subset_of_existing(dest: Path, enc: Encoder, ids: np.ndarray) -> dict[str, Any] | None:
     """Rewrite ``dest`` keeping the rows of ``ids`` when they are an ordered subset of the rows it
     holds from this encoder (nothing is encoded); None, touching nothing, when they are not."""
-    if not all((dest / f).is_file() for f in FILES):
-        return None
-    try:
-        meta = json.loads((dest / "meta.json").read_text())
-    except json.JSONDecodeError:
-        return None
-    if meta.get("encoder") != enc.identity or meta.get("dim") != enc.embed_dim:
+    if (meta := _stored_meta(dest, enc)) is None:
         return None
     where = {sid: i for i, sid in enumerate(np.load(dest / "sample_id.npy").tolist())}
     if any(sid not in where for sid in ids.tolist()):
