@@ -1,5 +1,7 @@
 """Stage 4 — sampling: one plan per recipe and epoch, drawn from (recipe seed, epoch)."""
 
+from pathlib import Path
+
 import dagster as dg
 import numpy as np
 
@@ -13,9 +15,13 @@ from .resources import StorageResource
 GROUP = "sampling"
 
 
-def sampler_for(recipe: Recipe):
+def sampler_for(recipe: Recipe, survivors_cache: Path | None = None):
+    """The recipe's sampler; a composition keeps its pruners' survivors in ``survivors_cache``."""
     spec = dict(recipe.sampler)
-    return make_sampler(spec.pop("strategy"), **spec)
+    strategy = spec.pop("strategy")
+    if strategy == "compose" and survivors_cache is not None:
+        spec["cache_dir"] = str(survivors_cache)
+    return make_sampler(strategy, **spec)
 
 
 @dg.asset(group_name=GROUP, partitions_def=recipe_epoch_partitions, kinds={"numpy"})
@@ -26,8 +32,10 @@ def sample_plan(context: dg.AssetExecutionContext, clusters: dict, pair_embeddin
     recipe, epoch_key = recipe_and_epoch(context)
     epoch = epoch_of(epoch_key)
     pool = ClusterPool.from_artifacts(clusters["clusters_dir"], clusters["k"],
-                                      embeddings_dir=pair_embeddings["embeddings_dir"])
-    plan = sampler_for(recipe).draw(pool, epoch=epoch, seed=recipe.seed)
+                                      embeddings_dir=pair_embeddings["embeddings_dir"],
+                                      fingerprint=clusters["pool_fingerprint"])
+    survivors_cache = storage.layout.artifact("sample_plan", "_survivors")
+    plan = sampler_for(recipe, survivors_cache).draw(pool, epoch=epoch, seed=recipe.seed)
     plan.meta.update(pool_fingerprint=clusters["pool_fingerprint"], recipe=recipe.key)
     out = write_plan(storage.layout.artifact("sample_plan", str(partition_dir(recipe, epoch_key))), plan)
     plot = plot_cluster_scaling(plan.cluster_size, plan.cluster_realised, out / "cluster_scaling.png",

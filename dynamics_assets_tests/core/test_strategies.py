@@ -397,3 +397,31 @@ def test_compose_names_the_pruning_chain_when_the_budget_cannot_be_met(planted):
     recipe = Compose((SemDeDup(0.05), ClipScoreFilter(0.1), DynamicsSampler(0.5)))
     with pytest.raises(ValueError, match=r"compose: dynamics on the survivors \(\d+ → semdedup \d+ → clip_score \d+\)"):
         recipe.draw(planted.pool(), epoch=1, seed=0)
+
+
+def test_compose_computes_survivors_once_per_pool_and_reads_them_back(planted, tmp_path):
+    import dataclasses
+
+    calls = []
+
+    @dataclasses.dataclass(frozen=True)
+    class CountingSemDeDup(SemDeDup):
+        def keep_mask(self, pool, *, seed):
+            calls.append(seed)
+            return super().keep_mask(pool, seed=seed)
+
+    steps = (CountingSemDeDup(0.05), ClipScoreFilter(0.5), DynamicsSampler(0.3))
+    pool = dataclasses.replace(planted.pool(), fingerprint="pool-a")
+    cached = Compose(steps, cache_dir=str(tmp_path / "cache"))
+    plans = [cached.draw(pool, epoch=e, seed=4) for e in (1, 2, 1)]
+    assert calls == [4], "pruners ran for the first epoch only"
+    assert plan_bytes(plans[0]) == plan_bytes(plans[2]) and plans[0].meta == plans[2].meta
+    uncached = Compose(steps)
+    assert plan_bytes(uncached.draw(pool, epoch=2, seed=4)) == plan_bytes(plans[1]), "same plan as re-running"
+    assert len(calls) == 2
+    cached.draw(pool, epoch=1, seed=5)
+    assert calls[-1] == 5 and len(list((tmp_path / "cache").glob("*.npy"))) == 2, "one mask per seed"
+    cached.draw(dataclasses.replace(pool, fingerprint="pool-b"), epoch=1, seed=4)
+    assert calls[-1] == 4 and len(list((tmp_path / "cache").glob("*.npy"))) == 1, "masks of older pools dropped"
+    cached.draw(planted.pool(), epoch=1, seed=4)
+    assert len(calls) == 5, "a pool without a fingerprint is never cached"

@@ -39,6 +39,7 @@ class ClusterPool:
     embeddings_dir: Path | None = None
     _keep: np.ndarray | None = field(default=None, repr=False)
     _budget_base: int | None = None
+    fingerprint: str | None = None  # identity of the unmasked pool's content (None: unknown)
 
     @classmethod
     def from_array(cls, cluster_id: np.ndarray, n_clusters: int, *, distance: np.ndarray | None = None,
@@ -59,9 +60,10 @@ class ClusterPool:
 
     @classmethod
     def from_artifacts(cls, clusters_dir: str | Path, n_clusters: int,
-                       embeddings_dir: str | Path | None = None) -> "ClusterPool":
+                       embeddings_dir: str | Path | None = None, fingerprint: str | None = None) -> "ClusterPool":
         """The pool the ``clusters`` stage wrote: ``cluster_id.npy``, ``distance.npy`` and
-        ``centroids.npy`` in ``clusters_dir``; ``embeddings_dir`` is the EmbeddingStore root."""
+        ``centroids.npy`` in ``clusters_dir``; ``embeddings_dir`` is the EmbeddingStore root;
+        ``fingerprint`` names the pool's content (the stage's hash of ``cluster_id.npy``)."""
         d = Path(clusters_dir)
         for name in ("cluster_id.npy", "distance.npy", "centroids.npy"):
             if not (d / name).is_file():
@@ -70,7 +72,8 @@ class ClusterPool:
             raise FileNotFoundError(f"{embeddings_dir}: embedding directory not found")
         pool = cls(n_clusters=int(n_clusters), _path=d / "cluster_id.npy", _distance_path=d / "distance.npy",
                    centroids=_checked_centroids(np.load(d / "centroids.npy"), n_clusters, d / "centroids.npy"),
-                   embeddings_dir=None if embeddings_dir is None else Path(embeddings_dir))._validated()
+                   embeddings_dir=None if embeddings_dir is None else Path(embeddings_dir),
+                   fingerprint=fingerprint)._validated()
         n_dist = int(np.load(pool._distance_path, mmap_mode="r").shape[0])
         if n_dist != len(pool):
             raise ValueError(f"{pool._distance_path}: {n_dist} rows, {pool._path} has {len(pool)}")
@@ -86,7 +89,13 @@ class ClusterPool:
         if keep.dtype != np.bool_ or keep.shape != (len(self),):
             raise ValueError(f"keep must be a bool array of shape ({len(self)},); got {keep.dtype} {keep.shape}")
         combined = keep if self._keep is None else keep & self._keep
-        return dataclasses.replace(self, _keep=combined, _sizes=None, _budget_base=self.budget_base)
+        return dataclasses.replace(self, _keep=combined, _sizes=None, _budget_base=self.budget_base,
+                                   fingerprint=None)
+
+    @property
+    def keep(self) -> np.ndarray | None:
+        """The keep mask of a masked pool (True = still in), None for an unmasked one."""
+        return self._keep
 
     def _validated(self) -> "ClusterPool":
         lo, hi, n = 0, -1, 0
