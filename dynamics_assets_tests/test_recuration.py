@@ -99,6 +99,11 @@ def world(tmp_path_factory):
 
 def test_pool_shards_are_registered_without_work(world):
     pool = sorted(p.name for p in world.shards_dir.glob("*.tar"))
+    busy = dg.DagsterRun(job_name="curate_pool", run_id="0" * 8 + "-busy", status=dg.DagsterRunStatus.STARTED)
+    world.instance.add_run(busy)
+    waiting = world.tick()
+    assert isinstance(waiting, dg.SkipReason) and "curate_pool in progress" in waiting.skip_message
+    world.instance.delete_run(busy.run_id)
     first = world.tick()
     assert requests(first) == [] and world.registered() == []
     assert "waiting" in skip_text(first), "first sight: each shard waits one tick to settle"

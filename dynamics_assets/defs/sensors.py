@@ -10,7 +10,7 @@ import dagster as dg
 
 from ..core.landing import LandingCursor, advance, observe
 from .experiments import EXPERIMENTS
-from .jobs import epoch_plan_job, ingest_shard_job, recurate_pool_job
+from .jobs import curate_pool_job, epoch_plan_job, ingest_shard_job, recurate_pool_job
 from .partitions import raw_shard_partitions
 from .recuration import (coming_plan_keys, last_curation_config, pool_embeddings_dir, pool_shards_dir,
                          runs_in_flight)
@@ -29,12 +29,15 @@ def raw_shard_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | d
     skipped, and the run key names the file's size and mtime); when every ingestion has finished, one
     ``recurate_pool`` run follows. Every tick lists the whole folder, so shards that landed while the
     daemon was down are found at the next tick. Shards already embedded with the pool are registered
-    without a run."""
+    without a run; while a curation or re-curation runs, the sensor waits."""
     folder = pool_shards_dir(context.instance)
     if folder is None:
         return dg.SkipReason("no pool yet: run curate_pool (raw_shards records the folder to watch)")
     if not folder.is_dir():
         return dg.SkipReason(f"the pool's shard folder {folder} does not exist")
+    if busy := [job.name for job in (curate_pool_job, recurate_pool_job) if runs_in_flight(context.instance, job.name)]:
+        # The pool's own shards are not embedded yet: they would look new. Look again afterwards.
+        return dg.SkipReason(f"{', '.join(busy)} in progress: the folder is looked at when it has finished")
     registered = set(context.instance.get_dynamic_partitions(raw_shard_partitions.name))
     cursor = LandingCursor.from_json(context.cursor)
     step = advance(cursor, observe(folder, skip=registered), registered, folder)
