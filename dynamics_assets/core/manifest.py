@@ -506,3 +506,18 @@ def pool_counts(manifest_dir: str | Path) -> list[tuple[str, int]]:
     manifests = manifest_files(manifest_dir)
     with duckdb.connect() as con:
         return [(c.shard, c.ok) for c in _shard_counts(con, manifests)]
+
+
+def pool_identity(manifest_dir: str | Path) -> str:
+    """A hash naming the pool's content: every manifest's source shard (name, size, mtime, format)
+    and the pool summary (ok and quarantine counts after the duplicate pass). Any shard added,
+    removed or rewritten changes it."""
+    h = hashlib.sha256()
+    for shard, path in manifest_files(manifest_dir):
+        info = manifest_info(path)
+        h.update(json.dumps([shard, info.get("source_size"), info.get("source_mtime_ns"),
+                             info.get("format_version")]).encode())
+    summary = Path(manifest_dir) / SUMMARY_NAME
+    if summary.exists():
+        h.update(summary.read_bytes())
+    return h.hexdigest()

@@ -14,6 +14,7 @@ so a resumed run skips exactly the batches already trained on.
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -27,7 +28,9 @@ import torch
 from open_clip_train.scheduler import cosine_lr
 
 from dynamics_assets.core.devices import PRECISIONS, resolve_device, resolve_precision
-from dynamics_assets.core.models import autocast_for, create_model, read_checkpoint, save_checkpoint
+from dynamics_assets.core.atomic import write_json
+from dynamics_assets.core.manifest import pool_identity
+from dynamics_assets.core.models import autocast_for, create_model, file_sha256, read_checkpoint, save_checkpoint
 from dynamics_assets.core.pairs import Pair, PairBatches, collate, pool_shards
 
 REFERENCE_MODEL = "dynamics-tiny-32"
@@ -238,11 +241,15 @@ def train_reference_model(
     buffer_size: int = 4096,
     checkpoint_every_steps: int = 20,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
+    reuse: bool = True,
 ) -> dict[str, Any]:
     """Train a small open_clip model on every ok pair of the pool and write its checkpoint.
 
     Epoch e is a ``PairBatches`` pass seeded with (seed, e). Step checkpoints go to
-    ``<out>.step<suffix>``; a rerun with the same arguments resumes from there.
+    ``<out>.step<suffix>``; a rerun with the same arguments resumes from there. With ``reuse``, a
+    finished checkpoint whose record (``<out>.json``) names the same arguments, the same pool
+    (``pool_identity``) and the checkpoint's own hash is returned as it is (``"reused": True``):
+    re-curating an unchanged pool keeps its encoder, hence its embeddings and clusters.
     """
     started = time.perf_counter()
     out_path = Path(out_path)
@@ -261,6 +268,12 @@ def train_reference_model(
     n_pairs = sum(s.n_ok for s in pool_shards(manifest_dir))
     run = {"model_name": model_name, "epochs": epochs, "batch_size": batch_size, "seed": seed,
            "lr": lr, "buffer_size": buffer_size, "n_pairs": n_pairs, "total_steps": total_steps}
+    record_path = out_path.with_name(f"{out_path.name}.json")
+    pool = pool_identity(manifest_dir)
+    if reuse and (kept := _reusable(out_path, record_path, run, pool)) is not None:
+        log.info("%s: trained on this pool with these arguments already; reused", out_path)
+        return {**kept, "reused": True, "seconds": time.perf_counter() - started}
+    record_path.unlink(missing_ok=True)
 
     model, _, preprocess = create_model(model_name, device=resolve_device(device), seed=seed)
     tokenizer = open_clip.get_tokenizer(model_name)
@@ -281,4 +294,21 @@ def train_reference_model(
     save_checkpoint(out_path, model, model_name=model_name, epoch=epochs, step=state.step,
                     samples_seen=state.samples_seen, extra={k: v for k, v in metrics.items() if k != "seconds"})
     step_path.unlink(missing_ok=True)
-    return metrics
+    write_json(record_path, {"run": run, "pool": pool, "checkpoint_sha256": file_sha256(out_path),
+                             "metrics": {k: v for k, v in metrics.items() if k != "seconds"}})
+    return {**metrics, "reused": False}
+
+
+def _reusable(out_path: Path, record_path: Path, run: dict[str, Any], pool: str) -> dict[str, Any] | None:
+    """The recorded metrics of a finished checkpoint made by this run on this pool, else None."""
+    if not (out_path.is_file() and record_path.is_file()):
+        return None
+    try:
+        record = json.loads(record_path.read_text())
+    except json.JSONDecodeError:
+        return None
+    if record.get("run") != run or record.get("pool") != pool:
+        return None
+    if record.get("checkpoint_sha256") != file_sha256(out_path):
+        return None
+    return record.get("metrics")

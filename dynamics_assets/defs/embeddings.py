@@ -21,10 +21,14 @@ GROUP = "embeddings"
 
 
 class ReferenceModelConfig(dg.Config):
+    """``retrain``: train even when the checkpoint was trained on this same pool with these
+    settings (by default it is reused, so re-curating an unchanged pool keeps its encoder)."""
+
     model_name: str = "dynamics-tiny-32"
     epochs: int = 2
     batch_size: int = 256
     seed: int = 0
+    retrain: bool = False
 
 
 @dg.asset(group_name=GROUP, kinds={"pytorch"}, pool="gpu")
@@ -36,7 +40,8 @@ def reference_model(context: dg.AssetExecutionContext, config: ReferenceModelCon
     out = storage.layout.artifact("reference_model", f"{config.model_name}.pt")
     metrics = train_reference_model(
         raw_pairs["manifest_dir"], raw_pairs["shards_dir"], out, model_name=config.model_name,
-        epochs=config.epochs, batch_size=config.batch_size, seed=config.seed, device=gpu.resolved_device())
+        epochs=config.epochs, batch_size=config.batch_size, seed=config.seed, device=gpu.resolved_device(),
+        reuse=not config.retrain)
     context.add_output_metadata({
         "checkpoint": dg.MetadataValue.path(str(out)), "model_name": config.model_name,
         **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str))},

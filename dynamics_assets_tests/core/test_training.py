@@ -249,3 +249,27 @@ def test_train_config_validates():
         TrainConfig(precision="fp8", total_steps=2)
     with pytest.raises(ValueError, match="warmup"):
         TrainConfig(warmup_steps=5, total_steps=5)
+
+
+def test_reference_model_is_reused_on_the_same_pool_with_the_same_arguments_only(tmp_path):
+    import shutil
+
+    manifest_dir, shards_dir, _ = write_pool(tmp_path / "a", [40, 30])
+    kwargs = dict(epochs=1, batch_size=16, buffer_size=24)
+    out = tmp_path / "a" / "ref.pt"
+    first = train_reference_model(manifest_dir, shards_dir, out, seed=1, **kwargs)
+    assert first["reused"] is False and (tmp_path / "a" / "ref.pt.json").exists()
+    stamp = out.stat().st_mtime_ns
+    again = train_reference_model(manifest_dir, shards_dir, out, seed=1, **kwargs)
+    assert again["reused"] is True and again["steps"] == first["steps"] and again["final_loss"] == first["final_loss"]
+    assert out.stat().st_mtime_ns == stamp, "the checkpoint is not rewritten"
+    assert train_reference_model(manifest_dir, shards_dir, out, seed=1, reuse=False, **kwargs)["reused"] is False
+    assert train_reference_model(manifest_dir, shards_dir, out, seed=2, **kwargs)["reused"] is False, "other seed"
+    with open(out, "ab") as f:  # a checkpoint that is not the one recorded
+        f.write(b"\0")
+    assert train_reference_model(manifest_dir, shards_dir, out, seed=2, **kwargs)["reused"] is False
+    # Another pool (one more shard), with the first pool's checkpoint and record next to it.
+    manifest_b, shards_b, _ = write_pool(tmp_path / "b", [40, 30, 20])
+    for name in ("ref.pt", "ref.pt.json"):
+        shutil.copy(tmp_path / "a" / name, tmp_path / "b" / name)
+    assert train_reference_model(manifest_b, shards_b, tmp_path / "b" / "ref.pt", seed=2, **kwargs)["reused"] is False
