@@ -77,9 +77,10 @@ def embed_shards(
             dest = Path(out_dir) / shard.stem
             ids = ok_sample_ids(shard)
             meta = _current_meta(dest, enc, ids)
-            if meta is None and (meta := _subset_of_existing(dest, enc, ids)) is not None:
-                subset += 1
-            elif meta is None:
+            if meta is None:
+                meta = _subset_of_existing(dest, enc, ids)
+                subset += meta is not None
+            if meta is None:
                 with atomic_dir(dest) as tmp:
                     meta = _embed_shard(enc, shard, Path(shards_dir), ids, tmp, batch_size, pool, workers)
                 embedded += 1

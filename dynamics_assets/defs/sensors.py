@@ -66,17 +66,16 @@ def raw_shard_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | d
     events = [dg.AssetMaterialization(dg.AssetKey("shard_embeddings"), partition=name, metadata={
         "shard": name, "source": "embedded with the pool by pair_embeddings (registered, not re-embedded)"})
         for name in sorted(in_pool)]
-    next_cursor = LandingCursor(step.cursor.seen, tuple(ingesting)).to_json()
+    skip = None
     if not requests:
-        skip = (f"{len(step.ready)} shard(s) registered, already in the pool" if step.ready
-                else f"no new complete shard in {folder}"
-                + (f"; {len(step.waiting)} waiting: {'; '.join(f'{k}: {v}' for k, v in sorted(step.waiting.items())[:3])}"
-                   if step.waiting else ""))
-        return dg.SensorResult(skip_reason=skip, cursor=next_cursor, dynamic_partitions_requests=registrations,
-                               asset_events=events)
-    return dg.SensorResult(run_requests=requests, cursor=next_cursor, dynamic_partitions_requests=registrations,
-                           asset_events=events)
-
+        said = [f"{len(step.ready)} shard(s) registered, already in the pool" if step.ready
+                else f"no new complete shard in {folder}"]
+        if step.waiting:
+            said.append(f"{len(step.waiting)} waiting: "
+                        + "; ".join(f"{k}: {v}" for k, v in sorted(step.waiting.items())[:3]))
+        skip = "; ".join(said)
+    return dg.SensorResult(run_requests=requests, skip_reason=skip, dynamic_partitions_requests=registrations,
+                           asset_events=events, cursor=LandingCursor(step.cursor.seen, tuple(ingesting)).to_json())
 
 @dg.asset_sensor(asset_key=dg.AssetKey("cluster_stats"), name="replan_after_recuration", job=epoch_plan_job,
                  default_status=dg.DefaultSensorStatus.RUNNING)
