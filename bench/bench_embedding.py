@@ -30,10 +30,10 @@ import open_clip
 import torch
 from PIL import Image, ImageDraw
 
-from dynamics_assets.core.embedding import embed_shards, prefetched
-from dynamics_assets.core.manifest import build_manifest
-from dynamics_assets.core.models import EncoderSpec, load_encoder
-from dynamics_assets.core.pairs import collate, iter_shard_pairs, pool_shards
+from dynamics_assets.core.embed.encode import embed_shards, prefetched
+from dynamics_assets.core.ingest.manifest import build_manifest
+from dynamics_assets.core.model.clip import EncoderSpec, load_encoder
+from dynamics_assets.core.ingest.pool import collate, iter_shard_pairs, pool_shards
 
 COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "white", "black"]
 

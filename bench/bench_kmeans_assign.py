@@ -24,8 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dynamics_assets.core.atomic import save_npy
-from dynamics_assets.core.clustering import EmbeddingStore, assign, train_kmeans
+from dynamics_assets.core.io.atomic import save_npy
+from dynamics_assets.core.embed.store import EmbeddingStore
+from dynamics_assets.core.cluster.kmeans import assign, train_kmeans
 
 BASE_BLOCKS = 4
 

@@ -27,11 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import open_clip  # noqa: E402
 
-from dynamics_assets.core.manifest import build_manifest  # noqa: E402
-from dynamics_assets.core.models import create_model  # noqa: E402
-from dynamics_assets.core.pairs import PairBatches, collate, iter_pool_pairs  # noqa: E402
-from dynamics_assets.core.samplers import ClusterPool, DynamicsSampler  # noqa: E402
-from dynamics_assets.core.synthetic import generate  # noqa: E402
+from dynamics_assets.core.ingest.manifest import build_manifest  # noqa: E402
+from dynamics_assets.core.model.clip import create_model  # noqa: E402
+from dynamics_assets.core.train.loader import PairBatches  # noqa: E402
+from dynamics_assets.core.ingest.pool import collate, iter_pool_pairs
+from dynamics_assets.core.sample import ClusterPool, DynamicsSampler  # noqa: E402
+from dynamics_assets.core.ingest.synthetic import generate  # noqa: E402
 
 
 def reshard(manifest_dir: Path, shards_dir: Path, indices: np.ndarray, out: Path, per_shard: int) -> list[Path]:

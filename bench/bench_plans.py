@@ -54,7 +54,7 @@ def write_pool(path: Path, n: int, k: int, seed: int = 0) -> None:
 
 
 def child_ours(path: str, k: int, strategy: str, mode: str, repeats: int) -> dict:
-    from dynamics_assets.core.samplers import ClusterPool, DynamicsSampler, UniformSampler
+    from dynamics_assets.core.sample import ClusterPool, DynamicsSampler, UniformSampler
 
     pool = ClusterPool.from_npy(path, k)
     _ = pool.sizes  # cluster statistics: computed once per clustering, not per epoch

@@ -29,11 +29,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dynamics_assets.core.cluster_refresh import FitRecord, decide, encoder_identity
-from dynamics_assets.core.clustering import EmbeddingStore, assign, mean_distance, train_kmeans
-from dynamics_assets.core.embedding import embed_shards
-from dynamics_assets.core.manifest import build_manifest
-from dynamics_assets.core.models import EncoderSpec, load_encoder
+from dynamics_assets.core.cluster.refresh import FitRecord, decide, encoder_identity
+from dynamics_assets.core.embed.store import EmbeddingStore
+from dynamics_assets.core.cluster.kmeans import assign, mean_distance, train_kmeans
+from dynamics_assets.core.embed.encode import embed_shards
+from dynamics_assets.core.ingest.manifest import build_manifest
+from dynamics_assets.core.model.clip import EncoderSpec, load_encoder
 
 DEFAULT_THRESHOLD = 0.25  # ClusteringConfig.drift_threshold
 WORDS = "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor".split()

@@ -30,9 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     if "DAGSTER_HOME" not in os.environ:
         sys.exit("DAGSTER_HOME is not set: run `bash scripts/pipeline.sh`, which sets it to data/dagster_home")
 
-    from .defs.experiments import EXPERIMENTS
-    from .defs.partitions import epoch_partitions
-    from .definitions import defs
+    from dynamics_assets.defs.experiments import EXPERIMENTS
+    from dynamics_assets.defs.partitions import epoch_partitions
+    from dynamics_assets.definitions import defs
 
     instance = dg.DagsterInstance.get()
     started = time.perf_counter()

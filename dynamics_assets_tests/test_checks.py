@@ -9,10 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from dynamics_assets.core.evaluation import evaluate_model
-from dynamics_assets.core.models import EncoderSpec, load_encoder, read_checkpoint
-from dynamics_assets.core.samplers import ClusterPool, write_plan
-from dynamics_assets.defs import checks, clustering, embeddings, evaluation, raw_data, sampling, training
+from dynamics_assets.core.evaluate.report import evaluate_model
+from dynamics_assets.core.model.clip import EncoderSpec, load_encoder, read_checkpoint
+from dynamics_assets.core.sample import ClusterPool, write_plan
+from dynamics_assets.defs import checks
+from dynamics_assets.defs.cluster import assets as clustering
+from dynamics_assets.defs.embed import assets as embeddings
+from dynamics_assets.defs.evaluate import assets as evaluation
+from dynamics_assets.defs.ingest import assets as raw_data
+from dynamics_assets.defs.sample import assets as sampling
+from dynamics_assets.defs.train import assets as training
 from dynamics_assets.defs.experiments import EXPERIMENTS
 from dynamics_assets.defs.resources import GpuResource, StorageResource
 from dynamics_assets.defs.tracking import MlflowResource

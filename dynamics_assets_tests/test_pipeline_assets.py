@@ -8,9 +8,11 @@ import dagster as dg
 import numpy as np
 import pytest
 
-from dynamics_assets.defs import clustering, embeddings, raw_data
+from dynamics_assets.defs.cluster import assets as clustering
+from dynamics_assets.defs.embed import assets as embeddings
+from dynamics_assets.defs.ingest import assets as raw_data
 from dynamics_assets.defs.experiments import EXPERIMENTS
-from dynamics_assets.defs.sampling import sample_plan
+from dynamics_assets.defs.sample.assets import sample_plan
 from dynamics_assets_tests.conftest import TINY_RUN_CONFIG
 
 SPINE = [raw_data.raw_shards, raw_data.raw_pairs, embeddings.reference_model, embeddings.pair_embeddings,

@@ -18,7 +18,7 @@ import dagster as dg
 import numpy as np
 import pytest
 
-from dynamics_assets.core.synthetic import generate
+from dynamics_assets.core.ingest.synthetic import generate
 from dynamics_assets.definitions import defs as project_defs
 from dynamics_assets.defs.partitions import raw_shard_partitions
 from dynamics_assets.defs.resources import GpuResource, StorageResource

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dynamics_assets.core.devices import GpuUnavailableError, resolve_device
+from dynamics_assets.core.model.devices import GpuUnavailableError, resolve_device
 from dynamics_assets.defs.resources import GpuResource
 
 needs_no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without a GPU")

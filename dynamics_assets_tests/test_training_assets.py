@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from dynamics_assets.defs import clustering, embeddings, evaluation, raw_data, sampling, training
+from dynamics_assets.defs.cluster import assets as clustering
+from dynamics_assets.defs.embed import assets as embeddings
+from dynamics_assets.defs.evaluate import assets as evaluation
+from dynamics_assets.defs.ingest import assets as raw_data
+from dynamics_assets.defs.sample import assets as sampling
+from dynamics_assets.defs.train import assets as training
 from dynamics_assets.defs.partitions import epoch_partitions
 from dynamics_assets.defs.resources import GpuResource, StorageResource
 from dynamics_assets.defs.tracking import MlflowResource, redact

@@ -29,10 +29,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from ..core.clustering import EMBEDDING_KINDS, EmbeddingStore
-from ..core.evaluation import BUCKETS
-from ..core.models import create_model, read_checkpoint
-from . import evaluation, sampling, training
+from dynamics_assets.core.embed.store import EMBEDDING_KINDS, EmbeddingStore
+from dynamics_assets.core.evaluate.report import BUCKETS
+from dynamics_assets.core.model.clip import create_model, read_checkpoint
+from dynamics_assets.defs.evaluate import assets as evaluation
+from dynamics_assets.defs.sample import assets as sampling
+from dynamics_assets.defs.train import assets as training
 
 NORM_TOLERANCE = 1e-2  # |‖x‖ − 1| allowed for a float16 unit vector
 CHUNK_ROWS = 1 << 16  # embedding rows read at a time

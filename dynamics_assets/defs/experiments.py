@@ -14,7 +14,7 @@ import dagster as dg
 import yaml
 from dagster._utils.schedules import is_valid_cron_string  # no public equivalent in dagster 1.13
 
-from .partitions import epoch_partitions
+from dynamics_assets.defs.partitions import epoch_partitions
 
 DEFAULT_PATH = Path(__file__).resolve().parents[2] / "data" / "experiments.yaml"
 BUILTIN = {"default_recipe": "dynamics-50", "seeds": [0],

@@ -7,8 +7,8 @@ from typing import Any
 
 import dagster as dg
 
-from .experiments import recipe_epoch_partitions
-from .partitions import epoch_partitions
+from dynamics_assets.defs.experiments import recipe_epoch_partitions
+from dynamics_assets.defs.partitions import epoch_partitions
 
 # The assets a re-curation materialises again, with the configuration of their last materialisation.
 RECURATED_ASSETS = ("raw_shards", "raw_pairs", "pair_embeddings", "clusters", "cluster_stats")

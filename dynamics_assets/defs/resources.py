@@ -6,8 +6,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from ..core.devices import resolve_device, resolve_precision
-from ..core.layout import Layout
+from dynamics_assets.core.model.devices import resolve_device, resolve_precision
+from dynamics_assets.core.io.layout import Layout
 
 
 class StorageResource(dg.ConfigurableResource):
@@ -41,7 +41,7 @@ class GpuResource(dg.ConfigurableResource):
 
 
 def default_resources() -> dict:
-    from .tracking import MlflowResource
+    from dynamics_assets.defs.tracking import MlflowResource
 
     root = str(Path(os.environ.get("DYNAMICS_DATA_DIR", "data")).resolve())
     return {

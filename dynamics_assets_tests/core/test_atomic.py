@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dynamics_assets.core.atomic import atomic_dir, atomic_path, save_npy, write_json
+from dynamics_assets.core.io.atomic import atomic_dir, atomic_path, save_npy, write_json
 
 
 def test_save_npy_writes_the_target_and_no_temporary(tmp_path):

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dynamics_assets.core.cluster_refresh import FIT_NAME, FitRecord, RefreshDecision, decide, encoder_identity
-from dynamics_assets.core.clustering import EmbeddingStore, assign, mean_distance, train_kmeans
+from dynamics_assets.core.cluster.refresh import FIT_NAME, FitRecord, RefreshDecision, decide, encoder_identity
+from dynamics_assets.core.embed.store import EmbeddingStore
+from dynamics_assets.core.cluster.kmeans import assign, mean_distance, train_kmeans
 
 DIM = 16
 K = 4

@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dynamics_assets.core.cluster_stats import compute_cluster_stats, d_inter
+from dynamics_assets.core.cluster.stats import compute_cluster_stats, d_inter
 
 
 @pytest.fixture

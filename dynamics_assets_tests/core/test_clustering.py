@@ -8,14 +8,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from dynamics_assets.core.atomic import save_npy
-from dynamics_assets.core.clustering import (
-    EmbeddingStore,
-    assign,
-    cluster_sizes,
-    merge_centroids,
-    train_kmeans,
-)
+from dynamics_assets.core.io.atomic import save_npy
+from dynamics_assets.core.embed.store import EmbeddingStore
+from dynamics_assets.core.cluster.kmeans import assign, cluster_sizes, merge_centroids, train_kmeans
 
 DIM = 32
 GROUPS = 5

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from dynamics_assets.core.comparison import collect_reports, compare, write_comparison
+from dynamics_assets.core.evaluate.comparison import collect_reports, compare, write_comparison
 
 
 def write(root, recipe, epoch, samples, flops, top1, tail):

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from dynamics_assets.core.embedding import embed_shards
-from dynamics_assets.core.models import EncoderSpec, load_encoder
-from dynamics_assets.core.pairs import collate, iter_pool_pairs
+from dynamics_assets.core.embed.encode import embed_shards
+from dynamics_assets.core.model.clip import EncoderSpec, load_encoder
+from dynamics_assets.core.ingest.pool import collate, iter_pool_pairs
 from dynamics_assets_tests.core.test_training import write_pool
 
 MODEL = "dynamics-tiny-32"

@@ -13,11 +13,11 @@ import open_clip
 import pytest
 import torch
 
-from dynamics_assets.core.epoch_training import EpochJob, plan_share, run_epoch
-from dynamics_assets.core.manifest import build_manifest
-from dynamics_assets.core.models import read_checkpoint
-from dynamics_assets.core.samplers import ClusterPool, DynamicsSampler, write_plan
-from dynamics_assets.core.synthetic import generate
+from dynamics_assets.core.train.epoch import EpochJob, plan_share, run_epoch
+from dynamics_assets.core.ingest.manifest import build_manifest
+from dynamics_assets.core.model.clip import read_checkpoint
+from dynamics_assets.core.sample import ClusterPool, DynamicsSampler, write_plan
+from dynamics_assets.core.ingest.synthetic import generate
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -95,7 +95,7 @@ def test_ddp_two_processes_split_the_plan(pool, tmp_path):
     (tmp_path / "job.json").write_text(json.dumps(asdict(j)))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                           "-m", "dynamics_assets.core.epoch_training", str(tmp_path / "job.json"),
+                           "-m", "dynamics_assets.core.train.epoch", str(tmp_path / "job.json"),
                            str(tmp_path / "metrics.json")], capture_output=True, text=True, env=env, cwd=ROOT,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -15,18 +15,9 @@ import pytest
 import torch
 from PIL import Image
 
-from dynamics_assets.core.evaluation import (
-    accuracy_by_group,
-    class_embeddings,
-    evaluate_model,
-    frequency_buckets,
-    load_eval_set,
-    log2_frequency_bin,
-    retrieval_recall,
-    zero_shot_metrics,
-)
-from dynamics_assets.core.flops import forward_flops, forward_flops_per_pair, train_flops
-from dynamics_assets.core.synthetic import generate
+from dynamics_assets.core.evaluate.report import accuracy_by_group, class_embeddings, evaluate_model, frequency_buckets, load_eval_set, log2_frequency_bin, retrieval_recall, zero_shot_metrics
+from dynamics_assets.core.model.flops import forward_flops, forward_flops_per_pair, train_flops
+from dynamics_assets.core.ingest.synthetic import generate
 
 TINY = "evaluation-test-tiny"
 TINY_CONFIG = {

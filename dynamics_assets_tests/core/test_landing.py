@@ -9,16 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dynamics_assets.core.landing import (
-    BLOCK,
-    END_OF_ARCHIVE,
-    LandingCursor,
-    Observation,
-    advance,
-    local_folder,
-    observe,
-    tar_problem,
-)
+from dynamics_assets.core.ingest.landing import BLOCK, END_OF_ARCHIVE, LandingCursor, Observation, advance, local_folder, observe, tar_problem
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:

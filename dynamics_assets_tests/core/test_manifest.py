@@ -14,19 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from dynamics_assets.core.manifest import (
-    MANIFEST_SCHEMA,
-    OK,
-    QUARANTINED,
-    REASONS,
-    SUMMARY_NAME,
-    build_manifest,
-    content_sample_id,
-    ok_rows,
-    pool_counts,
-    read_shard_manifest,
-)
-from dynamics_assets.core.webdataset import ShardReadError, iter_samples
+from dynamics_assets.core.ingest.manifest import MANIFEST_SCHEMA, OK, QUARANTINED, REASONS, SUMMARY_NAME, build_manifest, content_sample_id, ok_rows, pool_counts, read_shard_manifest
+from dynamics_assets.core.io.webdataset import ShardReadError, iter_samples
 
 SPEC_COLUMNS = [
     "sample_id", "shard", "key", "row", "image_member", "text_member", "json_member", "caption",
@@ -349,7 +338,7 @@ def test_shards_with_the_same_stem_are_rejected(tmp_path):
 
 def test_image_offsets_point_at_the_image_bytes(tmp_path):
     """Loaders seek straight to an image with the recorded offset and size."""
-    from dynamics_assets.core.webdataset import read_ranges
+    from dynamics_assets.core.io.webdataset import read_ranges
 
     shard = write_tar(tmp_path / "s.tar", [("a.png", png(1)), ("a.txt", b"x"), ("b.png", png(2)), ("b.txt", b"y")])
     table = read_shard_manifest(shard)

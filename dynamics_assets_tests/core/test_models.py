@@ -5,14 +5,8 @@ import open_clip
 import pytest
 import torch
 
-from dynamics_assets.core.models import (
-    EncoderSpec,
-    create_model,
-    file_sha256,
-    load_encoder,
-    read_checkpoint,
-    save_checkpoint,
-)
+from dynamics_assets.core.model.clip import EncoderSpec, create_model, load_encoder, read_checkpoint, save_checkpoint
+from dynamics_assets.core.io.hashing import file_sha256
 
 MODEL = "dynamics-tiny-32"
 

@@ -10,31 +10,13 @@ import open_clip
 import pytest
 import torch
 
-from dynamics_assets.core.epoch_training import EpochJob, run_epoch
-from dynamics_assets.core.flops import forward_flops_per_pair
-from dynamics_assets.core.manifest import build_manifest
-from dynamics_assets.core.models import create_model, read_checkpoint, save_checkpoint
-from dynamics_assets.core.online_selection import (
-    Features,
-    activeclip_scores,
-    check_same_inputs,
-    chunk_sizes,
-    conditional_scores,
-    gumbel_top_k,
-    jest_sample,
-    jest_scores,
-    load_reference_model,
-    pairwise_sigmoid_losses,
-    per_example_softmax_losses,
-    scoring_flops_per_pair,
-    seeded_generator,
-    select,
-    select_from_features,
-    subbatch_learnability,
-    super_batch_size,
-)
-from dynamics_assets.core.samplers import ClusterPool, DynamicsSampler, write_plan
-from dynamics_assets.core.synthetic import generate
+from dynamics_assets.core.train.epoch import EpochJob, run_epoch
+from dynamics_assets.core.model.flops import forward_flops_per_pair
+from dynamics_assets.core.ingest.manifest import build_manifest
+from dynamics_assets.core.model.clip import create_model, read_checkpoint, save_checkpoint
+from dynamics_assets.core.train.online_selection import Features, activeclip_scores, check_same_inputs, chunk_sizes, conditional_scores, gumbel_top_k, jest_sample, jest_scores, load_reference_model, pairwise_sigmoid_losses, per_example_softmax_losses, scoring_flops_per_pair, seeded_generator, select, select_from_features, subbatch_learnability, super_batch_size
+from dynamics_assets.core.sample import ClusterPool, DynamicsSampler, write_plan
+from dynamics_assets.core.ingest.synthetic import generate
 
 MODEL = "dynamics-tiny-32"
 

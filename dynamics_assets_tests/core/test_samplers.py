@@ -4,11 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dynamics_assets.core.samplers import (ClusterPool, DynamicsSampler, UniformSampler,
-                                           cluster_targets, make_sampler, read_plan, write_plan)
-from dynamics_assets.core.samplers import selection
-from dynamics_assets.core.samplers.allocation import allocate
-from dynamics_assets.core.samplers.dynamics import reference_probabilities
+from dynamics_assets.core.sample import ClusterPool, DynamicsSampler, UniformSampler, cluster_targets, make_sampler, read_plan, write_plan
+from dynamics_assets.core.sample import selection
+from dynamics_assets.core.sample.allocation import allocate
+from dynamics_assets.core.sample.strategies.dynamics import reference_probabilities
 
 
 def zipf_pool(k=300, n_max=5000, s=1.2, seed=0, quarantined=0) -> ClusterPool:

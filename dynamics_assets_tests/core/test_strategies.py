@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dynamics_assets.core.samplers import (ClipScoreFilter, ClusterPool, Compose, DBPPruning, DynamicsSampler,
-                                           FlattenSampler, SemDeDup, SSPPruning, UniformSampler, make_sampler)
-from dynamics_assets.core.samplers import clip_score, pruning
-from dynamics_assets.core.samplers.semdedup import max_similarity_to_earlier
+from dynamics_assets.core.sample import ClipScoreFilter, ClusterPool, Compose, DBPPruning, DynamicsSampler, FlattenSampler, SemDeDup, SSPPruning, UniformSampler, make_sampler
+from dynamics_assets.core.sample.strategies import clip_score
+from dynamics_assets.core.sample import pruning
+from dynamics_assets.core.sample.strategies.semdedup import max_similarity_to_earlier
 
 D = 16
 

@@ -14,15 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from dynamics_assets.core.synthetic import (
-    DIRT_TYPES,
-    MIN_PAIRS_PER_CONCEPT,
-    DirtRates,
-    _main,
-    concepts,
-    generate,
-    zipf_counts,
-)
+from dynamics_assets.core.ingest.synthetic import DIRT_TYPES, MIN_PAIRS_PER_CONCEPT, DirtRates, _main, concepts, generate, zipf_counts
 
 PAIRS, PER_SHARD, EVAL_PER_CONCEPT = 600, 300, 2
 RATES = DirtRates(exact_duplicate=0.03, near_duplicate=0.03, mismatched_caption=0.04, empty_caption=0.03,

@@ -17,15 +17,11 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from dynamics_assets.core.manifest import METADATA_KEY
-from dynamics_assets.core.models import create_model, read_checkpoint
-from dynamics_assets.core.pairs import PairBatches, ShuffleBatcher, batch_stream, collate, iter_pool_pairs
-from dynamics_assets.core.training import (
-    TrainConfig,
-    load_train_state,
-    train_reference_model,
-    train_steps,
-)
+from dynamics_assets.core.ingest.manifest import METADATA_KEY
+from dynamics_assets.core.model.clip import create_model, read_checkpoint
+from dynamics_assets.core.train.loader import PairBatches, ShuffleBatcher, batch_stream
+from dynamics_assets.core.ingest.pool import collate, iter_pool_pairs
+from dynamics_assets.core.train.loop import TrainConfig, load_train_state, train_reference_model, train_steps
 
 MODEL = "dynamics-tiny-32"
 COLOURS = {"red": (230, 30, 30), "green": (30, 210, 40), "blue": (40, 60, 235), "yellow": (235, 225, 30)}

@@ -33,7 +33,7 @@ import dagster as dg
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from dynamics_assets.defs import sampling
+from dynamics_assets.defs.sample import assets as sampling
 from dynamics_assets.defs.experiments import EXPERIMENTS
 from dynamics_assets_tests.conftest import TINY_RUN_CONFIG
 
@@ -310,7 +310,7 @@ def test_materialize_one_partition_of_sample_plan_from_the_ui(ui, page, tmp_path
 def test_daemon_ingests_a_landed_shard_then_recurates(ui):
     """The real daemon: a shard landing in the pool's folder is registered by raw_shard_sensor,
     ingested by one ingest_shard run, followed by one recurate_pool run."""
-    from dynamics_assets.core.synthetic import generate
+    from dynamics_assets.core.ingest.synthetic import generate
 
     url = ui["url"]
     other = generate(ui["tmp"] / "other", pairs=480, seed=11, samples_per_shard=160, eval_per_concept=1)

@@ -1,0 +1,100 @@
+"""Per-cluster statistics, computed by DuckDB SQL over the parquet artefacts (out of core).
+
+For cluster c with L2-normalised centroid μ_c and members x_i (cosine distance d_i = 1 − cos(x_i, μ_c)):
+  size        N_c
+  d_intra     mean_i d_i                      (DBP's intra-cluster distance)
+  d_spread    standard deviation of d_i
+  d_inter     mean over the l nearest other centroids of 1 − cos(μ_c, μ_k)   (DBP, l = 20)
+  complexity  d_intra · d_inter               (DBP: Abbas et al., "Effective pruning of web-scale
+                                               datasets based on complexity of concept clusters")
+  top_words   the most frequent caption words of the cluster, so a person can read what it is.
+
+The per-sample aggregation and the word counts run in DuckDB with a memory limit and a spill
+directory; only the K×D centroids are held in memory (d_inter is a blocked nearest-centroid search).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from dynamics_assets.core.io.atomic import write_parquet
+
+STOPWORDS = (
+    "a an the of on in at to and or with my our your this that is are was for from by it its "
+    "photo picture image drawing rendering close up shot view some there here very small big"
+).split()
+
+
+def d_inter(centroids: np.ndarray, l: int = 20, block: int = 4096) -> np.ndarray:
+    """Mean cosine distance from each centroid to its l nearest other centroids (blocked)."""
+    c = np.asarray(centroids, dtype=np.float32)
+    k = len(c)
+    l = min(l, k - 1)
+    out = np.zeros(k, dtype=np.float64)
+    if l <= 0:
+        return out
+    for s in range(0, k, block):
+        sim = c[s:s + block] @ c.T
+        rows = np.arange(sim.shape[0])
+        sim[rows, s + rows] = -np.inf  # exclude the centroid itself
+        top = np.partition(sim, k - l, axis=1)[:, k - l:]
+        out[s:s + block] = (1.0 - top).mean(axis=1)
+    return out
+
+
+def compute_cluster_stats(assignments: str | Path, centroids: np.ndarray, manifest_glob: str | None,
+                          out_path: str | Path, *, l_nearest: int = 20, top_words: int = 6,
+                          memory_limit: str = "2GB", spill_dir: str | Path | None = None) -> pa.Table:
+    """Write ``cluster_stats.parquet`` (one row per centroid, empty clusters included) and return it.
+
+    ``assignments``: parquet with sample_id, cluster_id, distance (cluster_id −1 = quarantined).
+    ``manifest_glob``: parquet files with sample_id and caption (None: no top words).
+    """
+    k = len(centroids)
+    con = duckdb.connect()
+    con.execute(f"SET memory_limit = '{memory_limit}'")
+    if spill_dir is not None:
+        Path(spill_dir).mkdir(parents=True, exist_ok=True)
+        con.execute(f"SET temp_directory = '{Path(spill_dir).as_posix()}'")
+    inter = pa.table({"cluster_id": pa.array(np.arange(k, dtype=np.int32)),
+                      "d_inter": pa.array(d_inter(centroids, l_nearest))})
+    con.register("inter", inter)
+    con.execute("CREATE TEMP TABLE stopwords AS SELECT unnest($1::VARCHAR[]) AS word", [STOPWORDS])
+    assign = f"read_parquet('{Path(assignments).as_posix()}')"
+    words_cte = "SELECT NULL::INTEGER AS cluster_id, NULL::VARCHAR AS top_words WHERE false"
+    if manifest_glob:
+        words_cte = f"""
+        WITH words AS (
+            SELECT a.cluster_id,
+                   unnest(string_split(regexp_replace(lower(m.caption), '[^a-z0-9]+', ' ', 'g'), ' ')) AS word
+            FROM {assign} a JOIN read_parquet('{manifest_glob}') m USING (sample_id)
+            WHERE a.cluster_id >= 0 AND m.status = 'ok'
+        ), counted AS (
+            SELECT cluster_id, word, count(*) AS n FROM words
+            WHERE length(word) > 1 AND word NOT IN (SELECT word FROM stopwords)
+            GROUP BY ALL
+        ), ranked AS (
+            SELECT *, row_number() OVER (PARTITION BY cluster_id ORDER BY n DESC, word) AS r FROM counted
+        )
+        SELECT cluster_id, string_agg(word || ' (' || n || ')', ', ' ORDER BY r) AS top_words
+        FROM ranked WHERE r <= {int(top_words)} GROUP BY cluster_id"""
+    table = con.sql(f"""
+        WITH per_cluster AS (
+            SELECT cluster_id, count(*) AS size, avg(distance) AS d_intra,
+                   coalesce(stddev_samp(distance), 0) AS d_spread,
+                   min(distance) AS d_min, max(distance) AS d_max
+            FROM {assign} WHERE cluster_id >= 0 GROUP BY cluster_id
+        ), top AS ({words_cte})
+        SELECT i.cluster_id::INTEGER AS cluster_id, coalesce(p.size, 0)::BIGINT AS size,
+               p.d_intra, p.d_spread, p.d_min, p.d_max, i.d_inter,
+               p.d_intra * i.d_inter AS complexity,
+               coalesce(p.size, 0) / sum(coalesce(p.size, 0)) OVER () AS share,
+               t.top_words
+        FROM inter i LEFT JOIN per_cluster p USING (cluster_id) LEFT JOIN top t USING (cluster_id)
+        ORDER BY i.cluster_id
+    """).to_arrow_table()
+    write_parquet(out_path, table)
+    return table

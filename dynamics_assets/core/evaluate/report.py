@@ -1,0 +1,571 @@
+"""Evaluation of trained CLIP checkpoints, long-tail aware: zero-shot classification and retrieval.
+
+**Zero-shot classification** (Radford et al. 2021, CLIP §3.1.4). Each concept's classifier weight
+is the re-normalised mean of the L2-normalised text embeddings of every prompt name × template
+("a photo of a {}."); an image is assigned the concept with the highest score
+``s_ic = <f(image_i), w_c>``. Reported: top-1 / top-5 accuracy over images, mean per-class
+accuracy over the concepts present in the eval set, and per-concept accuracy.
+
+**Long tail.** Concepts are sorted by training frequency (ties by concept id, lower id first);
+the ``TAIL_FRACTION`` least frequent are *tail*, the ``HEAD_FRACTION`` most frequent *head*, the
+rest *middle* (Parashar et al. 2024, "The Neglected Tails in Vision-Language Models"); each
+bucket's score is its mean per-class accuracy. Accuracy is also reported per log-frequency bin
+``b = floor(log2(train_frequency))`` (frequency 0 is its own bin), following Udandarao et al. 2024
+("No 'Zero-Shot' Without Exponential Data"), who plot accuracy against log concept frequency.
+
+**Retrieval** (image→text and text→image recall@k) is *class-aware*: a retrieved item counts as
+relevant when it has the query's concept label, because many eval images share a concept and
+their texts are interchangeable. Recall@k is the fraction of queries with at least one relevant
+item among the k most similar. The texts are the eval set's per-image captions when it has them
+(label = the image's concept); otherwise one text per (concept present in the eval set, prompt
+name), written with the first template.
+
+**Ties** are broken deterministically everywhere, as a stable sort on descending score would:
+among equal scores the lower class / item index ranks first.
+
+Embeddings are expected L2-normalised (scores are plain dot products); the functions here that run
+a model return normalised float32 numpy arrays. Model-running functions stream the eval set batch
+by batch under ``torch.inference_mode()``; images stay PNG-encoded in memory until their batch.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+from PIL import Image
+
+from dynamics_assets.core.io.atomic import atomic_path, write_bytes, write_json, write_parquet
+from dynamics_assets.core.io.webdataset import IMAGE_EXTS, RawSample, iter_samples
+
+__all__ = [
+    "BUCKETS",
+    "EvalReport",
+    "EvalSet",
+    "accuracy_by_group",
+    "class_embeddings",
+    "embed_eval_images",
+    "embed_texts",
+    "evaluate_model",
+    "frequency_buckets",
+    "load_eval_set",
+    "log2_frequency_bin",
+    "plot_accuracy_vs_frequency",
+    "retrieval_recall",
+    "zero_shot_metrics",
+]
+
+TAIL_FRACTION = 0.2
+HEAD_FRACTION = 0.2
+BUCKETS = ("head", "middle", "tail")
+TOPK = (1, 5)
+RETRIEVAL_KS = (1, 5, 10)
+_ROW_CHUNK = 4096  # score-matrix rows computed at a time (bounds memory to chunk × columns)
+
+# ---------------------------------------------------------------------------------------------
+# Pure metrics (numpy)
+# ---------------------------------------------------------------------------------------------
+
+
+def _row_chunks(n: int) -> Iterator[slice]:
+    for start in range(0, n, _ROW_CHUNK):
+        yield slice(start, min(start + _ROW_CHUNK, n))
+
+
+def _stable_rank(scores: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """0-based position of column ``target[i]`` in row ``i`` under a stable descending sort."""
+    target_score = np.take_along_axis(scores, target[:, None], axis=1)
+    columns = np.arange(scores.shape[1])
+    ahead = (scores > target_score) | ((scores == target_score) & (columns < target[:, None]))
+    return ahead.sum(axis=1)
+
+
+def frequency_buckets(train_frequency: np.ndarray, concept_ids: np.ndarray | None = None, *,
+                      tail_fraction: float = TAIL_FRACTION, head_fraction: float = HEAD_FRACTION) -> np.ndarray:
+    """Bucket (``"head"`` / ``"middle"`` / ``"tail"``) of every concept.
+
+    Concepts are ordered by ``(train_frequency, concept_id)``; the first
+    ``round(tail_fraction · C)`` are tail, the last ``round(head_fraction · C)`` head
+    (half-way rounds up).
+    """
+    freq = np.asarray(train_frequency)
+    ids = np.arange(len(freq)) if concept_ids is None else np.asarray(concept_ids)
+    n_tail = math.floor(tail_fraction * len(freq) + 0.5)
+    n_head = math.floor(head_fraction * len(freq) + 0.5)
+    if n_tail + n_head > len(freq):
+        raise ValueError(f"tail_fraction={tail_fraction} + head_fraction={head_fraction} exceed all concepts")
+    order = np.lexsort((ids, freq))
+    bucket = np.full(len(freq), "middle", dtype=object)
+    bucket[order[:n_tail]] = "tail"
+    bucket[order[len(freq) - n_head:]] = "head"
+    return bucket
+
+
+def log2_frequency_bin(train_frequency: np.ndarray) -> np.ndarray:
+    """``floor(log2(f))`` per concept, exact for integers (via ``frexp``); ``-1`` for ``f = 0``."""
+    return np.frexp(np.asarray(train_frequency, dtype=np.float64))[1].astype(np.int64) - 1
+
+
+def _class_mean(per_class: np.ndarray, members: np.ndarray) -> float:
+    """Mean of the non-NaN per-class accuracies selected by ``members`` (NaN if none)."""
+    values = per_class[members & ~np.isnan(per_class)]
+    return float(values.mean()) if len(values) else math.nan
+
+
+def _frequency_bin_table(train_frequency: np.ndarray, per_class: np.ndarray, counts: np.ndarray) -> dict:
+    """Columns for the concepts present in the eval set, one row per occupied log2 bin."""
+    bins = log2_frequency_bin(train_frequency)
+    present = counts > 0
+    occupied = np.unique(bins[present])
+    return {
+        "log2_bin": occupied,
+        "min_frequency": np.where(occupied < 0, 0, 2 ** np.maximum(occupied, 0)),
+        "max_frequency": np.where(occupied < 0, 0, 2 ** (occupied + 1) - 1),
+        "n_concepts": np.array([(present & (bins == b)).sum() for b in occupied], dtype=np.int64),
+        "n_images": np.array([counts[bins == b].sum() for b in occupied], dtype=np.int64),
+        "accuracy": np.array([_class_mean(per_class, bins == b) for b in occupied]),
+    }
+
+
+def zero_shot_metrics(image_emb: np.ndarray, class_emb: np.ndarray, labels: np.ndarray, *,
+                      train_frequency: np.ndarray, concept_ids: np.ndarray | None = None,
+                      topk: Sequence[int] = TOPK) -> dict[str, Any]:
+    """Zero-shot classification metrics, overall and by training frequency.
+
+    ``labels`` are class indices into ``class_emb`` rows; ``concept_ids`` (default: the class
+    index) only break frequency ties. Returns ``top{k}`` for every k, ``mean_per_class``,
+    ``per_class_accuracy`` (C,) (NaN for a class without eval images), ``per_class_count`` (C,),
+    ``correct`` (n,) top-1 hits, ``bucket`` (C,), ``bucket_accuracy`` {head, middle, tail} and
+    ``frequency_bins`` (columns: log2_bin, min/max_frequency, n_concepts, n_images, accuracy).
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    n_classes = len(class_emb)
+    if len(image_emb) != len(labels) or len(train_frequency) != n_classes or not len(labels):
+        raise ValueError(f"shape mismatch or empty: {len(image_emb)} images, {len(labels)} labels, "
+                         f"{n_classes} classes, {len(train_frequency)} frequencies")
+    if labels.min() < 0 or labels.max() >= n_classes:
+        raise ValueError(f"labels must lie in [0, {n_classes}); got [{labels.min()}, {labels.max()}]")
+    rank = np.concatenate([_stable_rank(image_emb[rows] @ class_emb.T, labels[rows])
+                           for rows in _row_chunks(len(labels))])
+    correct = rank == 0
+    counts = np.bincount(labels, minlength=n_classes)
+    hits = np.bincount(labels, weights=correct, minlength=n_classes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_class = np.where(counts > 0, hits / counts, np.nan)
+    bucket = frequency_buckets(train_frequency, concept_ids)
+    return {
+        **{f"top{k}": float((rank < k).mean()) for k in topk},
+        "mean_per_class": _class_mean(per_class, np.ones(n_classes, bool)),
+        "per_class_accuracy": per_class,
+        "per_class_count": counts,
+        "correct": correct,
+        "bucket": bucket,
+        "bucket_accuracy": {b: _class_mean(per_class, bucket == b) for b in BUCKETS},
+        "frequency_bins": _frequency_bin_table(np.asarray(train_frequency), per_class, counts),
+    }
+
+
+def _class_aware_recall(queries: np.ndarray, items: np.ndarray, query_labels: np.ndarray,
+                        item_labels: np.ndarray, ks: Sequence[int]) -> dict[int, float]:
+    """Fraction of queries with a same-label item among their k most similar items."""
+    ranks = []
+    for rows in _row_chunks(len(queries)):
+        relevant = item_labels[None, :] == query_labels[rows, None]
+        answered = relevant.any(axis=1)
+        if not answered.all():
+            missing = np.unique(query_labels[rows][~answered])
+            raise ValueError(f"no relevant item for queries with labels {missing[:5].tolist()}: "
+                             "every query label must occur among the retrieved items")
+        scores = queries[rows] @ items.T
+        best_relevant = np.where(relevant, scores, -np.inf).argmax(axis=1)  # first among ties
+        ranks.append(_stable_rank(scores, best_relevant))
+    rank = np.concatenate(ranks)
+    return {k: float((rank < k).mean()) for k in ks}
+
+
+def retrieval_recall(image_emb: np.ndarray, text_emb: np.ndarray, image_labels: np.ndarray,
+                     text_labels: np.ndarray, ks: Sequence[int] = RETRIEVAL_KS) -> dict[str, float]:
+    """Class-aware recall@k both ways: ``{"i2t_r1": …, "t2i_r1": …}`` for every k.
+
+    A retrieved text (image) is relevant to an image (text) query when their labels are equal;
+    every label must occur on both sides (else ``ValueError``).
+    """
+    image_labels, text_labels = np.asarray(image_labels), np.asarray(text_labels)
+    if len(image_emb) != len(image_labels) or len(text_emb) != len(text_labels):
+        raise ValueError(f"{len(image_emb)} image embeddings vs {len(image_labels)} labels, "
+                         f"{len(text_emb)} text embeddings vs {len(text_labels)} labels")
+    i2t = _class_aware_recall(image_emb, text_emb, image_labels, text_labels, ks)
+    t2i = _class_aware_recall(text_emb, image_emb, text_labels, image_labels, ks)
+    return {**{f"i2t_r{k}": v for k, v in i2t.items()}, **{f"t2i_r{k}": v for k, v in t2i.items()}}
+
+
+def accuracy_by_group(correct: np.ndarray, group: np.ndarray) -> dict[Any, tuple[int, float]]:
+    """``{group: (n, accuracy)}`` in ascending group order (e.g. accuracy per pool cluster)."""
+    if len(correct) != len(group):
+        raise ValueError(f"{len(correct)} correctness flags vs {len(group)} group ids")
+    groups, inverse = np.unique(np.asarray(group), return_inverse=True)
+    n = np.bincount(inverse, minlength=len(groups))
+    hits = np.bincount(inverse, weights=np.asarray(correct, dtype=np.float64), minlength=len(groups))
+    return {g.item(): (int(c), float(h / c)) for g, c, h in zip(groups, n, hits)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Eval set
+# ---------------------------------------------------------------------------------------------
+
+CONCEPTS_FILE = "concepts.parquet"
+TEMPLATES_FILE = "templates.json"
+SHARD_PATTERN = "eval-*.tar"
+_CONCEPT_COLUMNS = ("concept_id", "concept", "prompt_names", "train_frequency")
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """A held-out eval set; images stay encoded (decoded per batch by ``image``)."""
+
+    eval_dir: Path
+    keys: tuple[str, ...]  # "<shard file>/<sample key>", in shard then tar order
+    encoded_images: tuple[bytes, ...]
+    labels: np.ndarray  # (n,) int64 row index into ``concepts``
+    concepts: pa.Table  # concepts.parquet sorted by concept_id
+    templates: tuple[str, ...]
+    captions: tuple[str, ...] | None  # per-image captions when every sample has a .txt
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def image(self, i: int) -> Image.Image:
+        try:
+            with Image.open(io.BytesIO(self.encoded_images[i])) as img:
+                return img.convert("RGB")
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{self.eval_dir / self.keys[i]}: undecodable image ({e})") from e
+
+    @property
+    def prompt_names(self) -> list[list[str]]:
+        return self.concepts.column("prompt_names").to_pylist()
+
+    @property
+    def train_frequency(self) -> np.ndarray:
+        return self.concepts.column("train_frequency").to_numpy()
+
+    @property
+    def concept_ids(self) -> np.ndarray:
+        return self.concepts.column("concept_id").to_numpy()
+
+
+def _read_concepts(path: Path) -> pa.Table:
+    table = pq.read_table(path)
+    missing = [c for c in _CONCEPT_COLUMNS if c not in table.column_names]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {missing}")
+    table = table.sort_by("concept_id")
+    ids = table.column("concept_id").to_numpy()
+    if len(np.unique(ids)) != len(ids):
+        raise ValueError(f"{path}: duplicate concept_id")
+    return table
+
+
+def _read_templates(path: Path) -> tuple[str, ...]:
+    templates = json.loads(path.read_text())
+    if not templates or not all(isinstance(t, str) and "{}" in t for t in templates):
+        raise ValueError(f"{path}: expected a non-empty JSON list of strings containing '{{}}'")
+    return tuple(templates)
+
+
+def _read_sample(shard: Path, sample: RawSample, row_of: Mapping[int, int]) -> tuple[bytes, int, str | None]:
+    """(encoded image, concept row, caption or None) of one eval sample; errors name the sample."""
+    where = f"{shard}: sample {sample.key}"
+    if sample.problems:
+        raise ValueError(f"{where}: {', '.join(sample.problems)}")
+    image_ext = next((ext for ext in IMAGE_EXTS if ext in sample.members), None)
+    if image_ext is None or "json" not in sample.members:
+        raise ValueError(f"{where}: needs an image and a .json, has {sorted(sample.members)}")
+    try:
+        concept_id = json.loads(sample.members["json"].data)["concept_id"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{where}: .json without a readable concept_id ({e!r})") from e
+    if concept_id not in row_of:
+        raise ValueError(f"{where}: concept_id {concept_id} is not in {CONCEPTS_FILE}")
+    caption = sample.members["txt"].data.decode() if "txt" in sample.members else None
+    return sample.members[image_ext].data, row_of[concept_id], caption
+
+
+def load_eval_set(eval_dir: str | Path) -> EvalSet:
+    """Read ``eval-*.tar`` (streamed), ``concepts.parquet`` and ``templates.json`` from ``eval_dir``."""
+    eval_dir = Path(eval_dir)
+    shards = sorted(eval_dir.glob(SHARD_PATTERN))
+    if not shards:
+        raise FileNotFoundError(f"{eval_dir}: no {SHARD_PATTERN} shards")
+    concepts = _read_concepts(eval_dir / CONCEPTS_FILE)
+    row_of = {cid: row for row, cid in enumerate(concepts.column("concept_id").to_pylist())}
+    keys, images, labels, captions = [], [], [], []
+    for shard in shards:
+        for sample in iter_samples(shard):
+            image, label, caption = _read_sample(shard, sample, row_of)
+            keys.append(f"{shard.name}/{sample.key}")
+            images.append(image)
+            labels.append(label)
+            captions.append(caption)
+    if not keys:
+        raise ValueError(f"{eval_dir}: the eval shards hold no samples")
+    with_caption = [c is not None for c in captions]
+    if any(with_caption) and not all(with_caption):
+        raise ValueError(f"{eval_dir / keys[with_caption.index(False)]}: no .txt caption while other "
+                         "eval samples have one (captions must be on all samples or none)")
+    return EvalSet(eval_dir, tuple(keys), tuple(images), np.asarray(labels, dtype=np.int64), concepts,
+                   _read_templates(eval_dir / TEMPLATES_FILE), tuple(captions) if all(with_caption) else None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Running a model (torch)
+# ---------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _inference(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode and ``inference_mode`` for the block; the model's training flag is restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def _model_dtype(model: torch.nn.Module) -> torch.dtype:
+    return next(model.parameters()).dtype
+
+
+def _normalised(features: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.normalize(features.float(), dim=-1).cpu()
+
+
+def _encode_texts(model, tokenizer: Callable, texts: Sequence[str], device: str,
+                  batch_size: int) -> Iterator[torch.Tensor]:
+    """L2-normalised float32 CPU text embeddings, one batch at a time."""
+    with _inference(model):
+        for start in range(0, len(texts), batch_size):
+            tokens = tokenizer(list(texts[start:start + batch_size])).to(device)
+            yield _normalised(model.encode_text(tokens))
+
+
+def embed_texts(model, tokenizer: Callable, texts: Sequence[str], device: str, batch_size: int = 256) -> np.ndarray:
+    """(len(texts), D) L2-normalised float32 text embeddings."""
+    return torch.cat(list(_encode_texts(model, tokenizer, texts, device, batch_size))).numpy()
+
+
+def class_embeddings(model, tokenizer: Callable, prompt_names: Sequence[Sequence[str]], templates: Sequence[str],
+                     device: str, batch_size: int = 256) -> np.ndarray:
+    """(C, D) zero-shot classifier: per class, the re-normalised mean of its normalised
+    embeddings of every prompt name × template."""
+    if not templates or not all(prompt_names):
+        raise ValueError("need at least one template and one prompt name per class")
+    texts = [t.format(name) for names in prompt_names for name in names for t in templates]
+    owner = torch.tensor([c for c, names in enumerate(prompt_names) for _ in range(len(names) * len(templates))])
+    batches = zip(owner.split(batch_size), _encode_texts(model, tokenizer, texts, device, batch_size))
+    sums = sum(torch.zeros(len(prompt_names), emb.shape[1]).index_add_(0, ids, emb) for ids, emb in batches)
+    return _normalised(sums).numpy()
+
+
+def embed_eval_images(model, preprocess: Callable, eval_set: EvalSet, device: str,
+                      batch_size: int = 256) -> np.ndarray:
+    """(n, D) L2-normalised float32 image embeddings, decoding and encoding batch by batch."""
+    dtype = _model_dtype(model)
+    out: list[torch.Tensor] = []
+    with _inference(model):
+        for start in range(0, len(eval_set), batch_size):
+            batch = [preprocess(eval_set.image(i)) for i in range(start, min(start + batch_size, len(eval_set)))]
+            out.append(_normalised(model.encode_image(torch.stack(batch).to(device, dtype))))
+    return torch.cat(out).numpy()
+
+
+def _retrieval_texts(eval_set: EvalSet) -> tuple[list[str], np.ndarray]:
+    """Per-image captions if present, else one text per (present concept, prompt name)."""
+    if eval_set.captions is not None:
+        return list(eval_set.captions), eval_set.labels
+    names = eval_set.prompt_names
+    pairs = [(eval_set.templates[0].format(name), c) for c in np.unique(eval_set.labels) for name in names[c]]
+    return [text for text, _ in pairs], np.array([c for _, c in pairs], dtype=np.int64)
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------------
+
+
+def _fmt(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.3f}"
+
+
+def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(str(cell) for cell in row) + " |" for row in rows)]
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    """Flat metrics (accuracies / recalls in [0, 1], NaN where undefined) and breakdown tables."""
+
+    metrics: dict[str, float]
+    per_concept: pa.Table  # concept_id, concept, train_frequency, bucket, n, accuracy
+    per_frequency_bin: pa.Table  # log2_bin, min_frequency, max_frequency, n_concepts, n_images, accuracy
+    per_cluster: pa.Table | None  # cluster, n, accuracy (top-1), when the caller assigned clusters
+    n_images: int
+
+    def _bucket_rows(self) -> list[list[Any]]:
+        t = self.per_concept.to_pydict()
+        rows = []
+        for bucket in BUCKETS:
+            idx = [i for i, b in enumerate(t["bucket"]) if b == bucket and t["n"][i] > 0]
+            freqs = [t["train_frequency"][i] for i in idx]
+            span = f"{min(freqs)}–{max(freqs)}" if freqs else "–"
+            rows.append([bucket, len(idx), sum(t["n"][i] for i in idx), span,
+                         _fmt(self.metrics[f"zero_shot/{bucket}"])])
+        return rows
+
+    def to_markdown(self) -> str:
+        m = self.metrics
+        headline = [[key, _fmt(value)] for key, value in m.items() if "freq_bin" not in key]
+        bins = self.per_frequency_bin.to_pydict()
+        bin_rows = [[f"{lo}–{hi}", c, n, _fmt(a)] for lo, hi, c, n, a in zip(
+            bins["min_frequency"], bins["max_frequency"], bins["n_concepts"], bins["n_images"], bins["accuracy"])]
+        lines = [
+            "# Evaluation report", "",
+            f"{self.n_images} eval images, {sum(n > 0 for n in self.per_concept.column('n').to_pylist())} concepts.",
+            "", "## Headline metrics", "", *_markdown_table(["metric", "value"], headline),
+            "", f"## Long tail (tail = {TAIL_FRACTION:.0%} least frequent concepts, head = {HEAD_FRACTION:.0%} most)",
+            "", *_markdown_table(["bucket", "concepts", "images", "train frequency", "mean per-class top-1"],
+                                 self._bucket_rows()),
+            "", "## Accuracy by training frequency (log2 bins)", "",
+            *_markdown_table(["train frequency", "concepts", "images", "mean per-class top-1"], bin_rows),
+        ]
+        if self.per_cluster is not None:
+            worst = self.per_cluster.sort_by([("accuracy", "ascending"), ("cluster", "ascending")]).slice(0, 10)
+            columns = (worst.column(k).to_pylist() for k in ("cluster", "n", "accuracy"))
+            rows = [[c, n, _fmt(a)] for c, n, a in zip(*columns)]
+            lines += ["", f"## Lowest-accuracy pool clusters (10 of {self.per_cluster.num_rows})", "",
+                      *_markdown_table(["cluster", "images", "top-1"], rows)]
+        return "\n".join(lines) + "\n"
+
+    def save(self, out_dir: str | Path) -> dict[str, Path]:
+        """Write every file atomically; ``metrics.json`` last (NaN written as null)."""
+        out_dir = Path(out_dir)
+        paths = {name: out_dir / name for name in ("per_concept.parquet", "per_frequency_bin.parquet", "report.md",
+                                                   "accuracy_vs_frequency.png", "metrics.json")}
+        write_parquet(paths["per_concept.parquet"], self.per_concept)
+        write_parquet(paths["per_frequency_bin.parquet"], self.per_frequency_bin)
+        if self.per_cluster is not None:
+            paths["per_cluster.parquet"] = out_dir / "per_cluster.parquet"
+            write_parquet(paths["per_cluster.parquet"], self.per_cluster)
+        write_bytes(paths["report.md"], self.to_markdown().encode())
+        plot_accuracy_vs_frequency(self.per_concept, paths["accuracy_vs_frequency.png"])
+        write_json(paths["metrics.json"], {k: None if math.isnan(v) else v for k, v in self.metrics.items()})
+        return paths
+
+
+_BUCKET_COLOURS = {"head": "tab:blue", "middle": "tab:gray", "tail": "tab:red"}
+
+
+def plot_accuracy_vs_frequency(per_concept: pa.Table, path: str | Path) -> None:
+    """Scatter of per-concept top-1 accuracy against training frequency (log x), coloured by
+    bucket, with each bucket's mean per-class accuracy as a dashed line; written atomically."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    t = per_concept.filter(pc.greater(per_concept.column("n"), 0)).to_pydict()
+    freq, acc, bucket = np.array(t["train_frequency"]), np.array(t["accuracy"]), np.array(t["bucket"])
+    fig = Figure(figsize=(7.5, 4.5), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for name in BUCKETS:
+        members = bucket == name
+        if not members.any():
+            continue
+        colour = _BUCKET_COLOURS[name]
+        ax.scatter(freq[members], acc[members], s=22, alpha=0.7, color=colour, label=f"{name} ({members.sum()})")
+        mean = float(acc[members].mean())
+        ax.axhline(mean, color=colour, linestyle="--", linewidth=1.2, label=f"{name} mean = {mean:.2f}")
+    if (freq > 0).all():
+        ax.set_xscale("log")
+    else:
+        ax.set_xscale("symlog", linthresh=1)
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_xlabel("training frequency of the concept (pairs, log scale)")
+    ax.set_ylabel("zero-shot top-1 accuracy")
+    ax.set_title("Per-concept zero-shot accuracy vs training frequency")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", metadata={"Software": None})
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end
+# ---------------------------------------------------------------------------------------------
+
+
+def _per_concept_table(eval_set: EvalSet, zs: dict[str, Any]) -> pa.Table:
+    return pa.table({
+        "concept_id": eval_set.concepts.column("concept_id"),
+        "concept": eval_set.concepts.column("concept"),
+        "train_frequency": eval_set.concepts.column("train_frequency"),
+        "bucket": pa.array(zs["bucket"].tolist(), pa.string()),
+        "n": pa.array(zs["per_class_count"], pa.int64()),
+        "accuracy": pa.array(zs["per_class_accuracy"], pa.float64(), from_pandas=True),
+    })
+
+
+def _per_cluster_table(correct: np.ndarray, cluster_of_image: np.ndarray) -> pa.Table:
+    groups = accuracy_by_group(correct, cluster_of_image)
+    return pa.table({"cluster": pa.array(list(groups), pa.int64()),
+                     "n": pa.array([n for n, _ in groups.values()], pa.int64()),
+                     "accuracy": pa.array([a for _, a in groups.values()], pa.float64())})
+
+
+def _flat_metrics(zs: dict[str, Any], retrieval: dict[str, float], per_cluster: pa.Table | None) -> dict[str, float]:
+    metrics = {f"zero_shot/{k}": zs[k] for k in (*(f"top{k}" for k in TOPK), "mean_per_class")}
+    metrics |= {f"zero_shot/{b}": v for b, v in zs["bucket_accuracy"].items()}
+    bins = zs["frequency_bins"]
+    metrics |= {f"zero_shot/freq_bin_{lo}_{hi}": float(a)
+                for lo, hi, a in zip(bins["min_frequency"], bins["max_frequency"], bins["accuracy"])}
+    if per_cluster is not None:
+        metrics["zero_shot/mean_per_cluster"] = float(np.mean(per_cluster.column("accuracy").to_numpy()))
+    return metrics | {f"retrieval/{k}": v for k, v in retrieval.items()}
+
+
+def evaluate_model(model, preprocess: Callable, tokenizer: Callable, eval_dir: str | Path | EvalSet, *,
+                   device: str = "cpu", batch_size: int = 256,
+                   cluster_of_image: np.ndarray | None = None) -> EvalReport:
+    """Zero-shot + retrieval evaluation of an open_clip-style model on an eval set.
+
+    ``eval_dir`` is a directory in the generator's layout or an already loaded ``EvalSet``;
+    ``cluster_of_image`` (n,), aligned with ``load_eval_set(eval_dir).keys``, gives each eval
+    image's pool cluster for the per-cluster table. The model runs in eval mode (its training
+    flag is restored afterwards) on ``device``, which the caller has moved it to.
+    """
+    eval_set = eval_dir if isinstance(eval_dir, EvalSet) else load_eval_set(eval_dir)
+    if cluster_of_image is not None and len(cluster_of_image) != len(eval_set):
+        raise ValueError(f"cluster_of_image has {len(cluster_of_image)} entries for {len(eval_set)} eval images")
+    image_emb = embed_eval_images(model, preprocess, eval_set, device, batch_size)
+    class_emb = class_embeddings(model, tokenizer, eval_set.prompt_names, eval_set.templates, device, batch_size)
+    zs = zero_shot_metrics(image_emb, class_emb, eval_set.labels, train_frequency=eval_set.train_frequency,
+                           concept_ids=eval_set.concept_ids)
+    texts, text_labels = _retrieval_texts(eval_set)
+    text_emb = embed_texts(model, tokenizer, texts, device, batch_size)
+    retrieval = retrieval_recall(image_emb, text_emb, eval_set.labels, text_labels)
+    per_cluster = None if cluster_of_image is None else _per_cluster_table(zs["correct"], np.asarray(cluster_of_image))
+    return EvalReport(metrics=_flat_metrics(zs, retrieval, per_cluster), per_concept=_per_concept_table(eval_set, zs),
+                      per_frequency_bin=pa.table(zs["frequency_bins"]), per_cluster=per_cluster,
+                      n_images=len(eval_set))

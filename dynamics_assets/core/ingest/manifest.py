@@ -1,0 +1,517 @@
+"""raw_pairs manifest: one parquet row per webdataset sample, valid pairs vs. quarantine.
+
+``read_shard_manifest`` streams one tar shard (``webdataset.iter_samples``), decodes each
+image with Pillow, and returns one row per sample key (``MANIFEST_SCHEMA``) with
+``status`` 'ok' or 'quarantined' and, when quarantined, exactly one ``reason`` from
+``REASONS`` (the first that applies, in that order):
+
+=========================  =================================================================
+unreadable_shard           the file is not a readable tar at all; the shard's only row,
+                           ``key`` null (one bad file must not kill a run over 1000 shards)
+truncated_tar              tail record: the tar is cut short / corrupt here; its samples
+                           after this point are lost (``key`` null if none was started)
+non_consecutive_members    the key's members are split by another key's (webdataset order)
+duplicate_member           the key has the same extension twice
+missing_image              no jpg/jpeg/png/webp member
+multiple_images            more than one image member
+corrupt_image              Pillow cannot open or fully decode the image
+missing_caption            no txt member
+bad_caption                the caption is not UTF-8
+empty_caption              the caption is empty after stripping whitespace
+bad_json                   the json member is not a UTF-8 JSON object
+exact_duplicate            same image bytes and caption as an earlier ok row
+duplicate_sample_id        a different pair with the ``sample_id`` of an earlier ok row
+=========================  =================================================================
+
+``sample_id`` is the sample's json ``uid`` when it is 32 hex characters (lowercased), else
+``sha256(image bytes + b"\\0" + stripped caption UTF-8)[:32]`` — independent of the key and
+position, so the same pair gets the same id wherever img2dataset put it.
+
+Duplicates (one DuckDB query, ``_DUPLICATES_SQL``, run on each new shard and on the pool):
+in pool order (shards by name, then row) the first ok row of each (``image_sha256``,
+``caption``) stays ok and later ones become ``exact_duplicate`` with ``duplicate_of`` = the
+kept row's ``sample_id`` (img2dataset gives a re-crawled copy its own uid, so content, not the
+id, decides); among the survivors a repeated ``sample_id`` becomes ``duplicate_sample_id``, so
+the ``sample_id`` of ok rows is unique and can key every later stage.
+
+``build_manifest`` writes ``<out_dir>/<shard_stem>.parquet`` per shard (atomic; a shard whose
+manifest records the same source size and mtime is not re-read), runs the duplicate query
+over every manifest in ``out_dir``, rewrites the shards it changes and writes
+``_summary.json``. The pool order of ok rows (``ok_rows``) defines the global sample index
+of a valid pair.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from dynamics_assets.core.io.atomic import write_json, write_parquet
+from dynamics_assets.core.io.webdataset import IMAGE_EXTS, MemberRef, RawSample, ShardReadError, iter_samples
+
+OK, QUARANTINED = "ok", "quarantined"
+REASONS = (
+    "unreadable_shard",
+    "truncated_tar",
+    "non_consecutive_members",
+    "duplicate_member",
+    "missing_image",
+    "multiple_images",
+    "corrupt_image",
+    "missing_caption",
+    "bad_caption",
+    "empty_caption",
+    "bad_json",
+    "exact_duplicate",
+    "duplicate_sample_id",
+)
+
+MANIFEST_SCHEMA = pa.schema(
+    [
+        pa.field("sample_id", pa.string()),
+        pa.field("shard", pa.string(), nullable=False),
+        pa.field("key", pa.string()),
+        pa.field("row", pa.int32(), nullable=False),
+        pa.field("image_member", pa.string()),
+        pa.field("text_member", pa.string()),
+        pa.field("json_member", pa.string()),
+        pa.field("caption", pa.string()),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("image_sha256", pa.string()),
+        pa.field("meta_json", pa.string()),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("reason", pa.string()),
+        pa.field("duplicate_of", pa.string()),
+        pa.field("image_offset", pa.int64()),  # byte offset / size of the image data in the tar
+        pa.field("image_size", pa.int64()),    # (uncompressed tars): loaders seek straight to it
+    ]
+)
+OK_ROW_COLUMNS = ("sample_id", "shard", "row", "key", "image_member", "caption")
+METADATA_KEY = b"dynamics_assets.manifest"
+FORMAT_VERSION = 2
+SUMMARY_NAME = "_summary.json"
+
+_UID = re.compile(r"[0-9a-fA-F]{32}")
+
+
+# ----------------------------------------------------------------------------- one sample
+
+
+def content_sample_id(image: bytes, caption: str) -> str:
+    """First 32 hex chars of sha256(image bytes + b"\\0" + caption UTF-8)."""
+    return hashlib.sha256(image + b"\0" + caption.encode("utf-8")).hexdigest()[:32]
+
+
+def _image_size(data: bytes, verify: bool) -> tuple[int, int] | None:
+    """(width, height), or None if Pillow cannot open it (or, with ``verify``, decode it)."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if verify:
+                im.load()
+            return im.size
+    except Exception:  # Pillow raises many types (OSError, SyntaxError, ValueError, ...)
+        return None
+
+
+def _caption(member: MemberRef | None) -> tuple[str | None, str | None]:
+    """(stripped caption, problem)."""
+    if member is None:
+        return None, "missing_caption"
+    try:
+        text = member.data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        return None, "bad_caption"
+    return text, None if text else "empty_caption"
+
+
+def _meta(member: MemberRef | None) -> tuple[str | None, str | None, str | None]:
+    """(raw json text, valid uid lowercased, problem)."""
+    if member is None:
+        return None, None, None
+    try:
+        text = member.data.decode("utf-8")
+        obj = json.loads(text)
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError both are ValueErrors
+        return None, None, "bad_json"
+    if not isinstance(obj, dict):
+        return text, None, "bad_json"
+    uid = obj.get("uid")
+    valid = isinstance(uid, str) and _UID.fullmatch(uid) is not None
+    return text, uid.lower() if valid else None, None
+
+
+def _first_reason(problems: Iterable[str]) -> str | None:
+    found = set(problems)
+    return next((r for r in REASONS if r in found), None)
+
+
+def _name(member: MemberRef | None) -> str | None:
+    return None if member is None else member.name
+
+
+def _describe(sample: RawSample, shard: str, verify_images: bool) -> dict[str, Any]:
+    """One manifest row for one sample."""
+    problems = list(sample.problems)
+    images = [m for ext, m in sample.members.items() if ext in IMAGE_EXTS]
+    image = images[0] if images else None
+    if not images:
+        problems.append("missing_image")
+    elif len(images) > 1:
+        problems.append("multiple_images")
+    size = _image_size(image.data, verify_images) if image else None
+    if image and size is None:
+        problems.append("corrupt_image")
+    caption, caption_problem = _caption(sample.members.get("txt"))
+    meta_json, uid, meta_problem = _meta(sample.members.get("json"))
+    problems += [p for p in (caption_problem, meta_problem) if p]
+    if uid is None and image is not None and caption is not None:
+        uid = content_sample_id(image.data, caption)
+    reason = _first_reason(problems)
+    return {
+        "sample_id": uid,
+        "shard": shard,
+        "key": sample.key,
+        "row": sample.row,
+        "image_member": _name(image),
+        "text_member": _name(sample.members.get("txt")),
+        "json_member": _name(sample.members.get("json")),
+        "caption": caption,
+        "width": size[0] if size else None,
+        "height": size[1] if size else None,
+        "image_sha256": hashlib.sha256(image.data).hexdigest() if image else None,
+        "image_offset": image.offset if image else None,
+        "image_size": len(image.data) if image and image.offset is not None else None,
+        "meta_json": meta_json,
+        "status": QUARANTINED if reason else OK,
+        "reason": reason,
+        "duplicate_of": None,
+    }
+
+
+def _quarantine(row: dict[str, Any], problems: Iterable[str]) -> None:
+    """Add problems to an existing row; its reason becomes the first applicable one."""
+    row["reason"] = _first_reason([*problems, *([row["reason"]] if row["reason"] else [])])
+    row["status"] = QUARANTINED
+
+
+# ----------------------------------------------------------------------------- one shard
+
+
+def _source_metadata(path: Path, verify_images: bool) -> dict[bytes, bytes]:
+    st = path.stat()
+    info = {
+        "format_version": FORMAT_VERSION,
+        "shard": path.name,
+        "source_size": st.st_size,
+        "source_mtime_ns": st.st_mtime_ns,
+        "verify_images": verify_images,
+    }
+    return {METADATA_KEY: json.dumps(info, sort_keys=True).encode()}
+
+
+def _unreadable_row(shard: str) -> dict[str, Any]:
+    row = {name: None for name in MANIFEST_SCHEMA.names}
+    row.update(shard=shard, row=0, status=QUARANTINED, reason="unreadable_shard")
+    return row
+
+
+def read_shard_manifest(shard_path: str | Path, *, verify_images: bool = True) -> pa.Table:
+    """Manifest of one shard: one row per sample key (plus a truncated tail record).
+
+    The source size and mtime (taken before reading) are stored in the schema metadata
+    under ``METADATA_KEY``. A file that is not a tar gives one ``unreadable_shard`` row.
+    """
+    path = Path(shard_path)
+    metadata = _source_metadata(path, verify_images)
+    rows: list[dict[str, Any]] = []
+    try:
+        for sample in iter_samples(path):
+            if sample.row < len(rows):  # a non-consecutive key seen again: still one row
+                _quarantine(rows[sample.row], sample.problems)
+            else:
+                rows.append(_describe(sample, path.name, verify_images))
+    except ShardReadError:
+        rows = [_unreadable_row(path.name)]
+    table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA.with_metadata(metadata))
+    with duckdb.connect() as con:
+        con.register("manifest", table)
+        changes = _duplicate_changes(con).get(path.name, {})
+    return _apply_changes(table, changes)
+
+
+def manifest_info(manifest_path: str | Path) -> dict[str, Any]:
+    """The source record stored in a manifest's schema metadata (raises naming the file)."""
+    metadata = pq.read_schema(manifest_path).metadata or {}
+    if METADATA_KEY not in metadata:
+        raise ValueError(f"{manifest_path}: not a raw_pairs manifest (no {METADATA_KEY.decode()})")
+    return json.loads(metadata[METADATA_KEY])
+
+
+def _is_current(manifest: Path, shard: Path, verify_images: bool) -> bool:
+    if not manifest.exists():
+        return False
+    try:
+        info = manifest_info(manifest)
+    except (ValueError, OSError, pa.ArrowException):
+        return False
+    st = shard.stat()
+    return (
+        info.get("format_version") == FORMAT_VERSION
+        and info.get("shard") == shard.name
+        and info.get("source_size") == st.st_size
+        and info.get("source_mtime_ns") == st.st_mtime_ns
+        and bool(info.get("verify_images") or not verify_images)
+    )
+
+
+# ----------------------------------------------------------------------------- the pool
+
+
+@dataclass(frozen=True)
+class ShardCounts:
+    shard: str
+    rows: int
+    ok: int
+    quarantined: int
+    by_reason: dict[str, int]
+
+
+@dataclass(frozen=True)
+class ManifestSummary:
+    total: int
+    ok: int
+    quarantined: int
+    by_reason: dict[str, int]
+    per_shard: list[ShardCounts]  # pool order
+    empty_shards: list[str]  # valid tars with no member: zero-row manifests
+    # What this call did (not written to _summary.json, which depends on the pool only):
+    read_shards: list[str] = dataclasses.field(default_factory=list)
+    reused_shards: list[str] = dataclasses.field(default_factory=list)
+    rewritten_shards: list[str] = dataclasses.field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        for run_only in ("read_shards", "reused_shards", "rewritten_shards"):
+            del out[run_only]
+        return out
+
+
+def manifest_files(manifest_dir: str | Path) -> list[tuple[str, Path]]:
+    """``(shard name, manifest path)`` of every manifest in the directory, in pool order."""
+    found = [
+        (manifest_info(p)["shard"], p)
+        for p in Path(manifest_dir).glob("*.parquet")
+        if not p.name.startswith(".")
+    ]
+    found.sort()
+    names = [shard for shard, _ in found]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{manifest_dir}: several manifests claim the same shard")
+    return found
+
+
+def _manifest_targets(shard_paths: Iterable[str | Path], out_dir: Path) -> list[tuple[Path, Path]]:
+    targets: dict[Path, Path] = {}
+    for shard in map(Path, shard_paths):
+        target = out_dir / f"{shard.stem}.parquet"
+        if target in targets:
+            raise ValueError(f"shards {targets[target]} and {shard} both map to {target}")
+        targets[target] = shard
+    return [(shard, target) for target, shard in targets.items()]
+
+
+# Rows whose (reason, duplicate_of) must change. Rows already marked as duplicates are
+# candidates again, so marks caused by a shard that has since changed are lifted.
+_DUPLICATES_SQL = """
+WITH candidates AS (
+    SELECT shard, "row", sample_id, image_sha256, caption, reason, duplicate_of
+    FROM manifest
+    WHERE status = 'ok' OR reason IN ('exact_duplicate', 'duplicate_sample_id')
+),
+by_content AS (
+    SELECT *,
+           row_number() OVER content AS content_rank,
+           first_value(sample_id) OVER content AS original
+    FROM candidates
+    WINDOW content AS (PARTITION BY image_sha256, caption ORDER BY shard, "row")
+),
+by_id AS (
+    SELECT *, row_number() OVER (PARTITION BY sample_id ORDER BY shard, "row") AS id_rank
+    FROM by_content
+    WHERE content_rank = 1
+),
+desired AS (
+    SELECT shard, "row", reason, duplicate_of,
+           'exact_duplicate' AS new_reason, original AS new_duplicate_of
+    FROM by_content WHERE content_rank > 1
+    UNION ALL
+    SELECT shard, "row", reason, duplicate_of,
+           CASE WHEN id_rank > 1 THEN 'duplicate_sample_id' END,
+           CASE WHEN id_rank > 1 THEN sample_id END
+    FROM by_id
+)
+SELECT shard, "row", new_reason, new_duplicate_of
+FROM desired
+WHERE reason IS DISTINCT FROM new_reason OR duplicate_of IS DISTINCT FROM new_duplicate_of
+ORDER BY shard, "row"
+"""
+
+_Change = tuple[str | None, str | None]  # (new reason or None for ok, new duplicate_of)
+
+
+def _duplicate_changes(con: duckdb.DuckDBPyConnection) -> dict[str, dict[int, _Change]]:
+    """``{shard: {row: change}}`` for the rows of the ``manifest`` view that must change."""
+    changes: dict[str, dict[int, _Change]] = {}
+    for shard, row, reason, duplicate_of in con.sql(_DUPLICATES_SQL).fetchall():
+        changes.setdefault(shard, {})[row] = (reason, duplicate_of)
+    return changes
+
+
+def _apply_changes(table: pa.Table, changes: dict[int, _Change]) -> pa.Table:
+    """The manifest with the given rows' status, reason and duplicate_of replaced."""
+    if not changes:
+        return table
+    status = table.column("status").to_pylist()
+    reason = table.column("reason").to_pylist()
+    duplicate_of = table.column("duplicate_of").to_pylist()
+    for i, row in enumerate(table.column("row").to_pylist()):
+        if row in changes:
+            reason[i], duplicate_of[i] = changes[row]
+            status[i] = QUARANTINED if reason[i] else OK
+    for name, values in (("status", status), ("reason", reason), ("duplicate_of", duplicate_of)):
+        i = table.schema.get_field_index(name)
+        table = table.set_column(i, table.schema.field(i), pa.array(values, pa.string()))
+    return table
+
+
+def _deduplicate_pool(con: duckdb.DuckDBPyConnection, manifests: list[tuple[str, Path]]) -> list[str]:
+    """Apply the duplicate pass to the whole pool; rewrite (atomically) only changed shards."""
+    con.read_parquet([str(p) for _, p in manifests]).create_view("manifest")
+    changes = _duplicate_changes(con)
+    paths = dict(manifests)
+    for shard, shard_changes in changes.items():
+        write_parquet(paths[shard], _apply_changes(pq.read_table(paths[shard]), shard_changes))
+    return sorted(changes)
+
+
+_COUNTS_SQL = """
+SELECT shard, status, reason, count(*) AS n
+FROM read_parquet(?)
+GROUP BY ALL
+ORDER BY ALL
+"""
+
+
+def _shard_counts(con: duckdb.DuckDBPyConnection, manifests: list[tuple[str, Path]]) -> list[ShardCounts]:
+    """Per-shard counts in pool order; raises if ok + quarantined != rows anywhere."""
+    groups: dict[str, list[tuple[str, str | None, int]]] = {shard: [] for shard, _ in manifests}
+    if manifests:
+        for shard, status, reason, n in con.execute(_COUNTS_SQL, [[str(p) for _, p in manifests]]).fetchall():
+            groups[shard].append((status, reason, n))
+    return [_check_counts(shard, group) for shard, group in groups.items()]
+
+
+def _check_counts(shard: str, groups: list[tuple[str, str | None, int]]) -> ShardCounts:
+    rows = sum(n for *_, n in groups)
+    ok = sum(n for status, reason, n in groups if status == OK and reason is None)
+    by_reason = {reason: n for status, reason, n in groups if status == QUARANTINED and reason in REASONS}
+    quarantined = sum(by_reason.values())
+    if ok + quarantined != rows:
+        raise RuntimeError(
+            f"manifest of {shard}: ok ({ok}) + quarantined ({quarantined}) != rows ({rows}); "
+            f"status/reason groups: {groups}"
+        )
+    return ShardCounts(shard, rows, ok, quarantined, by_reason)
+
+
+def _summarise(per_shard: list[ShardCounts]) -> ManifestSummary:
+    by_reason: Counter[str] = Counter()
+    for counts in per_shard:
+        by_reason.update(counts.by_reason)
+    return ManifestSummary(
+        total=sum(c.rows for c in per_shard),
+        ok=sum(c.ok for c in per_shard),
+        quarantined=sum(c.quarantined for c in per_shard),
+        by_reason={r: by_reason[r] for r in REASONS if by_reason[r]},
+        per_shard=per_shard,
+        empty_shards=[c.shard for c in per_shard if c.rows == 0],
+    )
+
+
+def build_manifest(
+    shard_paths: Iterable[str | Path], out_dir: str | Path, *, verify_images: bool = True
+) -> ManifestSummary:
+    """Manifest every shard into ``out_dir``, deduplicate the pool, write ``_summary.json``.
+
+    Incremental: an existing manifest whose recorded source size+mtime match is reused.
+    The duplicate pass and the summary cover every manifest in ``out_dir`` (shards added by
+    earlier calls included), so ``out_dir`` is one pool; delete a manifest to drop a shard.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    read, reused = [], []
+    for shard, target in _manifest_targets(shard_paths, out):
+        if _is_current(target, shard, verify_images):
+            reused.append(shard.name)
+        else:
+            write_parquet(target, read_shard_manifest(shard, verify_images=verify_images))
+            read.append(shard.name)
+    manifests = manifest_files(out)
+    with duckdb.connect() as con:
+        rewritten = _deduplicate_pool(con, manifests) if manifests else []
+        summary = _summarise(_shard_counts(con, manifests))
+    write_json(out / SUMMARY_NAME, summary.to_json())
+    return dataclasses.replace(summary, read_shards=read, reused_shards=reused, rewritten_shards=rewritten)
+
+
+_OK_ROWS_SQL = f"""
+SELECT {", ".join(f'"{c}"' for c in OK_ROW_COLUMNS)}
+FROM read_parquet(?)
+WHERE status = 'ok'
+ORDER BY "row"
+"""
+
+
+def ok_rows(manifest_dir: str | Path) -> Iterator[pa.Table]:
+    """Valid pairs in pool order, one table per shard (shards by name; zero-row tables kept).
+
+    Columns ``OK_ROW_COLUMNS``; a pair's global sample index is its position in this stream.
+    """
+    manifests = manifest_files(manifest_dir)
+    with duckdb.connect() as con:
+        for _, path in manifests:
+            yield con.sql(_OK_ROWS_SQL, params=[str(path)]).to_arrow_table()
+
+
+def pool_counts(manifest_dir: str | Path) -> list[tuple[str, int]]:
+    """``(shard, number of ok rows)`` in pool order, shards with none included."""
+    manifests = manifest_files(manifest_dir)
+    with duckdb.connect() as con:
+        return [(c.shard, c.ok) for c in _shard_counts(con, manifests)]
+
+
+def pool_identity(manifest_dir: str | Path) -> str:
+    """A hash naming the pool's content: every manifest's source shard (name, size, mtime, format)
+    and the pool summary (ok and quarantine counts after the duplicate pass). Any shard added,
+    removed or rewritten changes it."""
+    h = hashlib.sha256()
+    for shard, path in manifest_files(manifest_dir):
+        info = manifest_info(path)
+        h.update(json.dumps([shard, info.get("source_size"), info.get("source_mtime_ns"),
+                             info.get("format_version")]).encode())
+    summary = Path(manifest_dir) / SUMMARY_NAME
+    if summary.exists():
+        h.update(summary.read_bytes())
+    return h.hexdigest()

@@ -1,0 +1,799 @@
+"""Deterministic synthetic image–caption pool: the embedded default dataset (numpy + Pillow only).
+
+Writes a long-tailed pool of 32×32 PNG "coloured shape" images with noisy web-style captions
+as webdataset tar shards (img2dataset layout), plus a balanced held-out evaluation set.
+
+* Concepts: 12 shapes × 10 colours = 120 concepts ("red triangle", id ``shape * 10 + colour``),
+  drawn at random position / scale / rotation on a muted background with clutter and pixel noise.
+* Frequencies: Zipf's law over a seeded permutation of concepts to ranks,
+  ``n_r ∝ r^-s`` (default ``s = 1.3``), with a floor of ``MIN_PAIRS_PER_CONCEPT``: ranks whose
+  share falls below the floor get the floor and the rest is re-split proportionally
+  (water-filling), integerised by the largest-remainder (Hamilton) method.
+* Dirt of real web data at configurable rates (``DirtRates``): exact duplicates (same bytes and
+  caption, own uid), near duplicates (jittered re-render, caption maybe paraphrased), mismatched
+  captions, empty captions, corrupt image files, missing ``.txt``; the ``.json`` is left out for a
+  fraction of clean samples so readers must fall back to a content hash.
+
+Output of ``generate(out_dir)``::
+
+    shards/shard-00000.tar            {key}.png  {key}.txt  {key}.json   (key = SSSSSIIII)
+    shards/shard-00000_stats.json     per-shard counts (next to the tar, not inside)
+    eval/eval-00000.tar               {key}.png  {key}.json  (balanced, different style + seed stream)
+    eval/concepts.parquet             concept_id, concept, prompt_names, train_frequency, rank
+    eval/templates.json               zero-shot prompt templates ("a photo of a {}.")
+    ground_truth.parquet              oracle: uid / concept / dirt of *every* training sample
+    MANIFEST.json                     parameters and outputs; written last
+
+Every sample is rendered from its own RNG ``default_rng([seed, stream, index])``, so any sample
+(e.g. the source of a duplicate) can be regenerated without holding images in memory, and the same
+seed gives byte-identical tars (fixed tar headers: mtime 0, uid/gid 0, members in key order).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import math
+import re
+import tarfile
+from dataclasses import asdict, dataclass, fields, replace
+from functools import cache
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image, ImageDraw
+
+from dynamics_assets.core.io.atomic import atomic_path, write_json, write_parquet
+
+__all__ = [
+    "Concept",
+    "DIRT_TYPES",
+    "DirtRates",
+    "GeneratedDataset",
+    "MIN_PAIRS_PER_CONCEPT",
+    "concepts",
+    "generate",
+    "zipf_counts",
+]
+
+GENERATOR_VERSION = 1
+IMAGE_SIZE = 32
+MIN_PAIRS_PER_CONCEPT = 3
+MAX_SAMPLES_PER_SHARD = 10_000  # the key has 4 digits for the index within a shard
+MANIFEST_NAME = "MANIFEST.json"
+DIRT_TYPES = (
+    "exact_duplicate",
+    "near_duplicate",
+    "mismatched_caption",
+    "empty_caption",
+    "corrupt_image",
+    "missing_caption",
+)
+
+# ---------------------------------------------------------------------------------------------
+# Concepts
+# ---------------------------------------------------------------------------------------------
+
+_COLORS: tuple[tuple[str, tuple[int, int, int], tuple[str, ...]], ...] = (
+    ("red", (220, 30, 30), ("crimson", "scarlet")),
+    ("orange", (245, 130, 20), ("tangerine", "amber")),
+    ("yellow", (240, 220, 30), ("golden", "lemon")),
+    ("green", (40, 170, 50), ("emerald", "lime")),
+    ("blue", (30, 70, 220), ("azure", "cobalt")),
+    ("purple", (130, 40, 180), ("violet", "plum")),
+    ("pink", (245, 120, 190), ("rose", "magenta")),
+    ("brown", (130, 80, 35), ("chocolate", "chestnut")),
+    ("black", (20, 20, 20), ("ebony", "jet black")),
+    ("white", (245, 245, 245), ("ivory", "snow white")),
+)
+
+_SHAPE_SYNONYMS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("circle", ("disc", "dot")),
+    ("square", ("box", "block")),
+    ("triangle", ("wedge", "trigon")),
+    ("star", ("five-pointed star", "starburst")),
+    ("cross", ("plus sign", "plus")),
+    ("ring", ("donut", "hoop")),
+    ("crescent", ("crescent moon", "moon")),
+    ("arrow", ("pointer", "arrowhead")),
+    ("heart", ("love heart", "heart shape")),
+    ("bar", ("stripe", "rectangle")),
+    ("frame", ("hollow square", "square outline")),
+    ("hourglass", ("bowtie", "sand timer")),
+)
+
+
+@dataclass(frozen=True)
+class Concept:
+    """One visual concept: a shape in a colour."""
+
+    concept_id: int
+    name: str  # canonical name, e.g. "red triangle"
+    slug: str  # e.g. "red-triangle"
+    shape: str
+    color: str
+    rgb: tuple[int, int, int]
+    color_synonyms: tuple[str, ...]
+    shape_synonyms: tuple[str, ...]
+
+    @property
+    def prompt_names(self) -> tuple[str, ...]:
+        """Class names for zero-shot prompts, canonical name first."""
+        return (
+            self.name,
+            f"{self.color_synonyms[0]} {self.shape}",
+            f"{self.color} {self.shape_synonyms[0]}",
+        )
+
+
+@cache
+def concepts() -> tuple[Concept, ...]:
+    """All concepts, indexed by ``concept_id`` (``shape_index * 10 + colour_index``)."""
+    out = []
+    for shape, shape_syn in _SHAPE_SYNONYMS:
+        for color, rgb, color_syn in _COLORS:
+            name = f"{color} {shape}"
+            out.append(
+                Concept(len(out), name, name.replace(" ", "-"), shape, color, rgb, color_syn, shape_syn)
+            )
+    return tuple(out)
+
+
+def zipf_counts(pairs: int, n_concepts: int, s: float, minimum: int = MIN_PAIRS_PER_CONCEPT) -> np.ndarray:
+    """Integer counts by rank (index 0 = rank 1): ``∝ r^-s`` with a floor, summing to ``pairs``.
+
+    Ranks whose proportional share is below ``minimum`` get ``minimum``; the others split the rest
+    proportionally to ``r^-s`` (water-filling), rounded by the largest-remainder method, so the
+    counts are non-increasing in rank and every one is ``>= minimum``.
+    """
+    if pairs < minimum * n_concepts:
+        raise ValueError(f"pairs={pairs} < {minimum} × {n_concepts} concepts: every concept needs ≥ {minimum}")
+    weights = np.arange(1, n_concepts + 1, dtype=np.float64) ** -s
+    floored = np.zeros(n_concepts, dtype=bool)
+    while True:
+        free = pairs - minimum * floored.sum()
+        share = np.where(floored, float(minimum), free * weights / weights[~floored].sum())
+        newly = ~floored & (share < minimum)
+        if not newly.any():
+            break
+        floored |= newly
+    counts = np.floor(share).astype(np.int64)
+    order = np.argsort(-(share - counts), kind="stable")
+    counts[order[: pairs - counts.sum()]] += 1
+    return counts
+
+
+# ---------------------------------------------------------------------------------------------
+# Shapes and rendering
+# ---------------------------------------------------------------------------------------------
+
+_SUPERSAMPLE = 4  # draw at 4× and box-downsample: cheap anti-aliasing
+_CANVAS = IMAGE_SIZE * _SUPERSAMPLE
+
+
+def _regular(k: int, radius: float = 1.0, center: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+    angles = -math.pi / 2 + 2 * math.pi * np.arange(k) / k
+    return np.stack([center[0] + radius * np.cos(angles), center[1] + radius * np.sin(angles)], axis=1)
+
+
+def _star(points: int, outer: float, inner: float) -> np.ndarray:
+    angles = -math.pi / 2 + math.pi * np.arange(2 * points) / points
+    radii = np.where(np.arange(2 * points) % 2 == 0, outer, inner)
+    return np.stack([radii * np.cos(angles), radii * np.sin(angles)], axis=1)
+
+
+def _heart() -> np.ndarray:
+    t = np.linspace(0, 2 * math.pi, 48, endpoint=False)
+    x = 16 * np.sin(t) ** 3
+    y = -(13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t))
+    return np.stack([x, y + 2.5], axis=1) / 16.5
+
+
+def _box(half_w: float, half_h: float) -> np.ndarray:
+    return np.array([(-half_w, -half_h), (half_w, -half_h), (half_w, half_h), (-half_w, half_h)])
+
+
+# Each shape: ordered layers (unit-radius polygon, mask value); value 0 punches a hole.
+_SHAPE_LAYERS: dict[str, tuple[tuple[np.ndarray, int], ...]] = {
+    "circle": ((_regular(40), 255),),
+    "square": ((_box(0.78, 0.78), 255),),
+    "triangle": ((_regular(3) + (0.0, 0.2), 255),),
+    "star": ((_star(5, 1.0, 0.42), 255),),
+    "cross": (
+        (np.array([(-0.3, -1), (0.3, -1), (0.3, -0.3), (1, -0.3), (1, 0.3), (0.3, 0.3),
+                   (0.3, 1), (-0.3, 1), (-0.3, 0.3), (-1, 0.3), (-1, -0.3), (-0.3, -0.3)]), 255),
+    ),
+    "ring": ((_regular(40), 255), (_regular(40, 0.55), 0)),
+    "crescent": ((_regular(40), 255), (_regular(40, 0.82, (0.42, -0.1)), 0)),
+    "arrow": (
+        (np.array([(-1, -0.22), (0.15, -0.22), (0.15, -0.62), (1, 0), (0.15, 0.62),
+                   (0.15, 0.22), (-1, 0.22)]), 255),
+    ),
+    "heart": ((_heart(), 255),),
+    "bar": ((_box(1.0, 0.3), 255),),
+    "frame": ((_box(0.85, 0.85), 255), (_box(0.45, 0.45), 0)),
+    "hourglass": ((np.array([(-0.8, -1), (0.8, -1), (0.1, 0), (0.8, 1), (-0.8, 1), (-0.1, 0)]), 255),),
+}
+
+
+@dataclass(frozen=True)
+class _Style:
+    """Rendering distribution: the training pool and the eval set use different ones."""
+
+    radius: tuple[float, float]  # shape radius in px of the 32×32 frame
+    noise_sigma: tuple[float, float]
+    gradient_background: bool
+    max_clutter: int
+
+
+_TRAIN_STYLE = _Style(radius=(7.0, 13.0), noise_sigma=(2.0, 9.0), gradient_background=False, max_clutter=3)
+_EVAL_STYLE = _Style(radius=(6.0, 11.0), noise_sigma=(4.0, 10.0), gradient_background=True, max_clutter=2)
+
+
+@dataclass(frozen=True)
+class _Drawing:
+    """Everything needed to render one image; sampled from a per-sample RNG."""
+
+    shape: str
+    rgb: tuple[int, int, int]
+    center: tuple[float, float]
+    radius: float
+    angle: float
+    background: tuple[tuple[int, int, int], tuple[int, int, int]]  # gradient ends; equal = flat
+    gradient_angle: float
+    clutter: tuple[tuple[float, float, float, float, tuple[int, int, int]], ...]  # line x0 y0 x1 y1 rgb
+    noise_sigma: float
+    noise_seed: int
+
+
+def _rgb(values: np.ndarray) -> tuple[int, int, int]:
+    r, g, b = np.clip(np.rint(values), 0, 255).astype(int).tolist()
+    return r, g, b
+
+
+def _muted_background(rng: np.random.Generator, avoid: tuple[int, int, int]) -> tuple[int, int, int]:
+    """A desaturated random colour at least 120 (RGB distance) away from the shape colour."""
+    while True:
+        raw = rng.uniform(0, 255, 3)
+        color = _rgb(0.5 * raw + 0.5 * raw.mean())
+        if np.linalg.norm(np.subtract(color, avoid)) >= 120:
+            return color
+
+
+def _sample_drawing(rng: np.random.Generator, concept: Concept, style: _Style) -> _Drawing:
+    radius = rng.uniform(*style.radius)
+    margin = 0.8 * radius
+    center = (rng.uniform(margin, IMAGE_SIZE - margin), rng.uniform(margin, IMAGE_SIZE - margin))
+    rgb = _rgb(np.add(concept.rgb, rng.integers(-18, 19, 3)))
+    first = _muted_background(rng, rgb)
+    second = _muted_background(rng, rgb) if style.gradient_background else first
+    clutter = tuple(
+        (*rng.uniform(0, IMAGE_SIZE, 4), _rgb(rng.uniform(40, 215, 3)))
+        for _ in range(rng.integers(0, style.max_clutter + 1))
+    )
+    return _Drawing(
+        shape=concept.shape,
+        rgb=rgb,
+        center=center,
+        radius=radius,
+        angle=rng.uniform(0, 2 * math.pi),
+        background=(first, second),
+        gradient_angle=rng.uniform(0, 2 * math.pi),
+        clutter=clutter,
+        noise_sigma=rng.uniform(*style.noise_sigma),
+        noise_seed=int(rng.integers(2**63)),
+    )
+
+
+def _jitter(drawing: _Drawing, rng: np.random.Generator) -> _Drawing:
+    """A near duplicate: tiny geometric / colour jitter and fresh pixel noise."""
+    return replace(
+        drawing,
+        center=tuple(np.add(drawing.center, rng.uniform(-1, 1, 2))),
+        radius=drawing.radius * rng.uniform(0.95, 1.05),
+        angle=drawing.angle + rng.uniform(-0.1, 0.1),
+        rgb=_rgb(np.add(drawing.rgb, rng.integers(-6, 7, 3))),
+        noise_seed=int(rng.integers(2**63)),
+    )
+
+
+def _background(drawing: _Drawing) -> Image.Image:
+    """Flat, or a linear gradient between the two colours (computed at 32 px, upsampled)."""
+    first, second = drawing.background
+    if first == second:
+        return Image.new("RGB", (_CANVAS, _CANVAS), first)
+    coords = (np.arange(IMAGE_SIZE, dtype=np.float32) + 0.5) / IMAGE_SIZE - 0.5
+    t = np.cos(drawing.gradient_angle) * coords[None, :] + np.sin(drawing.gradient_angle) * coords[:, None]
+    t = ((t - t.min()) / (t.max() - t.min()))[..., None]
+    pixels = np.float32(first) * (1 - t) + np.float32(second) * t
+    return Image.fromarray(pixels.round().astype(np.uint8)).resize((_CANVAS, _CANVAS), Image.BILINEAR)
+
+
+def _shape_mask(drawing: _Drawing) -> Image.Image:
+    cos, sin = math.cos(drawing.angle), math.sin(drawing.angle)
+    rotation = np.array([[cos, -sin], [sin, cos]])
+    mask = Image.new("L", (_CANVAS, _CANVAS), 0)
+    draw = ImageDraw.Draw(mask)
+    for polygon, value in _SHAPE_LAYERS[drawing.shape]:
+        points = (polygon @ rotation.T * drawing.radius + drawing.center) * _SUPERSAMPLE
+        draw.polygon([tuple(p) for p in points], fill=value)
+    return mask
+
+
+def _render(drawing: _Drawing) -> np.ndarray:
+    """Render to a ``(32, 32, 3)`` uint8 array."""
+    canvas = _background(drawing)
+    draw = ImageDraw.Draw(canvas)
+    for *line, color in drawing.clutter:
+        draw.line([v * _SUPERSAMPLE for v in line], fill=color, width=_SUPERSAMPLE)
+    background = np.asarray(canvas.reduce(_SUPERSAMPLE), dtype=np.float32)
+    alpha = np.asarray(_shape_mask(drawing).reduce(_SUPERSAMPLE), dtype=np.float32)[..., None] / 255.0
+    pixels = background * (1.0 - alpha) + np.float32(drawing.rgb) * alpha
+    noise = np.random.default_rng(drawing.noise_seed).normal(0.0, drawing.noise_sigma, pixels.shape)
+    return np.clip(pixels + noise, 0, 255).round().astype(np.uint8)
+
+
+def _png(pixels: np.ndarray, compress_level: int = 1) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=compress_level)
+    return buffer.getvalue()
+
+
+_HTML_ERROR = b"<!DOCTYPE html><html><head><title>404 Not Found</title></head><body>Not Found</body></html>\n"
+
+
+def _corrupt(png: bytes, rng: np.random.Generator) -> bytes:
+    """Bytes that fail ``PIL.Image.open(...).load()``: truncated PNG, an HTML error page, or empty."""
+    kind = rng.integers(3)
+    if kind == 0:
+        return png[: 33 + (len(png) - 45) // 2]  # signature + IHDR, then half of IDAT; no IEND
+    return _HTML_ERROR if kind == 1 else b""
+
+
+# ---------------------------------------------------------------------------------------------
+# Captions
+# ---------------------------------------------------------------------------------------------
+
+_CAPTION_TEMPLATES = (
+    "a photo of a {color} {shape}",
+    "{shape} in {color}",
+    "my {color} {shape} on a table",
+    "a {color} {shape}",
+    "{color} {shape} clipart, vector illustration",
+    "close-up of a {color} {shape}",
+    "an image of the {color} {shape}",
+    "{color} {shape} for sale - free shipping",
+    "the {shape} is {color}",
+    "{shape}, {color}",
+    "cute {color} {shape} sticker",
+    "look at this {color} {shape}",
+)
+_ZERO_SHOT_TEMPLATES = (
+    "a photo of a {}.",
+    "a drawing of a {}.",
+    "an image of a {}.",
+    "a picture of the {}.",
+    "a small {}.",
+    "a large {}.",
+    "a rendering of a {}.",
+    "a {}.",
+)
+_EMPTY_CAPTIONS = ("", " ", "\n", "  \t ")
+_ENDINGS = (".", "!", "...", " !!", "?")
+
+
+def _word(rng: np.random.Generator, canonical: str, synonyms: Sequence[str]) -> str:
+    return canonical if rng.random() < 0.5 else synonyms[rng.integers(len(synonyms))]
+
+
+def _caption(rng: np.random.Generator, concept: Concept) -> str:
+    """A web-style caption: random template, synonyms, then case / punctuation / spacing noise."""
+    template = _CAPTION_TEMPLATES[rng.integers(len(_CAPTION_TEMPLATES))]
+    text = template.format(
+        color=_word(rng, concept.color, concept.color_synonyms),
+        shape=_word(rng, concept.shape, concept.shape_synonyms),
+    )
+    text = re.sub(r"\ba(?= [aeiou])", "an", text)
+    case = rng.random()
+    if case < 0.08:
+        text = text.upper()
+    elif case < 0.25:
+        text = text[0].upper() + text[1:]
+    elif case < 0.32:
+        text = text.title()
+    if rng.random() < 0.25:
+        text += _ENDINGS[rng.integers(len(_ENDINGS))]
+    if rng.random() < 0.05:
+        text = text.replace(" ", "  ", 1) + " "
+    return text
+
+
+# ---------------------------------------------------------------------------------------------
+# Sample plan
+# ---------------------------------------------------------------------------------------------
+
+_TRAIN, _EVAL, _PLAN, _RANKS, _EVAL_PLAN = 1, 2, 3, 4, 5  # independent RNG streams per seed
+
+
+def _rng(seed: int, stream: int, *index: int) -> np.random.Generator:
+    return np.random.default_rng([seed, stream, *index])
+
+
+def _uid(seed: int, split: str, index: int) -> str:
+    return hashlib.blake2b(f"dynamics-synthetic:{seed}:{split}:{index}".encode(), digest_size=16).hexdigest()
+
+
+def _key(shard: int, index: int) -> str:
+    return f"{shard:05d}{index:04d}"
+
+
+@dataclass(frozen=True)
+class DirtRates:
+    """Fraction of the pool per kind of dirt; ``missing_json`` is a fraction of the *clean* samples."""
+
+    exact_duplicate: float = 0.02
+    near_duplicate: float = 0.02
+    mismatched_caption: float = 0.03
+    empty_caption: float = 0.015
+    corrupt_image: float = 0.01
+    missing_caption: float = 0.01
+    missing_json: float = 0.10
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            if not 0.0 <= getattr(self, f.name) <= 1.0:
+                raise ValueError(f"DirtRates.{f.name}={getattr(self, f.name)} is not in [0, 1]")
+        if sum(getattr(self, name) for name in DIRT_TYPES) > 0.5:
+            raise ValueError(f"DirtRates: total dirt {self} exceeds half of the pool")
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Per-sample integers only (no images): ground-truth concept, dirt code, duplicate source."""
+
+    labels: np.ndarray  # concept id per sample
+    dirt: np.ndarray  # index into DIRT_TYPES, -1 = clean
+    source: np.ndarray  # sample index a duplicate copies, -1 otherwise
+    json_missing: np.ndarray  # bool
+
+
+def _concept_ranks(seed: int) -> np.ndarray:
+    """``order[r]`` = concept id at rank ``r + 1``."""
+    return _rng(seed, _RANKS).permutation(len(concepts()))
+
+
+def _train_frequencies(pairs: int, seed: int, s: float) -> np.ndarray:
+    """Pairs per concept id."""
+    counts = np.empty(len(concepts()), dtype=np.int64)
+    counts[_concept_ranks(seed)] = zipf_counts(pairs, len(concepts()), s)
+    return counts
+
+
+def _assign_dirt(labels: np.ndarray, rates: DirtRates, rng: np.random.Generator) -> np.ndarray:
+    """Exact quotas ``round(rate × pairs)`` at random positions, keeping ≥ 1 clean sample per concept."""
+    quotas = [int(round(getattr(rates, name) * len(labels))) for name in DIRT_TYPES]
+    pending = [code for code, quota in enumerate(quotas) for _ in range(quota)]
+    dirt = np.full(len(labels), -1, dtype=np.int8)
+    clean_left = np.bincount(labels, minlength=len(concepts()))
+    cursor = 0
+    for index in rng.permutation(len(labels)):
+        if cursor == len(pending):
+            break
+        if clean_left[labels[index]] > 1:
+            dirt[index] = pending[cursor]
+            clean_left[labels[index]] -= 1
+            cursor += 1
+    if cursor < len(pending):
+        raise ValueError(f"pool of {len(labels)} pairs is too small for dirt rates {rates}")
+    return dirt
+
+
+def _duplicate_sources(labels: np.ndarray, dirt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """For each duplicate, a random clean sample of the same concept (possibly in another shard)."""
+    source = np.full(len(labels), -1, dtype=np.int64)
+    clean = np.flatnonzero(dirt == -1)
+    clean_by_concept = {c: clean[labels[clean] == c] for c in np.unique(labels)}
+    duplicate_codes = [DIRT_TYPES.index("exact_duplicate"), DIRT_TYPES.index("near_duplicate")]
+    for index in np.flatnonzero(np.isin(dirt, duplicate_codes)):
+        candidates = clean_by_concept[labels[index]]
+        source[index] = candidates[rng.integers(len(candidates))]
+    return source
+
+
+def _make_plan(pairs: int, seed: int, s: float, rates: DirtRates) -> _Plan:
+    rng = _rng(seed, _PLAN)
+    frequencies = _train_frequencies(pairs, seed, s)
+    labels = rng.permutation(np.repeat(np.arange(len(frequencies), dtype=np.int32), frequencies))
+    dirt = _assign_dirt(labels, rates, rng)
+    source = _duplicate_sources(labels, dirt, rng)
+    clean = np.flatnonzero(dirt == -1)
+    json_missing = np.zeros(pairs, dtype=bool)
+    json_missing[rng.choice(clean, size=int(round(rates.missing_json * len(clean))), replace=False)] = True
+    return _Plan(labels, dirt, source, json_missing)
+
+
+# ---------------------------------------------------------------------------------------------
+# Samples and tar shards
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Sample:
+    key: str
+    image: bytes
+    caption: str | None  # None = no .txt member
+    meta: dict | None  # None = no .json member
+
+    def members(self) -> Iterator[tuple[str, bytes]]:
+        """Members in name order (json < png < txt), as in a key-sorted tar."""
+        if self.meta is not None:
+            yield f"{self.key}.json", json.dumps(self.meta, sort_keys=True).encode()
+        yield f"{self.key}.png", self.image
+        if self.caption is not None:
+            yield f"{self.key}.txt", self.caption.encode()
+
+
+def _clean_content(seed: int, index: int, concept: Concept) -> tuple[_Drawing, str, np.random.Generator]:
+    """The drawing and caption a training sample has when clean, and its RNG for further draws."""
+    rng = _rng(seed, _TRAIN, index)
+    return _sample_drawing(rng, concept, _TRAIN_STYLE), _caption(rng, concept), rng
+
+
+def _image_and_caption(seed: int, index: int, plan: _Plan) -> tuple[bytes, str | None]:
+    concept = concepts()[plan.labels[index]]
+    dirt = DIRT_TYPES[plan.dirt[index]] if plan.dirt[index] >= 0 else None
+    drawing, caption, rng = _clean_content(seed, index, concept)
+    if dirt in ("exact_duplicate", "near_duplicate"):
+        source_drawing, source_caption, _ = _clean_content(seed, int(plan.source[index]), concept)
+        if dirt == "exact_duplicate":
+            return _png(_render(source_drawing)), source_caption
+        paraphrased = caption if rng.random() < 0.5 else source_caption
+        return _png(_render(_jitter(source_drawing, rng)), compress_level=6), paraphrased
+    image = _png(_render(drawing))
+    if dirt == "mismatched_caption":
+        other = (concept.concept_id + rng.integers(1, len(concepts()))) % len(concepts())
+        caption = _caption(rng, concepts()[other])
+    elif dirt == "empty_caption":
+        caption = _EMPTY_CAPTIONS[rng.integers(len(_EMPTY_CAPTIONS))]
+    elif dirt == "corrupt_image":
+        image = _corrupt(image, rng)
+    elif dirt == "missing_caption":
+        caption = None
+    return image, caption
+
+
+def _ground_truth(seed: int, index: int, plan: _Plan) -> dict:
+    concept = concepts()[plan.labels[index]]
+    source = int(plan.source[index])
+    return {
+        "uid": _uid(seed, "train", index),
+        "concept_id": concept.concept_id,
+        "concept": concept.name,
+        "dirt": DIRT_TYPES[plan.dirt[index]] if plan.dirt[index] >= 0 else None,
+        "duplicate_of": _uid(seed, "train", source) if source >= 0 else None,
+    }
+
+
+def _training_sample(seed: int, index: int, key: str, plan: _Plan) -> tuple[_Sample, dict]:
+    """The sample as written (json maybe left out) and its full ground truth."""
+    image, caption = _image_and_caption(seed, index, plan)
+    truth = _ground_truth(seed, index, plan)
+    return _Sample(key, image, caption, None if plan.json_missing[index] else truth), truth
+
+
+def _eval_sample(seed: int, index: int, key: str, concept: Concept) -> _Sample:
+    drawing = _sample_drawing(_rng(seed, _EVAL, index), concept, _EVAL_STYLE)
+    meta = {"uid": _uid(seed, "eval", index), "concept_id": concept.concept_id, "concept": concept.name}
+    return _Sample(key, _png(_render(drawing)), None, meta)
+
+
+def _write_tar(path: Path, samples: Iterable[_Sample]) -> None:
+    """Atomically write a byte-reproducible tar: fixed headers, members in key order."""
+    with atomic_path(path) as tmp, tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for sample in samples:
+            for name, data in sample.members():
+                info = tarfile.TarInfo(name)
+                info.size, info.mtime, info.mode = len(data), 0, 0o644
+                info.uid = info.gid = 0
+                info.uname = info.gname = "root"
+                tar.addfile(info, io.BytesIO(data))
+
+
+_GROUND_TRUTH_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("shard", pa.string()),
+        ("uid", pa.string()),
+        ("concept_id", pa.int32()),
+        ("dirt", pa.string()),
+        ("duplicate_of", pa.string()),
+        ("has_txt", pa.bool_()),
+        ("has_json", pa.bool_()),
+    ]
+)
+
+
+def _write_training_shard(shards_dir: Path, shard: int, indices: range, seed: int, plan: _Plan) -> pa.Table:
+    """Write one shard and its stats file; return its ground-truth rows."""
+    name = f"shard-{shard:05d}.tar"
+    rows: list[dict] = []
+
+    def samples() -> Iterator[_Sample]:
+        for position, index in enumerate(indices):
+            sample, truth = _training_sample(seed, index, _key(shard, position), plan)
+            rows.append(
+                {"key": sample.key, "shard": name, "uid": truth["uid"], "concept_id": truth["concept_id"],
+                 "dirt": truth["dirt"], "duplicate_of": truth["duplicate_of"],
+                 "has_txt": sample.caption is not None, "has_json": sample.meta is not None}
+            )
+            yield sample
+
+    _write_tar(shards_dir / name, samples())
+    table = pa.Table.from_pylist(rows, schema=_GROUND_TRUTH_SCHEMA)
+    write_json(shards_dir / f"shard-{shard:05d}_stats.json", _shard_stats(name, rows))
+    return table
+
+
+def _shard_stats(name: str, rows: list[dict]) -> dict:
+    dirt = [row["dirt"] for row in rows]
+    concept_ids = np.bincount([row["concept_id"] for row in rows], minlength=len(concepts()))
+    return {
+        "shard": name,
+        "count": len(rows),
+        "dirt_counts": {kind: dirt.count(kind) for kind in DIRT_TYPES},
+        "missing_json": sum(not row["has_json"] for row in rows),
+        "concept_counts": {str(c): int(n) for c, n in enumerate(concept_ids) if n},
+    }
+
+
+def _write_eval(eval_dir: Path, seed: int, per_concept: int, samples_per_shard: int, frequencies: np.ndarray,
+                ranks: np.ndarray) -> list[str]:
+    labels = _rng(seed, _EVAL_PLAN).permutation(np.repeat(np.arange(len(concepts())), per_concept))
+    names = []
+    for shard, start in enumerate(range(0, len(labels), samples_per_shard)):
+        chunk = range(start, min(start + samples_per_shard, len(labels)))
+        names.append(f"eval-{shard:05d}.tar")
+        _write_tar(
+            eval_dir / names[-1],
+            (_eval_sample(seed, i, _key(shard, i - start), concepts()[labels[i]]) for i in chunk),
+        )
+    rank_of = np.empty(len(ranks), dtype=np.int32)
+    rank_of[ranks] = np.arange(1, len(ranks) + 1, dtype=np.int32)
+    table = pa.table(
+        {
+            "concept_id": pa.array([c.concept_id for c in concepts()], pa.int32()),
+            "concept": pa.array([c.name for c in concepts()], pa.string()),
+            "prompt_names": pa.array([list(c.prompt_names) for c in concepts()], pa.list_(pa.string())),
+            "train_frequency": pa.array(frequencies, pa.int64()),
+            "rank": pa.array(rank_of, pa.int32()),
+        }
+    )
+    write_parquet(eval_dir / "concepts.parquet", table)
+    write_json(eval_dir / "templates.json", list(_ZERO_SHOT_TEMPLATES))
+    return names
+
+
+# ---------------------------------------------------------------------------------------------
+# Public entry point
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GeneratedDataset:
+    """What ``generate`` wrote (or found already written)."""
+
+    out_dir: Path
+    shards: tuple[Path, ...]
+    eval_dir: Path
+    eval_shards: tuple[Path, ...]
+    concepts_path: Path  # eval/concepts.parquet
+    ground_truth_path: Path  # oracle labels of every training sample (for evaluating curation)
+    pairs: int
+    dirt_counts: dict[str, int]
+    missing_json: int
+
+    @classmethod
+    def from_manifest(cls, out_dir: Path, manifest: dict) -> "GeneratedDataset":
+        return cls(
+            out_dir=out_dir,
+            shards=tuple(out_dir / "shards" / name for name in manifest["shards"]),
+            eval_dir=out_dir / "eval",
+            eval_shards=tuple(out_dir / "eval" / name for name in manifest["eval_shards"]),
+            concepts_path=out_dir / "eval" / "concepts.parquet",
+            ground_truth_path=out_dir / "ground_truth.parquet",
+            pairs=manifest["pairs"],
+            dirt_counts=dict(manifest["dirt_counts"]),
+            missing_json=manifest["missing_json"],
+        )
+
+    def files(self) -> tuple[Path, ...]:
+        stats = tuple(p.with_name(p.name.replace(".tar", "_stats.json")) for p in self.shards)
+        return (*self.shards, *stats, *self.eval_shards, self.concepts_path, self.eval_dir / "templates.json",
+                self.ground_truth_path)
+
+
+def _existing(out_dir: Path, params: dict) -> GeneratedDataset | None:
+    """The dataset described by an up-to-date manifest whose files all exist, else None."""
+    path = out_dir / MANIFEST_NAME
+    if not path.exists():
+        return None
+    manifest = json.loads(path.read_text())
+    if manifest.get("params") != params:
+        return None
+    dataset = GeneratedDataset.from_manifest(out_dir, manifest)
+    return dataset if all(p.exists() for p in dataset.files()) else None
+
+
+def _remove_stale(directory: Path, pattern: str, keep: Iterable[str]) -> None:
+    keep = set(keep)
+    for path in directory.glob(pattern):
+        if path.name not in keep:
+            path.unlink()
+
+
+def generate(
+    out_dir: str | Path,
+    *,
+    pairs: int = 20_000,
+    seed: int = 0,
+    samples_per_shard: int = 2_000,
+    eval_per_concept: int = 10,
+    dirt: DirtRates = DirtRates(),
+    zipf_s: float = 1.3,
+) -> GeneratedDataset:
+    """Write the synthetic pool under ``out_dir`` (idempotent: an up-to-date MANIFEST.json short-circuits)."""
+    if not 1 <= samples_per_shard <= MAX_SAMPLES_PER_SHARD:
+        raise ValueError(f"samples_per_shard={samples_per_shard} must be in [1, {MAX_SAMPLES_PER_SHARD}]")
+    if seed < 0 or eval_per_concept < 1:
+        raise ValueError(f"seed={seed} must be ≥ 0 and eval_per_concept={eval_per_concept} ≥ 1")
+    out_dir = Path(out_dir)
+    params = {"version": GENERATOR_VERSION, "pairs": pairs, "seed": seed, "samples_per_shard": samples_per_shard,
+              "eval_per_concept": eval_per_concept, "dirt": asdict(dirt), "zipf_s": zipf_s}
+    if (existing := _existing(out_dir, params)) is not None:
+        return existing
+    (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
+
+    plan = _make_plan(pairs, seed, zipf_s, dirt)
+    shards_dir, eval_dir = out_dir / "shards", out_dir / "eval"
+    shards_dir.mkdir(parents=True, exist_ok=True)
+    shard_names = []
+    with atomic_path(out_dir / "ground_truth.parquet") as tmp, pq.ParquetWriter(tmp, _GROUND_TRUTH_SCHEMA) as gt:
+        for shard, start in enumerate(range(0, pairs, samples_per_shard)):
+            indices = range(start, min(start + samples_per_shard, pairs))
+            gt.write_table(_write_training_shard(shards_dir, shard, indices, seed, plan))
+            shard_names.append(f"shard-{shard:05d}.tar")
+    eval_names = _write_eval(eval_dir, seed, eval_per_concept, samples_per_shard,
+                             _train_frequencies(pairs, seed, zipf_s), _concept_ranks(seed))
+    _remove_stale(shards_dir, "shard-*", [*shard_names, *(n.replace(".tar", "_stats.json") for n in shard_names)])
+    _remove_stale(eval_dir, "eval-*.tar", eval_names)
+
+    manifest = {
+        "params": params,
+        "pairs": pairs,
+        "shards": shard_names,
+        "eval_shards": eval_names,
+        "dirt_counts": {kind: int((plan.dirt == code).sum()) for code, kind in enumerate(DIRT_TYPES)},
+        "missing_json": int(plan.json_missing.sum()),
+    }
+    write_json(out_dir / MANIFEST_NAME, manifest)
+    return GeneratedDataset.from_manifest(out_dir, manifest)
+
+
+def _main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Write the synthetic long-tailed image–caption pool.")
+    parser.add_argument("--out", required=True, type=Path, help="output directory")
+    parser.add_argument("--pairs", type=int, default=20_000, help="training pairs (default 20000)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    args = parser.parse_args(argv)
+    dataset = generate(args.out, pairs=args.pairs, seed=args.seed)
+    print(json.dumps({"out_dir": str(dataset.out_dir), "pairs": dataset.pairs, "shards": len(dataset.shards),
+                      "eval_shards": len(dataset.eval_shards), "dirt_counts": dataset.dirt_counts,
+                      "missing_json": dataset.missing_json}, indent=2))
+
+
+if __name__ == "__main__":
+    _main()

@@ -1,0 +1,272 @@
+"""Train one epoch on one sample plan: the step behind every ``checkpoint`` partition.
+
+Epoch e trains on exactly the samples of plan e (each as many times as its multiplicity,
+shuffled, never twice in one contrastive batch), starting from the checkpoint of epoch e−1
+(weights, AdamW state, global step, samples seen) or, for the first epoch, from scratch or a
+configured open_clip model. The cosine schedule with warm-up spans the whole run
+(``n_epochs × steps per epoch``), indexed by the global step.
+
+Runs alone (world size 1) or under ``torchrun`` with DDP: rank r trains on plan entries r, r+W,
+r+2W, … — disjoint, so no sample is seen twice in an epoch beyond its planned multiplicity — and
+all ranks take the same number of steps (the minimum over ranks). Only rank 0 writes.
+Step checkpoints let an interrupted epoch resume where it stopped, with the same final weights.
+
+Online batch selection (``selection`` = 'jest' | 'activeclip', see ``online_selection``): every
+step pulls a super-batch of round(batch_size / (1 − filter_ratio)) pairs from the plan's loader,
+scores it with the learner and the frozen reference model, and trains on the ``batch_size`` chosen
+pairs; steps per epoch = plan size // (super-batch × world). The draw of step i is seeded with
+(seed, epoch, rank, i), so a resumed epoch makes the same choices. The metrics (and the epoch
+checkpoint's extra) add the samples scored and the scoring FLOPs of the epoch (global over ranks)
+and their running totals, so compute comparisons include the cost of scoring.
+
+    torchrun --nproc-per-node 2 -m dynamics_assets.core.train.epoch job.json
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+
+from dynamics_assets.core.model.devices import resolve_device, resolve_precision
+from dynamics_assets.core.model.clip import EncoderSpec, autocast_for, create_model, read_checkpoint, resolve_weights, save_checkpoint
+from dynamics_assets.core.io.hashing import file_sha256
+from dynamics_assets.core.train.online_selection import FILTER_RATIO, METHODS, N_CHUNKS, check_same_inputs, load_reference_model, scoring_flops_per_pair, seeded_generator, select, super_batch_size
+from dynamics_assets.core.train.loader import PairBatches
+from dynamics_assets.core.ingest.pool import collate
+from dynamics_assets.core.sample import read_plan
+from dynamics_assets.core.train.loop import Batch, TrainConfig, TrainState, load_train_state, train_steps
+
+
+@dataclass(frozen=True)
+class EpochJob:
+    plan_dir: str
+    manifest_dir: str
+    shards_dir: str
+    out_checkpoint: str
+    epoch: int
+    n_epochs: int
+    previous_checkpoint: str | None = None  # None: epoch 1 starts from init_pretrained / scratch
+    model_name: str = "dynamics-tiny-32"
+    init_pretrained: str | None = None  # an open_clip tag or a local checkpoint for epoch 1
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    warmup_fraction: float = 0.1
+    grad_clip_norm: float = 1.0
+    batch_size: int = 256  # per process
+    buffer_size: int = 4096
+    seed: int = 0
+    device: str = "cpu"
+    precision: str = "bf16"
+    checkpoint_every_steps: int = 20
+    selection: str | None = None  # online batch selection: None (off), 'jest' or 'activeclip'
+    filter_ratio: float = FILTER_RATIO  # with selection: the share of each super-batch left out
+    n_chunks: int = N_CHUNKS  # JEST's blocked sampling
+    reference_checkpoint: str | None = None  # with selection: the reference model's open_clip checkpoint
+
+    def __post_init__(self) -> None:
+        if self.selection is None:
+            return
+        if self.selection not in METHODS:
+            raise ValueError(f"selection {self.selection!r} not in {METHODS}")
+        if not self.reference_checkpoint:
+            raise ValueError(f"selection {self.selection!r} needs a reference_checkpoint")
+        if self.n_chunks < 1:
+            raise ValueError(f"n_chunks must be >= 1, got {self.n_chunks}")
+        super_batch_size(self.batch_size, self.filter_ratio)  # validates filter_ratio
+
+    @property
+    def loader_batch_size(self) -> int:
+        """Pairs pulled from the plan per step: the super-batch with selection, else the batch."""
+        return self.batch_size if self.selection is None else super_batch_size(self.batch_size, self.filter_ratio)
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike) -> "EpochJob":
+        return cls(**json.loads(Path(path).read_text()))
+
+
+def _rank_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def plan_share(indices: np.ndarray, counts: np.ndarray, rank: int, world: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rank r's disjoint share of a plan: entries r, r+W, … (every copy of a sample on one rank)."""
+    return np.asarray(indices[rank::world]), np.asarray(counts[rank::world])
+
+
+def steps_per_epoch(plan_size: int, batch_size: int, world: int) -> int:
+    return plan_size // (batch_size * world)
+
+
+def train_config(job: EpochJob, plan_size: int, world: int, device: str) -> TrainConfig:
+    per_epoch = max(1, steps_per_epoch(plan_size, job.loader_batch_size, world))
+    total = per_epoch * job.n_epochs
+    return TrainConfig(lr=job.lr, weight_decay=job.weight_decay, warmup_steps=min(total - 1, int(job.warmup_fraction * total)),
+                       total_steps=total, grad_clip_norm=job.grad_clip_norm, batch_size=job.batch_size,
+                       precision=resolve_precision(job.precision, device), device=device, seed=job.seed + job.epoch,
+                       checkpoint_every_steps=job.checkpoint_every_steps)
+
+
+def _initial_state(job: EpochJob, device: str) -> tuple[torch.nn.Module, Any, TrainState]:
+    if job.previous_checkpoint:
+        ckpt = read_checkpoint(job.previous_checkpoint)
+        model, _, preprocess = create_model(job.model_name, None, torch.device(device), seed=job.seed)
+        model.load_state_dict(ckpt["state_dict"])
+        state = TrainState(step=ckpt["step"], samples_seen=ckpt["samples_seen"], optimizer=ckpt["optimizer"],
+                           last_loss=float(ckpt["extra"].get("last_loss", float("nan"))))
+        return model, preprocess, state
+    pretrained = None
+    if job.init_pretrained:
+        pretrained, _ = resolve_weights(EncoderSpec(job.model_name, job.init_pretrained))
+    model, _, preprocess = create_model(job.model_name, pretrained, torch.device(device), seed=job.seed)
+    return model, preprocess, TrainState()
+
+
+def run_epoch(job: EpochJob, *, on_step: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, Any]:
+    """Train epoch ``job.epoch`` on its plan; returns metrics (rank 0 writes the checkpoint)."""
+    import open_clip
+
+    started = time.perf_counter()
+    rank, world = _rank_world()
+    device = resolve_device(job.device)
+    if device.startswith("cuda") and world > 1:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
+        torch.cuda.set_device(device)
+    plan = read_plan(job.plan_dir)
+    cfg = train_config(job, plan.size, world, device)
+    indices, counts = plan_share(plan.indices, plan.multiplicity, rank, world)
+    batches = PairBatches(Path(job.manifest_dir), Path(job.shards_dir), (job.seed, job.epoch, rank),
+                          job.loader_batch_size, job.buffer_size, indices=indices, counts=counts)
+    n_batches = batches.num_batches()
+    if world > 1:  # every rank must take the same number of steps
+        t = torch.tensor([n_batches], dtype=torch.int64)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
+        n_batches = int(t.item())
+    if n_batches == 0:
+        raise ValueError(f"plan {job.plan_dir} has fewer samples per process than one batch of {job.loader_batch_size}")
+
+    model, preprocess, state = _initial_state(job, device)
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model.to(device), device_ids=[torch.device(device).index] if device.startswith("cuda") else None)
+    start_step = state.step
+    step_path = Path(job.out_checkpoint).with_suffix(".step.pt")
+    identity = {"plan": plan.meta.get("pool_fingerprint"), "epoch": job.epoch, "world": world,
+                "plan_size": plan.size, "start_step": start_step}
+    if job.selection is not None:
+        identity["selection"] = _selection_identity(job)
+    if step_path.exists():
+        resumed = load_train_state(step_path, getattr(model, "module", model), expect_extra=identity)
+        if resumed is not None:
+            state = resumed
+    state.extra = identity
+    done = state.step - start_step
+    tokenizer = open_clip.get_tokenizer(job.model_name)
+
+    def stream():
+        for i, b in enumerate(batches.batches(skip=done)):
+            if done + i >= n_batches:
+                return
+            yield collate(b, preprocess, tokenizer)
+
+    core = getattr(model, "module", model)
+    train_batches: Iterator[Batch] = stream()
+    if job.selection is not None:
+        reference = load_reference_model(job.reference_checkpoint, device)
+        check_same_inputs(core, reference)
+        flops_per_pair = scoring_flops_per_pair(core, reference)
+        train_batches = _selected(job, core, reference, train_batches, done, rank, cfg, flops_per_pair)
+    state = train_steps(model, train_batches, cfg, state=state,
+                        step_checkpoint_path=step_path if rank == 0 else None,
+                        model_name=job.model_name, on_step=on_step if rank == 0 else None)
+    samples_seen = state.samples_seen
+    if world > 1:  # ranks count their own samples; the checkpoint records the global count
+        local = torch.tensor([state.samples_seen - _initial_samples(job)], dtype=torch.int64)
+        torch.distributed.all_reduce(local)
+        samples_seen = _initial_samples(job) + int(local.item())
+    in_sync = _ranks_in_sync(core) if world > 1 else True
+    seconds = time.perf_counter() - started
+    metrics = {"ranks_in_sync": in_sync, "epoch": job.epoch, "steps": state.step - start_step, "global_step": state.step,
+               "samples_seen": samples_seen, "epoch_samples": samples_seen - _initial_samples(job),
+               "final_loss": state.last_loss, "seconds": seconds, "device": device, "world_size": world,
+               "device_seconds": seconds * world, "resumed_at_step": done,
+               "precision": cfg.precision}
+    if job.selection is not None:
+        metrics.update(_scoring_metrics(job, metrics["steps"] * world, flops_per_pair))
+    if rank == 0:
+        save_checkpoint(job.out_checkpoint, core, model_name=job.model_name, epoch=job.epoch, step=state.step,
+                        samples_seen=samples_seen, optimizer=state.optimizer,
+                        extra={"last_loss": state.last_loss, "job": asdict(job),
+                               **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}})
+        step_path.unlink(missing_ok=True)
+    return metrics
+
+
+def _selection_identity(job: EpochJob) -> dict[str, Any]:
+    return {"method": job.selection, "filter_ratio": job.filter_ratio, "n_chunks": job.n_chunks,
+            "reference": file_sha256(job.reference_checkpoint)}
+
+
+def _selected(job: EpochJob, learner: torch.nn.Module, reference: torch.nn.Module, super_batches: Iterator[Batch],
+              first: int, rank: int, cfg: TrainConfig, flops_per_pair: int) -> Iterator[Batch]:
+    """The selected batch of every super-batch; super-batch i (of the epoch) is drawn with seed
+    (seed, epoch, rank, i), ``first`` the index of the first one given."""
+    device = torch.device(cfg.device)
+    for i, (images, tokens) in enumerate(super_batches, start=first):
+        with autocast_for(device, cfg.precision):
+            chosen = select(job.selection, learner, reference, images, tokens, job.batch_size,
+                            seeded_generator(job.seed, job.epoch, rank, i), n_chunks=job.n_chunks,
+                            flops_per_pair=flops_per_pair).indices
+        yield images[chosen], tokens[chosen]
+
+
+def _scoring_metrics(job: EpochJob, super_batches: int, flops_per_pair: int) -> dict[str, int]:
+    """Samples scored and scoring FLOPs of the epoch (``super_batches`` over all ranks) and since epoch 1."""
+    scored = super_batches * job.loader_batch_size
+    before = read_checkpoint(job.previous_checkpoint)["extra"] if job.previous_checkpoint else {}
+    return {"samples_scored": scored, "scoring_flops": scored * flops_per_pair,
+            "samples_scored_total": before.get("samples_scored_total", 0) + scored,
+            "scoring_flops_total": before.get("scoring_flops_total", 0) + scored * flops_per_pair}
+
+
+def _ranks_in_sync(model: torch.nn.Module) -> bool:
+    """DDP sanity check: every rank ends the epoch with the same weights (checksum min == max)."""
+    checksum = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().reshape(1).cpu()
+    lo, hi = checksum.clone(), checksum.clone()
+    torch.distributed.all_reduce(lo, op=torch.distributed.ReduceOp.MIN)
+    torch.distributed.all_reduce(hi, op=torch.distributed.ReduceOp.MAX)
+    return bool(torch.equal(lo, hi))
+
+
+def _initial_samples(job: EpochJob) -> int:
+    return read_checkpoint(job.previous_checkpoint)["samples_seen"] if job.previous_checkpoint else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """torchrun entry point: ``python -m dynamics_assets.core.train.epoch job.json [metrics.json]``."""
+    argv = sys.argv[1:] if argv is None else argv
+    job = EpochJob.from_json(argv[0])
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        backend = "nccl" if resolve_device(job.device).startswith("cuda") else "gloo"
+        torch.distributed.init_process_group(backend)
+    try:
+        metrics = run_epoch(job)
+        if _rank_world()[0] == 0 and len(argv) > 1:
+            Path(argv[1]).write_text(json.dumps(metrics, indent=2))
+    finally:
+        if world > 1:
+            torch.distributed.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,316 @@
+"""CLIP training loop (open_clip's recipe) with step checkpoints that resume bit-identically.
+
+Recipe, as in open_clip_train (main.py, train.py, scheduler.py):
+  loss      ``open_clip.ClipLoss``: (CE(s·X·Yᵀ, I) + CE(s·Y·Xᵀ, I)) / 2 over normalised image and
+            text features X, Y with learned scale s = exp(t), t clamped to [0, ln 100] after each step;
+  optimiser AdamW(β = (0.9, 0.98), ε = 1e-6), no weight decay on gains, biases, embeddings and t;
+  LR        linear warm-up lr·(s+1)/W for global step s < W, then 0.5·(1 + cos(π·(s−W)/(S−W)))·lr
+            (``open_clip_train.scheduler.cosine_lr``); a function of the *global* step, so a later
+            epoch continues the schedule; S = ``total_steps`` of the whole run;
+  precision autocast (+ GradScaler for fp16) on CUDA only; fp32 on CPU; gradient L2-norm clipping.
+Resume: a step checkpoint holds weights, optimiser, GradScaler, global step, samples seen and the
+torch RNG state; the batch stream (``pairs.PairBatches``) is a function of (seed, batches consumed),
+so a resumed run skips exactly the batches already trained on.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import open_clip
+import torch
+from open_clip_train.scheduler import cosine_lr
+
+from dynamics_assets.core.model.devices import PRECISIONS, resolve_device, resolve_precision
+from dynamics_assets.core.io.atomic import write_json
+from dynamics_assets.core.ingest.manifest import pool_identity
+from dynamics_assets.core.model.clip import autocast_for, create_model, read_checkpoint, save_checkpoint
+from dynamics_assets.core.io.hashing import file_sha256
+from dynamics_assets.core.ingest.pool import Pair, collate, pool_shards
+from dynamics_assets.core.train.loader import PairBatches
+
+REFERENCE_MODEL = "dynamics-tiny-32"
+REFERENCE_EPOCHS = 2
+MAX_LOGIT_SCALE = math.log(100)
+
+log = logging.getLogger(__name__)
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    lr: float = 5e-4
+    weight_decay: float = 0.2
+    warmup_steps: int = 0
+    total_steps: int = 1  # of the whole run (all epochs): the cosine schedule's length
+    grad_clip_norm: float | None = 1.0
+    batch_size: int = 256  # what the batch stream was built with (recorded in step checkpoints)
+    precision: str = "fp32"  # 'fp32' | 'bf16' | 'fp16' (the latter two on CUDA only)
+    device: str = "cpu"
+    seed: int = 0
+    checkpoint_every_steps: int = 0  # 0: no step checkpoints
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision {self.precision!r} not in {PRECISIONS}")
+        if not 0 <= self.warmup_steps < self.total_steps:
+            raise ValueError(f"need 0 <= warmup_steps ({self.warmup_steps}) < total_steps ({self.total_steps})")
+
+
+@dataclass
+class TrainState:
+    step: int = 0  # global optimiser steps taken
+    samples_seen: int = 0
+    last_loss: float = float("nan")
+    optimizer: dict[str, Any] | None = None
+    scaler: dict[str, Any] | None = None
+    rng: dict[str, Any] | None = None  # torch CPU (and CUDA) generator states
+    extra: dict[str, Any] = field(default_factory=dict)  # caller's data stored with step checkpoints
+
+
+def _clip_loss() -> open_clip.ClipLoss:
+    """CLIP's contrastive loss; under DDP over the global batch (features gathered with grad)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return open_clip.ClipLoss(local_loss=False, gather_with_grad=True, rank=torch.distributed.get_rank(),
+                                  world_size=torch.distributed.get_world_size())
+    return open_clip.ClipLoss()
+
+
+def _no_weight_decay(name: str, param: torch.nn.Parameter) -> bool:
+    return param.ndim < 2 or any(k in name for k in ("bn", "ln", "bias", "logit_scale", "embedding"))
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    return torch.optim.AdamW(
+        [
+            {"params": [p for n, p in named if _no_weight_decay(n, p)], "weight_decay": 0.0},
+            {"params": [p for n, p in named if not _no_weight_decay(n, p)], "weight_decay": cfg.weight_decay},
+        ],
+        lr=cfg.lr,
+        betas=cfg.betas,
+        eps=cfg.eps,
+    )
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _save_step_checkpoint(
+    path: Path, model: torch.nn.Module, optimizer, scaler, state: TrainState, cfg: TrainConfig, model_name: str
+) -> None:
+    save_checkpoint(
+        path,
+        model,
+        model_name=model_name,
+        epoch=0,  # a step checkpoint lies inside a pass; the caller's extra says which
+        step=state.step,
+        samples_seen=state.samples_seen,
+        optimizer=optimizer,
+        scheduler_state={"step": state.step, "warmup_steps": cfg.warmup_steps, "total_steps": cfg.total_steps},
+        extra={"last_loss": state.last_loss, "scaler": scaler.state_dict(), "rng": _rng_state(),
+               "config": asdict(cfg), "caller": state.extra},
+    )
+
+
+def load_train_state(
+    path: str | os.PathLike, model: torch.nn.Module, *, expect_extra: dict[str, Any] | None = None
+) -> TrainState | None:
+    """Load a step checkpoint's weights into ``model`` and return the state to resume from;
+    None (``model`` untouched) if ``expect_extra`` is given and differs from the stored one."""
+    checkpoint = read_checkpoint(path)
+    extra = checkpoint["extra"]
+    if expect_extra is not None and extra["caller"] != expect_extra:
+        return None
+    model.load_state_dict(checkpoint["state_dict"])
+    return TrainState(
+        step=checkpoint["step"],
+        samples_seen=checkpoint["samples_seen"],
+        last_loss=extra["last_loss"],
+        optimizer=checkpoint["optimizer"],
+        scaler=extra["scaler"],
+        rng=extra["rng"],
+        extra=extra["caller"],
+    )
+
+
+def train_steps(
+    model: torch.nn.Module,
+    batches: Iterable[Batch],
+    cfg: TrainConfig,
+    *,
+    state: TrainState | None = None,
+    step_checkpoint_path: str | os.PathLike | None = None,
+    model_name: str = "",
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+) -> TrainState:
+    """One optimiser step per ``(images, tokens)`` batch, continuing from ``state``.
+
+    ``batches`` must be the stream *after* the ``state.step`` batches already trained on. Every
+    ``cfg.checkpoint_every_steps`` steps the state is written atomically to
+    ``step_checkpoint_path`` (an open_clip checkpoint named ``model_name``).
+    """
+    device = torch.device(resolve_device(cfg.device))
+    core = getattr(model, "module", model)  # the open_clip model inside a DDP wrapper
+    state = state if state is not None else TrainState()
+    if state.rng is not None:
+        _set_rng_state(state.rng)
+    else:
+        torch.manual_seed(cfg.seed)
+    model.to(device).train()
+    optimizer = make_optimizer(core, cfg)
+    if state.optimizer is not None:
+        optimizer.load_state_dict(state.optimizer)
+    precision = resolve_precision(cfg.precision, device.type)
+    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
+    if state.scaler is not None:
+        scaler.load_state_dict(state.scaler)
+    set_lr = cosine_lr(optimizer, cfg.lr, cfg.warmup_steps, cfg.total_steps)
+    loss_fn = _clip_loss()
+    every = cfg.checkpoint_every_steps
+
+    for images, tokens in batches:
+        lr = set_lr(min(state.step, cfg.total_steps))
+        with autocast_for(device, precision):
+            image_features, text_features, logit_scale = model(images.to(device), tokens.to(device))[:3]
+            loss = loss_fn(image_features, text_features, logit_scale)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss {loss.item()} at step {state.step}")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if cfg.grad_clip_norm is not None:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip_norm, norm_type=2.0)
+        scaler.step(optimizer)
+        scaler.update()
+        with torch.no_grad():
+            core.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+        state.step += 1
+        state.samples_seen += len(images)
+        state.last_loss = loss.item()
+        if step_checkpoint_path is not None and every and state.step % every == 0:
+            _save_step_checkpoint(Path(step_checkpoint_path), core, optimizer, scaler, state, cfg, model_name)
+        if on_step is not None:
+            on_step(state.step, {"loss": state.last_loss, "lr": lr, "samples_seen": state.samples_seen,
+                                 "logit_scale": logit_scale.item()})
+
+    state.optimizer = optimizer.state_dict()
+    state.scaler = scaler.state_dict()
+    state.rng = _rng_state()
+    return state
+
+
+def _batches_from(passes: Sequence[PairBatches], lengths: Sequence[int], step: int) -> Iterator[list[Pair]]:
+    """The concatenated batches of ``passes`` from global batch ``step`` on."""
+    for batches, length in zip(passes, lengths):
+        if step >= length:
+            step -= length
+            continue
+        yield from batches.batches(skip=step)
+        step = 0
+
+
+def train_reference_model(
+    manifest_dir: str | os.PathLike,
+    shards_dir: str | os.PathLike,
+    out_path: str | os.PathLike,
+    *,
+    model_name: str = REFERENCE_MODEL,
+    epochs: int = REFERENCE_EPOCHS,
+    batch_size: int = 256,
+    seed: int = 0,
+    device: str = "cpu",
+    lr: float = 1e-3,
+    buffer_size: int = 4096,
+    checkpoint_every_steps: int = 20,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+    reuse: bool = True,
+) -> dict[str, Any]:
+    """Train a small open_clip model on every ok pair of the pool and write its checkpoint.
+
+    Epoch e is a ``PairBatches`` pass seeded with (seed, e). Step checkpoints go to
+    ``<out>.step<suffix>``; a rerun with the same arguments resumes from there. With ``reuse``, a
+    finished checkpoint whose record (``<out>.json``) names the same arguments, the same pool
+    (``pool_identity``) and the checkpoint's own hash is returned as it is (``"reused": True``):
+    re-curating an unchanged pool keeps its encoder, hence its embeddings and clusters.
+    """
+    started = time.perf_counter()
+    out_path = Path(out_path)
+    step_path = out_path.with_name(f"{out_path.stem}.step{out_path.suffix}")
+    passes = [
+        PairBatches(Path(manifest_dir), Path(shards_dir), (seed, epoch), batch_size, buffer_size)
+        for epoch in range(epochs)
+    ]
+    lengths = [p.num_batches() for p in passes]
+    total_steps = sum(lengths)
+    if total_steps == 0:
+        raise ValueError(f"{manifest_dir}: fewer ok pairs than one batch of {batch_size}")
+    cfg = TrainConfig(lr=lr, weight_decay=0.1, warmup_steps=total_steps // 10, total_steps=total_steps,
+                      batch_size=batch_size, device=device, seed=seed,
+                      checkpoint_every_steps=checkpoint_every_steps)
+    n_pairs = sum(s.n_ok for s in pool_shards(manifest_dir))
+    run = {"model_name": model_name, "epochs": epochs, "batch_size": batch_size, "seed": seed,
+           "lr": lr, "buffer_size": buffer_size, "n_pairs": n_pairs, "total_steps": total_steps}
+    record_path = out_path.with_name(f"{out_path.name}.json")
+    pool = pool_identity(manifest_dir)
+    if reuse and (kept := _reusable(out_path, record_path, run, pool)) is not None:
+        log.info("%s: trained on this pool with these arguments already; reused", out_path)
+        return {**kept, "reused": True, "seconds": time.perf_counter() - started}
+    record_path.unlink(missing_ok=True)
+
+    model, _, preprocess = create_model(model_name, device=resolve_device(device), seed=seed)
+    tokenizer = open_clip.get_tokenizer(model_name)
+    state = TrainState(extra=run)
+    if step_path.exists():
+        resumed = load_train_state(step_path, model, expect_extra=run)
+        if resumed is None:
+            log.warning("%s belongs to another run: starting afresh", step_path)
+        else:
+            state = resumed
+    resumed_from = state.step
+    batches = (collate(b, preprocess, tokenizer) for b in _batches_from(passes, lengths, state.step))
+    state = train_steps(model, batches, cfg, state=state, step_checkpoint_path=step_path,
+                        model_name=model_name, on_step=on_step)
+    metrics = {"steps": state.step, "samples_seen": state.samples_seen, "final_loss": state.last_loss,
+               "resumed_from_step": resumed_from, "seconds": time.perf_counter() - started,
+               "config": asdict(cfg) | run}
+    save_checkpoint(out_path, model, model_name=model_name, epoch=epochs, step=state.step,
+                    samples_seen=state.samples_seen, extra={k: v for k, v in metrics.items() if k != "seconds"})
+    step_path.unlink(missing_ok=True)
+    write_json(record_path, {"run": run, "pool": pool, "checkpoint_sha256": file_sha256(out_path),
+                             "metrics": {k: v for k, v in metrics.items() if k != "seconds"}})
+    return {**metrics, "reused": False}
+
+
+def _reusable(out_path: Path, record_path: Path, run: dict[str, Any], pool: str) -> dict[str, Any] | None:
+    """The recorded metrics of a finished checkpoint made by this run on this pool, else None."""
+    if not (out_path.is_file() and record_path.is_file()):
+        return None
+    try:
+        record = json.loads(record_path.read_text())
+    except json.JSONDecodeError:
+        return None
+    if record.get("run") != run or record.get("pool") != pool:
+        return None
+    if record.get("checkpoint_sha256") != file_sha256(out_path):
+        return None
+    return record.get("metrics")

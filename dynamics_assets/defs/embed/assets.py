@@ -1,0 +1,116 @@
+"""Stage 2 — embeddings: a small open_clip reference model trained on the raw pairs, the
+L2-normalised image and text embeddings of every valid pair (written per shard, resumable), and
+the embeddings of each shard that lands later (one dynamic partition per shard)."""
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Optional
+
+import dagster as dg
+
+from dynamics_assets.core.embed.encode import embed_shards
+from dynamics_assets.core.ingest.landing import tar_problem
+from dynamics_assets.core.ingest.manifest import build_manifest
+from dynamics_assets.core.model.clip import EncoderSpec
+from dynamics_assets.core.train.loop import train_reference_model
+from dynamics_assets.defs.metadata import md_table
+from dynamics_assets.defs.partitions import raw_shard_partitions
+from dynamics_assets.defs.resources import GpuResource, StorageResource
+
+GROUP = "embeddings"
+
+
+class ReferenceModelConfig(dg.Config):
+    """``retrain``: train even when the checkpoint was trained on this same pool with these
+    settings (by default it is reused, so re-curating an unchanged pool keeps its encoder)."""
+
+    model_name: str = "dynamics-tiny-32"
+    epochs: int = 2
+    batch_size: int = 256
+    seed: int = 0
+    retrain: bool = False
+
+
+@dg.asset(group_name=GROUP, kinds={"pytorch"}, pool="gpu")
+def reference_model(context: dg.AssetExecutionContext, config: ReferenceModelConfig, raw_pairs: dict,
+                    storage: StorageResource, gpu: GpuResource) -> dict:
+    """A small open_clip model trained on all valid raw pairs: the offline default encoder (no
+    pretrained weights can be downloaded here) and the reference model of the baselines.
+    Its checkpoint loads with ``open_clip.create_model_and_transforms(model_name, pretrained=path)``."""
+    out = storage.layout.artifact("reference_model", f"{config.model_name}.pt")
+    metrics = train_reference_model(
+        raw_pairs["manifest_dir"], raw_pairs["shards_dir"], out, model_name=config.model_name,
+        epochs=config.epochs, batch_size=config.batch_size, seed=config.seed, device=gpu.resolved_device(),
+        reuse=not config.retrain)
+    context.add_output_metadata({
+        "checkpoint": dg.MetadataValue.path(str(out)), "model_name": config.model_name,
+        **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str))},
+    })
+    return {"checkpoint": str(out), "model_name": config.model_name, **metrics}
+
+
+class EmbeddingConfig(dg.Config):
+    """Leave ``model_name`` empty to embed with the reference model; or name any open_clip model
+    with a pretrained tag or a local checkpoint path in ``pretrained``."""
+
+    model_name: Optional[str] = None
+    pretrained: Optional[str] = None
+    batch_size: int = 256
+
+
+@dg.asset(group_name=GROUP, kinds={"pytorch", "numpy"}, pool="gpu")
+def pair_embeddings(context: dg.AssetExecutionContext, config: EmbeddingConfig, raw_pairs: dict,
+                    reference_model: dict, storage: StorageResource, gpu: GpuResource) -> dict:
+    """Image and text embeddings (float16, unit norm) of every valid pair, one directory per
+    shard with the sample ids; a crash resumes at the first shard not yet written."""
+    if config.model_name:
+        spec = EncoderSpec(config.model_name, config.pretrained, precision=gpu.resolved_precision())
+    else:
+        spec = EncoderSpec(reference_model["model_name"], reference_model["checkpoint"],
+                           precision=gpu.resolved_precision())
+    out = storage.layout.artifact("pair_embeddings")
+    summary = embed_shards(spec, raw_pairs["manifest_dir"], raw_pairs["shards_dir"], out,
+                           batch_size=config.batch_size, device=gpu.resolved_device())
+    context.add_output_metadata({
+        "embeddings_dir": dg.MetadataValue.path(str(out)), "encoder": spec.model_name,
+        "dim": summary.dim, "shards_embedded": summary.shards_embedded,
+        "shards_skipped (already done)": summary.shards_skipped, "pairs_embedded": summary.pairs_embedded,
+        "invalid_rows": summary.invalid_rows, "seconds": round(summary.seconds, 2),
+        "dagster/row_count": raw_pairs["n_ok"],
+    })
+    return {"embeddings_dir": str(out), "encoder": spec.model_name, "n": raw_pairs["n_ok"], "dim": summary.dim,
+            "spec": asdict(spec)}
+
+
+@dg.asset(group_name=GROUP, partitions_def=raw_shard_partitions, kinds={"pytorch", "numpy"}, pool="gpu")
+def shard_embeddings(context: dg.AssetExecutionContext, raw_pairs: dict, pair_embeddings: dict,
+                     storage: StorageResource, gpu: GpuResource) -> dict:
+    """One shard that landed in the pool's folder after curation: checked to be a complete tar,
+    manifested into the pool (quarantine and cross-shard duplicates included) and embedded alone,
+    with the encoder that embedded the pool. No other shard is re-embedded; the re-curation that
+    follows refreshes clusters, statistics and the coming epochs' plans."""
+    shard = context.partition_key
+    shards_dir = Path(raw_pairs["shards_dir"])
+    path = shards_dir / shard
+    if not path.is_file():
+        raise dg.Failure(f"shard {shard} is registered but {path} does not exist")
+    if (problem := tar_problem(path)) is not None:
+        raise dg.Failure(f"shard {path} is not a complete tar: {problem}")
+    manifest = build_manifest([path], raw_pairs["manifest_dir"])
+    counts = next(c for c in manifest.per_shard if c.shard == shard)
+    spec = pair_embeddings.get("spec")
+    if spec is None:
+        raise dg.Failure("pair_embeddings was materialised by an older version that did not record its "
+                         "encoder: re-materialise pair_embeddings first")
+    summary = embed_shards(EncoderSpec(**spec), raw_pairs["manifest_dir"], shards_dir,
+                           pair_embeddings["embeddings_dir"], shards=[shard], device=gpu.resolved_device())
+    touched = sorted(set(manifest.rewritten_shards) - {shard})
+    context.add_output_metadata({
+        "shard": shard, "pairs": counts.rows, "ok": counts.ok, "quarantined": counts.quarantined,
+        "quarantine_reasons": md_table(["reason", "pairs"], sorted(counts.by_reason.items())),
+        "pairs_embedded": summary.pairs_embedded, "already_embedded": summary.shards_skipped > 0,
+        "encoder": spec["model_name"], "seconds": round(summary.seconds, 2),
+        "other_shards_with_new_duplicates": dg.MetadataValue.json(touched),
+        "dagster/row_count": counts.rows,
+    })
+    return {"shard": shard, "ok": counts.ok, "pairs": counts.rows, "pairs_embedded": summary.pairs_embedded}

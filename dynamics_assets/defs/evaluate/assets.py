@@ -1,0 +1,110 @@
+"""Stage 6 — evaluation: a long-tail-aware report per epoch, and the learning curve across epochs."""
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+
+from dynamics_assets.core.evaluate.report import embed_eval_images, evaluate_model, load_eval_set
+from dynamics_assets.core.model.flops import forward_flops_per_pair, train_flops
+from dynamics_assets.core.evaluate.comparison import collect_reports, compare, write_comparison
+from dynamics_assets.core.evaluate.learning_curve import learning_curve_table, plot_learning_curve
+from dynamics_assets.core.model.clip import EncoderSpec, load_encoder
+from dynamics_assets.defs.metadata import md_image, md_table
+from dynamics_assets.defs.experiments import EXPERIMENTS, partition_dir, recipe_and_epoch, recipe_epoch_partitions
+from dynamics_assets.defs.resources import GpuResource, StorageResource
+from dynamics_assets.defs.tracking import MlflowResource
+
+GROUP = "evaluation"
+
+
+def eval_clusters(reference_model: dict, clusters: dict, eval_set, device: str) -> np.ndarray:
+    """The pool cluster of every eval image: embedded by the reference encoder (the space the
+    centroids live in), nearest centroid by inner product."""
+    ref = load_encoder(EncoderSpec(reference_model["model_name"], reference_model["checkpoint"]), device)
+    emb = embed_eval_images(ref.model, ref.preprocess, eval_set, device)
+    centroids = np.load(Path(clusters["clusters_dir"]) / "centroids.npy")
+    return np.argmax(emb @ centroids.T, axis=1).astype(np.int64)
+
+
+@dg.asset(group_name=GROUP, partitions_def=recipe_epoch_partitions, pool="gpu", kinds={"pytorch", "mlflow"})
+def eval_report(context: dg.AssetExecutionContext, checkpoint: dict, raw_pairs: dict, reference_model: dict,
+                clusters: dict, storage: StorageResource, gpu: GpuResource, mlflow: MlflowResource) -> dict:
+    """Zero-shot top-1/top-5, mean per-class accuracy, head / middle / tail buckets by training
+    frequency (tail = the 20% least frequent concepts), retrieval recall@1/5/10 both ways,
+    accuracy per cluster, samples seen and compute spent."""
+    recipe, epoch_key = recipe_and_epoch(context)
+    if not raw_pairs.get("eval_dir"):
+        raise dg.Failure("no held-out evaluation set: the raw source provides none")
+    device = gpu.resolved_device()
+    eval_set = load_eval_set(raw_pairs["eval_dir"])
+    enc = load_encoder(EncoderSpec(checkpoint["model_name"], checkpoint["checkpoint"]), device)
+    report = evaluate_model(enc.model, enc.preprocess, enc.tokenizer, eval_set, device=device,
+                            cluster_of_image=eval_clusters(reference_model, clusters, eval_set, device))
+    visual, text = enc.model.visual, enc.model
+    flops_pair = forward_flops_per_pair(enc.model, visual.image_size, text.context_length)
+    training = float(train_flops(checkpoint["samples_seen"], flops_pair))
+    compute = {"samples_seen": checkpoint["samples_seen"], "device_seconds": checkpoint["device_seconds"],
+               "train_flops": training, "scoring_flops": float(checkpoint.get("scoring_flops", 0.0)),
+               "total_flops": training + float(checkpoint.get("scoring_flops", 0.0)),
+               "forward_flops_per_pair": int(flops_pair), "epoch": checkpoint["epoch"]}
+    report.metrics.update({f"compute/{k}": v for k, v in compute.items()})
+    out = storage.layout.artifact("eval_report", str(partition_dir(recipe, epoch_key)))
+    files = report.save(out)
+    with mlflow.start_run(context, run_name=f"eval {recipe.key} {epoch_key}", tags={"recipe": recipe.key}) as run:
+        run.log_metrics({k: v for k, v in report.metrics.items() if v == v}, step=checkpoint["epoch"])
+        for path in files.values():
+            run.log_artifact(path)
+    m = report.metrics
+    context.add_output_metadata({
+        "top1": m["zero_shot/top1"], "top5": m["zero_shot/top5"], "mean_per_class": m["zero_shot/mean_per_class"],
+        "head": m["zero_shot/head"], "middle": m["zero_shot/middle"], "tail": m["zero_shot/tail"],
+        "i2t_r1": m["retrieval/i2t_r1"], "t2i_r1": m["retrieval/t2i_r1"], **compute,
+        "report": dg.MetadataValue.md(report.to_markdown()),
+        "accuracy_vs_frequency": dg.MetadataValue.path(str(files["accuracy_vs_frequency.png"])),
+        "accuracy_vs_frequency_plot": md_image(files["accuracy_vs_frequency.png"], "accuracy vs concept frequency"),
+        "mlflow_run": run.url_hint,
+    })
+    return {"report_dir": str(out), "metrics": dict(m), "epoch": checkpoint["epoch"], "recipe": recipe.key}
+
+
+@dg.asset(group_name=GROUP, kinds={"mlflow"}, deps=["eval_report"])
+def learning_curve(context: dg.AssetExecutionContext, storage: StorageResource, mlflow: MlflowResource) -> dict:
+    """Every evaluated epoch of every recipe: headline metrics against samples seen and compute.
+    Reads whichever eval-report partitions exist, so it can run after any subset of them."""
+    reports = collect_reports(storage.layout.artifact("eval_report"))
+    if not reports:
+        raise dg.Failure("no eval_report partition has been materialised yet")
+    out = storage.layout.artifact("learning_curve")
+    table = learning_curve_table(reports)
+    paths = plot_learning_curve(table, out)
+    with mlflow.start_run(context, run_name="learning curve") as run:
+        for path in paths.values():
+            run.log_artifact(path)
+    cols = ["recipe", "epoch", "samples_seen", "total_flops", "top1", "mean_per_class", "head", "middle", "tail", "i2t_r1"]
+    context.add_output_metadata({
+        "curve": md_table(cols, [[row[c] for c in cols] for row in table]),
+        "plot": dg.MetadataValue.path(str(paths["png"])), "reports": len(table),
+        "plot_inline": md_image(paths["png"], "learning curves"),
+    })
+    return {"curve_dir": str(out), "reports": len(table)}
+
+
+@dg.asset(group_name=GROUP, kinds={"mlflow"}, deps=["eval_report"])
+def comparison_report(context: dg.AssetExecutionContext, storage: StorageResource, mlflow: MlflowResource) -> dict:
+    """Every recipe side by side at equal samples seen and equal compute: overall, head and
+    tail accuracy (mean ± spread over seeds), as Markdown and PNG."""
+    reports = collect_reports(storage.layout.artifact("eval_report"))
+    if not reports:
+        raise dg.Failure("no eval_report partition has been materialised yet")
+    comparison = compare(reports, recipe_order=list(dict.fromkeys(r.name for r in EXPERIMENTS.recipes.values())))
+    out = storage.layout.artifact("comparison_report")
+    paths = write_comparison(comparison, out)
+    with mlflow.start_run(context, run_name="comparison report") as run:
+        for path in paths.values():
+            run.log_artifact(path)
+    context.add_output_metadata({
+        "report": dg.MetadataValue.md(comparison.markdown), "plot": dg.MetadataValue.path(str(paths["png"])),
+        "plot_inline": md_image(paths["png"], "accuracy against compute per recipe"),
+        "recipes": len(comparison.rows), "mlflow_run": run.url_hint,
+    })
+    return {"report_dir": str(out), "recipes": len(comparison.rows)}
