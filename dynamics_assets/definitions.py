@@ -1,25 +1,30 @@
-"""Dagster code location: every asset, resource and job of the pipeline."""
+"""The Dagster code location: every stage's assets, checks and sensors, the jobs and resources.
+
+Each stage folder under ``defs/`` (ingest, embed, cluster, sample, train, evaluate) holds that
+stage's assets, checks and sensors side by side; heavy libraries (torch, open_clip, faiss, duckdb,
+mlflow) are imported inside asset bodies, so loading this module stays fast.
+"""
 from __future__ import annotations
 
 import dagster as dg
 
-from dynamics_assets.defs import checks
-from dynamics_assets.defs.cluster import assets as clustering
-from dynamics_assets.defs.embed import assets as embeddings
-from dynamics_assets.defs.evaluate import assets as evaluation
-from dynamics_assets.defs.ingest import assets as raw_data
-from dynamics_assets.defs.sample import assets as sampling
-from dynamics_assets.defs.train import assets as training
-from dynamics_assets.defs.schedules import schedules
-from dynamics_assets.defs.sensors import sensors
+from dynamics_assets.defs.cluster import assets as cluster_assets, checks as cluster_checks
+from dynamics_assets.defs.embed import assets as embed_assets, checks as embed_checks
+from dynamics_assets.defs.evaluate import assets as evaluate_assets, checks as evaluate_checks
+from dynamics_assets.defs.ingest import assets as ingest_assets, schedules as ingest_schedules, sensors as ingest_sensors
 from dynamics_assets.defs.jobs import jobs
 from dynamics_assets.defs.resources import default_resources
+from dynamics_assets.defs.sample import assets as sample_assets, checks as sample_checks, sensors as sample_sensors
+from dynamics_assets.defs.train import assets as train_assets, checks as train_checks
+
+STAGES = (ingest_assets, embed_assets, cluster_assets, sample_assets, train_assets, evaluate_assets)
+CHECKS = (embed_checks, cluster_checks, sample_checks, train_checks, evaluate_checks)
 
 defs = dg.Definitions(
-    assets=dg.load_assets_from_modules([raw_data, embeddings, clustering, sampling, training, evaluation]),
-    asset_checks=checks.asset_checks,
+    assets=dg.load_assets_from_modules(STAGES),
+    asset_checks=dg.load_asset_checks_from_modules(CHECKS),
     resources=default_resources(),
     jobs=jobs,
-    schedules=schedules,
-    sensors=sensors,
+    schedules=[ingest_schedules.nightly_recuration],
+    sensors=[ingest_sensors.raw_shard_sensor, sample_sensors.replan_after_recuration],
 )

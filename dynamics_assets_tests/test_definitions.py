@@ -22,11 +22,11 @@ def test_lineage_and_groups():
     assert deps["reference_model"] == {"raw_pairs"}
     assert deps["pair_embeddings"] == {"raw_pairs", "reference_model"}
     assert deps["shard_embeddings"] == {"raw_pairs", "pair_embeddings"}
-    assert deps["clusters"] == {"pair_embeddings", "shard_embeddings"}
-    assert deps["cluster_stats"] == {"clusters", "raw_pairs"}
-    assert deps["sample_plan"] == {"clusters", "cluster_stats", "pair_embeddings"}
-    assert deps["checkpoint"] == {"sample_plan", "raw_pairs", "reference_model", "checkpoint"}
-    assert deps["eval_report"] == {"checkpoint", "raw_pairs", "reference_model", "clusters"}
+    assert deps["clusters"] == {"raw_pairs", "pair_embeddings", "shard_embeddings"}
+    assert deps["cluster_stats"] == {"clusters"}
+    assert deps["sample_plan"] == {"clusters", "cluster_stats"}
+    assert deps["checkpoint"] == {"sample_plan", "clusters", "reference_model", "checkpoint"}
+    assert deps["eval_report"] == {"checkpoint", "raw_pairs", "clusters"}
     assert deps["comparison_report"] == {"eval_report"} and deps["learning_curve"] == {"eval_report"}
     groups = {key.to_user_string(): graph.get(key).group_name for key in graph.get_all_asset_keys()}
     assert groups["raw_pairs"] == "raw_data" and groups["pair_embeddings"] == "embeddings"

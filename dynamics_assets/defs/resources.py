@@ -6,8 +6,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from dynamics_assets.core.model.devices import resolve_device, resolve_precision
-from dynamics_assets.core.io.layout import Layout
+from dynamics_assets.core.io.layout import Layout, default_data_root
 
 
 class StorageResource(dg.ConfigurableResource):
@@ -34,21 +33,28 @@ class GpuResource(dg.ConfigurableResource):
     allow_cpu_fallback: bool = True
 
     def resolved_device(self) -> str:
+        from dynamics_assets.core.model.devices import resolve_device  # torch: imported on use only
+
         return resolve_device(self.device, allow_cpu_fallback=self.allow_cpu_fallback)
 
     def resolved_precision(self) -> str:
+        from dynamics_assets.core.model.devices import resolve_precision
+
         return resolve_precision(self.precision, self.resolved_device())
 
 
 def default_resources() -> dict:
     from dynamics_assets.defs.tracking import MlflowResource
 
-    root = str(Path(os.environ.get("DYNAMICS_DATA_DIR", "data")).resolve())
+    root = str(default_data_root())
     return {
         # Assets hand each other small records (paths, counts); the artefacts themselves are
         # files under the storage root. Records persist in the instance's storage folder.
         "io_manager": dg.FilesystemIOManager(),
         "storage": StorageResource(root=root),
-        "mlflow": MlflowResource(data_root=root, tracking_uri=os.environ.get("MLFLOW_TRACKING_URI")),
+        # A tracking URI may carry credentials: it reaches the resource only as an EnvVar, which the
+        # UI shows by name, never by value.
+        "mlflow": MlflowResource(data_root=root, tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI")
+                                 if os.environ.get("MLFLOW_TRACKING_URI") else None),
         "gpu": GpuResource(device=os.environ.get("DYNAMICS_DEVICE", "auto")),
     }

@@ -44,6 +44,8 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
+from dynamics_assets.core.io import versions
+from dynamics_assets.core.io.progress import Progress, bar, offset
 from dynamics_assets.core.io.atomic import atomic_path, write_bytes, write_json, write_parquet
 from dynamics_assets.core.io.webdataset import IMAGE_EXTS, RawSample, iter_samples
 
@@ -379,15 +381,33 @@ def class_embeddings(model, tokenizer: Callable, prompt_names: Sequence[Sequence
 
 
 def embed_eval_images(model, preprocess: Callable, eval_set: EvalSet, device: str,
-                      batch_size: int = 256) -> np.ndarray:
-    """(n, D) L2-normalised float32 image embeddings, decoding and encoding batch by batch."""
+                      batch_size: int = 256, progress: Progress | None = None) -> np.ndarray:
+    """(n, D) L2-normalised float32 image embeddings, decoding and encoding batch by batch;
+    ``progress``: (images done, n)."""
     dtype = _model_dtype(model)
     out: list[torch.Tensor] = []
     with _inference(model):
         for start in range(0, len(eval_set), batch_size):
             batch = [preprocess(eval_set.image(i)) for i in range(start, min(start + batch_size, len(eval_set)))]
             out.append(_normalised(model.encode_image(torch.stack(batch).to(device, dtype))))
+            if progress is not None:
+                progress(start + len(batch), len(eval_set))
     return torch.cat(out).numpy()
+
+
+def pool_clusters_of_images(encoder, clusters_dir: str | Path, eval_set: EvalSet, device: str) -> np.ndarray:
+    """The pool cluster of every eval image: embedded by ``encoder`` — the ``EncoderSpec`` that
+    embedded the pool, so the images land in the space its centroids live in — and assigned to the
+    nearest centroid by inner product."""
+    from dynamics_assets.core.model.clip import load_encoder
+
+    enc = load_encoder(encoder, device)
+    emb = embed_eval_images(enc.model, enc.preprocess, eval_set, device)
+    centroids = np.load(Path(clusters_dir) / "centroids.npy")
+    if centroids.shape[1] != emb.shape[1]:
+        raise ValueError(f"{clusters_dir}: centroids of dimension {centroids.shape[1]}, but the pool's encoder "
+                         f"{encoder.model_name} embeds the eval images in dimension {emb.shape[1]}")
+    return np.argmax(emb @ centroids.T, axis=1).astype(np.int64)
 
 
 def _retrieval_texts(eval_set: EvalSet) -> tuple[list[str], np.ndarray]:
@@ -458,9 +478,15 @@ class EvalReport:
                       *_markdown_table(["cluster", "images", "top-1"], rows)]
         return "\n".join(lines) + "\n"
 
-    def save(self, out_dir: str | Path) -> dict[str, Path]:
-        """Write every file atomically; ``metrics.json`` last (NaN written as null)."""
-        out_dir = Path(out_dir)
+    def save(self, out_dir: str | Path, *, refs: Mapping[str, str | Path] | None = None) -> dict[str, Path]:
+        """Commit the report as one new version of the artefact root ``out_dir`` (``io.versions``;
+        ``refs``, e.g. ``checkpoint=<checkpoint version>``, are pinned when they are versions);
+        returns every file's path inside the committed version directory (NaN written as null)."""
+        with versions.Artefact(out_dir, "eval_report").write(refs=versions.pinned(**dict(refs or {}))) as staging:
+            written = self._write_files(staging.path)
+        return {name: staging.version_dir / path.name for name, path in written.items()}
+
+    def _write_files(self, out_dir: Path) -> dict[str, Path]:
         paths = {name: out_dir / name for name in ("per_concept.parquet", "per_frequency_bin.parquet", "report.md",
                                                    "accuracy_vs_frequency.png", "metrics.json")}
         write_parquet(paths["per_concept.parquet"], self.per_concept)
@@ -547,23 +573,31 @@ def _flat_metrics(zs: dict[str, Any], retrieval: dict[str, float], per_cluster: 
 
 def evaluate_model(model, preprocess: Callable, tokenizer: Callable, eval_dir: str | Path | EvalSet, *,
                    device: str = "cpu", batch_size: int = 256,
-                   cluster_of_image: np.ndarray | None = None) -> EvalReport:
+                   cluster_of_image: np.ndarray | None = None, progress: Progress | None = None) -> EvalReport:
     """Zero-shot + retrieval evaluation of an open_clip-style model on an eval set.
 
     ``eval_dir`` is a directory in the generator's layout or an already loaded ``EvalSet``;
     ``cluster_of_image`` (n,), aligned with ``load_eval_set(eval_dir).keys``, gives each eval
     image's pool cluster for the per-cluster table. The model runs in eval mode (its training
-    flag is restored afterwards) on ``device``, which the caller has moved it to.
+    flag is restored afterwards) on ``device``, which the caller has moved it to. ``progress``
+    gets ``(items encoded, images + class prompts + retrieval texts)`` (default: ``io.progress.bar``).
     """
     eval_set = eval_dir if isinstance(eval_dir, EvalSet) else load_eval_set(eval_dir)
     if cluster_of_image is not None and len(cluster_of_image) != len(eval_set):
         raise ValueError(f"cluster_of_image has {len(cluster_of_image)} entries for {len(eval_set)} eval images")
-    image_emb = embed_eval_images(model, preprocess, eval_set, device, batch_size)
+    texts, text_labels = _retrieval_texts(eval_set)
+    n_prompts = sum(len(names) for names in eval_set.prompt_names) * len(eval_set.templates)
+    total = len(eval_set) + n_prompts + len(texts)
+    progress = progress if progress is not None else bar("evaluate", "item")
+    image_emb = embed_eval_images(model, preprocess, eval_set, device, batch_size, progress=offset(progress, 0, total))
     class_emb = class_embeddings(model, tokenizer, eval_set.prompt_names, eval_set.templates, device, batch_size)
+    if progress is not None:
+        progress(len(eval_set) + n_prompts, total)
     zs = zero_shot_metrics(image_emb, class_emb, eval_set.labels, train_frequency=eval_set.train_frequency,
                            concept_ids=eval_set.concept_ids)
-    texts, text_labels = _retrieval_texts(eval_set)
     text_emb = embed_texts(model, tokenizer, texts, device, batch_size)
+    if progress is not None:
+        progress(total, total)
     retrieval = retrieval_recall(image_emb, text_emb, eval_set.labels, text_labels)
     per_cluster = None if cluster_of_image is None else _per_cluster_table(zs["correct"], np.asarray(cluster_of_image))
     return EvalReport(metrics=_flat_metrics(zs, retrieval, per_cluster), per_concept=_per_concept_table(eval_set, zs),

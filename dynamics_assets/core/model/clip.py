@@ -27,7 +27,8 @@ import torch
 from dynamics_assets.core.io.hashing import file_sha256
 
 from dynamics_assets.core.io.atomic import atomic_path
-from dynamics_assets.core.model.devices import PRECISIONS, resolve_device, resolve_precision
+from dynamics_assets.core.model.devices import resolve_device, resolve_precision
+from dynamics_assets.core.model.spec import EncoderSpec  # noqa: F401 (re-exported: the spec record is light, the loading here is not)
 
 CONFIG_DIR = Path(__file__).with_name("model_configs")
 open_clip.add_model_config(CONFIG_DIR)
@@ -45,25 +46,6 @@ def check_model_name(model_name: str) -> None:
             f"unknown open_clip model {model_name!r}; close names: {close or 'none'} "
             f"({len(known)} models in open_clip.list_models())"
         )
-
-
-@dataclass(frozen=True)
-class EncoderSpec:
-    """Which model and weights embed the data.
-
-    ``pretrained``: an open_clip tag (see ``open_clip.list_pretrained_tags_by_model``), a path to a
-    checkpoint file, or ``None`` (random initialisation seeded with ``INIT_SEED``).
-    ``precision``: autocast dtype on CUDA; CPU always computes in fp32.
-    """
-
-    model_name: str
-    pretrained: str | None = None
-    precision: str = "fp32"
-
-    def __post_init__(self) -> None:
-        check_model_name(self.model_name)
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision {self.precision!r} not in {PRECISIONS}")
 
 
 def resolve_weights(spec: EncoderSpec) -> tuple[str | None, str]:

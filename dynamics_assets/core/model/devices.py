@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+from dynamics_assets.core.model.spec import PRECISIONS
 
 
 class GpuUnavailableError(RuntimeError):

@@ -22,9 +22,24 @@ def make_sampler(strategy: str, **params) -> Sampler:
         cls = SAMPLERS[strategy]
     except KeyError:
         raise ValueError(f"unknown strategy {strategy!r}; known: {sorted(SAMPLERS)}") from None
-    return cls(**params)
+    try:
+        return cls(**params)
+    except TypeError as e:  # an unknown or missing parameter: name the strategy and its parameters
+        known = sorted(f for f in getattr(cls, "__dataclass_fields__", {}) if f not in ("name", "dynamic", "cache_dir"))
+        raise ValueError(f"strategy {strategy!r}: {e}; its parameters: {known}") from None
+
+
+def sampler_from_spec(spec: dict, *, cache_dir: str | None = None) -> Sampler:
+    """The sampler a recipe's ``sampler:`` block describes (``strategy`` plus its parameters).
+    ``cache_dir``: where a strategy may keep per-pool state between epochs (a composition keeps
+    its pruners' survivors there, so later epochs do not re-run the pruners)."""
+    params = dict(spec)
+    strategy = params.pop("strategy")
+    if cache_dir is not None and "cache_dir" in getattr(SAMPLERS.get(strategy), "__dataclass_fields__", {}):
+        params["cache_dir"] = str(cache_dir)
+    return make_sampler(strategy, **params)
 
 
 __all__ = ["ClusterPool", "Plan", "Sampler", "DynamicsSampler", "UniformSampler", "FlattenSampler",
            "SemDeDup", "SSPPruning", "DBPPruning", "ClipScoreFilter", "Compose", "SAMPLERS",
-           "make_sampler", "resolve_budget", "cluster_targets", "read_plan", "write_plan"]
+           "make_sampler", "sampler_from_spec", "resolve_budget", "cluster_targets", "read_plan", "write_plan"]

@@ -213,6 +213,18 @@ class Sampler(Protocol):
     def params(self) -> dict[str, Any]: ...
 
 
+def guarantees(*, exact_budget: bool, max_multiplicity: int, every_cluster_drawn: bool) -> dict[str, Any]:
+    """What a sampler promises about its plan, stored in ``plan.meta["guarantees"]`` and verified by
+    ``sample.validate`` (which therefore never needs to know which strategy drew the plan):
+
+    exact_budget         the plan's size (repeats counted) equals ``meta["budget"]``;
+    max_multiplicity     no sample appears more often than this;
+    every_cluster_drawn  every non-empty cluster has at least one draw (no starvation).
+    """
+    return {"exact_budget": bool(exact_budget), "max_multiplicity": int(max_multiplicity),
+            "every_cluster_drawn": bool(every_cluster_drawn)}
+
+
 def resolve_budget(budget: float | int, n: int) -> int:
     """A fraction in (0, 1] of the valid pool (a float), or an absolute count (an int)."""
     if isinstance(budget, bool):

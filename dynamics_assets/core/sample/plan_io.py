@@ -1,22 +1,24 @@
-"""A plan on disk: a directory written atomically with
+"""A plan on disk: one committed version (``io.versions``) of the plan's artefact root, holding
 
   indices.npy       sorted sample indices (uint32, or int64 for pools ≥ 2^32) — read sequentially;
   multiplicity.npy  uint16, aligned with indices (how many times each sample is seen);
   clusters.parquet  cluster_id, size, expected, realised (with multiplicity), distinct;
-  plan.json         strategy, parameters, seed, epoch, pool size, budget, realised size.
+  plan.json         strategy, parameters, seed, epoch, pool size, budget, realised size, and
+                    ``pool_version``: the clusters version whose pool positions ``indices`` are.
 
-6 bytes per planned sample. Same inputs → byte-identical files.
+6 bytes per planned sample. Same inputs → byte-identical files and the same version id.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dynamics_assets.core.io.atomic import atomic_dir
+from dynamics_assets.core.io import versions
 from dynamics_assets.core.sample.base import Plan
 
 
@@ -35,18 +37,33 @@ def plan_meta(plan: Plan) -> dict:
             "max_multiplicity": int(plan.multiplicity.max(initial=0))}
 
 
-def write_plan(path: str | Path, plan: Plan) -> Path:
-    path = Path(path)
-    with atomic_dir(path) as tmp:
+def write_plan(path: str | Path, plan: Plan, *, pool_version: str | Path | None = None,
+               extras: Callable[[Path], None] | None = None) -> Path:
+    """Commit the plan as a new version of the artefact root ``path``; returns the version directory.
+
+    ``pool_version``: the clusters version directory the plan was drawn on (recorded in plan.json
+    and pinned as the version's ``pool`` ref), or a bare version id (recorded only); default: the
+    ``pool_version`` already in ``plan.meta``, if any. ``extras(staging_dir)`` may add files (a plot)
+    to the same version before it is committed.
+    """
+    meta = plan_meta(plan)
+    refs = {}
+    if pool_version is not None:
+        refs = versions.pinned(pool=pool_version)
+        meta["pool_version"] = versions.version_id(pool_version) if refs else str(pool_version)
+    with versions.Artefact(path).write(refs=refs) as tmp:
         np.save(tmp / "indices.npy", plan.indices, allow_pickle=False)
         np.save(tmp / "multiplicity.npy", plan.multiplicity.astype(np.uint16), allow_pickle=False)
         pq.write_table(cluster_table(plan), tmp / "clusters.parquet")
-        (tmp / "plan.json").write_text(json.dumps(plan_meta(plan), indent=2, sort_keys=True, default=_plain) + "\n")
-    return path
+        (tmp / "plan.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=_plain) + "\n")
+        if extras is not None:
+            extras(tmp.path)
+    return tmp.version_dir
 
 
 def read_plan(path: str | Path, *, mmap: bool = False) -> Plan:
-    path = Path(path)
+    """The plan in a version directory (an artefact root reads its current version)."""
+    path = versions.resolve(path)
     mode = "r" if mmap else None
     clusters = pq.read_table(path / "clusters.parquet")
     meta = json.loads((path / "plan.json").read_text())

@@ -21,7 +21,7 @@ import numpy as np
 
 from dynamics_assets.core.embed.store import EmbeddingStore
 from dynamics_assets.core.sample import selection
-from dynamics_assets.core.sample.base import ClusterPool, Plan
+from dynamics_assets.core.sample.base import ClusterPool, Plan, guarantees
 
 ScoreChunks = Callable[[], Iterator[tuple[int, np.ndarray, np.ndarray]]]
 MAX_COUNTERS = 1 << 24
@@ -176,7 +176,8 @@ def plan_from_mask(pool: ClusterPool, keep: np.ndarray, *, expected: np.ndarray 
     return Plan(indices=indices, multiplicity=mult, cluster_size=pool.sizes,
                 cluster_expected=np.asarray(realised if expected is None else expected, dtype=np.float64),
                 cluster_realised=realised,
-                meta={**meta, "pool_size": pool.n_valid, "budget": int(len(indices))})
+                meta={**meta, "pool_size": pool.n_valid, "budget": int(len(indices)),
+                      "guarantees": guarantees(exact_budget=True, max_multiplicity=1, every_cluster_drawn=False)})
 
 
 def uniform_subset(pool: ClusterPool, keep: np.ndarray, budget: int, *, seed: int, stream: int) -> np.ndarray:

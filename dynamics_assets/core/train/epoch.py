@@ -23,6 +23,7 @@ and their running totals, so compute comparisons include the cost of scoring.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -36,49 +37,43 @@ import torch
 
 from dynamics_assets.core.model.devices import resolve_device, resolve_precision
 from dynamics_assets.core.model.clip import EncoderSpec, autocast_for, create_model, read_checkpoint, resolve_weights, save_checkpoint
+from dynamics_assets.core.io import versions
 from dynamics_assets.core.io.hashing import file_sha256
-from dynamics_assets.core.train.online_selection import FILTER_RATIO, METHODS, N_CHUNKS, check_same_inputs, load_reference_model, scoring_flops_per_pair, seeded_generator, select, super_batch_size
+from dynamics_assets.core.io.progress import Progress, bar
+from dynamics_assets.core.train.online_selection import check_same_inputs, load_reference_model, scoring_flops_per_pair, seeded_generator, select, super_batch_size
 from dynamics_assets.core.train.loader import PairBatches
 from dynamics_assets.core.ingest.pool import collate
 from dynamics_assets.core.sample import read_plan
 from dynamics_assets.core.train.loop import Batch, TrainConfig, TrainState, load_train_state, train_steps
+from dynamics_assets.core.train.settings import TrainSettings
 
 
-@dataclass(frozen=True)
-class EpochJob:
+CHECKPOINT_NAME = "checkpoint.pt"  # in a committed checkpoint version
+STEP_NAME = "step.pt"  # in the staging directory only, while the epoch runs
+
+
+@dataclass(frozen=True, kw_only=True)
+class EpochJob(TrainSettings):
+    """One epoch of one recipe: the training settings, plus where its inputs and output are."""
+
     plan_dir: str
     manifest_dir: str
     shards_dir: str
     out_checkpoint: str
     epoch: int
-    n_epochs: int
+    n_epochs: int  # resolved: the cosine schedule's span
     previous_checkpoint: str | None = None  # None: epoch 1 starts from init_pretrained / scratch
-    model_name: str = "dynamics-tiny-32"
-    init_pretrained: str | None = None  # an open_clip tag or a local checkpoint for epoch 1
-    lr: float = 1e-3
-    weight_decay: float = 0.1
-    warmup_fraction: float = 0.1
-    grad_clip_norm: float = 1.0
-    batch_size: int = 256  # per process
-    buffer_size: int = 4096
-    seed: int = 0
     device: str = "cpu"
     precision: str = "bf16"
-    checkpoint_every_steps: int = 20
-    selection: str | None = None  # online batch selection: None (off), 'jest' or 'activeclip'
-    filter_ratio: float = FILTER_RATIO  # with selection: the share of each super-batch left out
-    n_chunks: int = N_CHUNKS  # JEST's blocked sampling
     reference_checkpoint: str | None = None  # with selection: the reference model's open_clip checkpoint
+    pool_version: str | None = None  # the pool (clusters) version this run reads; set: the plan must match
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.selection is None:
             return
-        if self.selection not in METHODS:
-            raise ValueError(f"selection {self.selection!r} not in {METHODS}")
         if not self.reference_checkpoint:
             raise ValueError(f"selection {self.selection!r} needs a reference_checkpoint")
-        if self.n_chunks < 1:
-            raise ValueError(f"n_chunks must be >= 1, got {self.n_chunks}")
         super_batch_size(self.batch_size, self.filter_ratio)  # validates filter_ratio
 
     @property
@@ -117,7 +112,7 @@ def train_config(job: EpochJob, plan_size: int, world: int, device: str) -> Trai
 
 def _initial_state(job: EpochJob, device: str) -> tuple[torch.nn.Module, Any, TrainState]:
     if job.previous_checkpoint:
-        ckpt = read_checkpoint(job.previous_checkpoint)
+        ckpt = read_checkpoint(checkpoint_file(job.previous_checkpoint))
         model, _, preprocess = create_model(job.model_name, None, torch.device(device), seed=job.seed)
         model.load_state_dict(ckpt["state_dict"])
         state = TrainState(step=ckpt["step"], samples_seen=ckpt["samples_seen"], optimizer=ckpt["optimizer"],
@@ -130,8 +125,55 @@ def _initial_state(job: EpochJob, device: str) -> tuple[torch.nn.Module, Any, Tr
     return model, preprocess, TrainState()
 
 
-def run_epoch(job: EpochJob, *, on_step: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, Any]:
-    """Train epoch ``job.epoch`` on its plan; returns metrics (rank 0 writes the checkpoint)."""
+def run_epoch(job: EpochJob, *, on_step: Callable[[int, dict[str, float]], None] | None = None,
+              progress: Progress | None = None) -> dict[str, Any]:
+    """Train epoch ``job.epoch`` on its plan; returns metrics (rank 0 writes the checkpoint).
+
+    ``job.out_checkpoint`` is an artefact root (``io.versions``): rank 0 holds its lock for the
+    whole epoch, keeps its step checkpoints in the staging directory (never visible to readers;
+    an interrupted epoch, by an exception or a kill, resumes from them) and commits one version
+    holding ``checkpoint.pt`` (refs: the plan and the previous checkpoint's versions). The metrics
+    name it: ``checkpoint`` (the file), ``version_dir``, ``version_id``. With ``job.pool_version``
+    set, a plan drawn on another pool version is refused (``versions.StalePlanError``).
+
+    ``progress`` gets ``(steps done in this epoch, steps of the epoch)`` on rank 0 (default:
+    ``io.progress.bar``)."""
+    rank, world = _rank_world()
+    if job.pool_version is not None:
+        versions.require_same_pool({**read_plan(job.plan_dir).meta, "plan_dir": job.plan_dir}, job.pool_version,
+                                   "training")
+    writer = contextlib.nullcontext()
+    if rank == 0:
+        refs = versions.pinned(plan=job.plan_dir, previous=_version_of(job.previous_checkpoint))
+        writer = versions.Artefact(job.out_checkpoint, "checkpoint").write(refs=refs, resume=True, keep_on_error=True)
+    with writer as staging:
+        shared = [None if staging is None else str(staging.path)]
+        if world > 1:  # the other ranks read rank 0's step checkpoint when resuming
+            torch.distributed.broadcast_object_list(shared, src=0)
+        metrics = _run_epoch(job, Path(shared[0]), on_step=on_step, progress=progress)
+    if staging is not None:
+        metrics.update(checkpoint=str(staging.version_dir / CHECKPOINT_NAME), version_dir=str(staging.version_dir),
+                       version_id=staging.version_id)
+    return metrics
+
+
+def checkpoint_file(path: str | os.PathLike) -> Path:
+    """The checkpoint file of a checkpoint version directory or artefact root (a file: itself)."""
+    p = Path(path)
+    return versions.resolve(p) / CHECKPOINT_NAME if p.is_dir() else p
+
+
+def _version_of(checkpoint: str | None) -> Path | None:
+    if checkpoint is None:
+        return None
+    p = Path(checkpoint)
+    return p.parent if p.is_file() else p
+
+
+def _run_epoch(job: EpochJob, work_dir: Path, *, on_step: Callable[[int, dict[str, float]], None] | None = None,
+               progress: Progress | None = None) -> dict[str, Any]:
+    """The epoch itself; ``work_dir``: rank 0's staging directory (step and final checkpoint)."""
+
     import open_clip
 
     started = time.perf_counter()
@@ -158,9 +200,12 @@ def run_epoch(job: EpochJob, *, on_step: Callable[[int, dict[str, float]], None]
         model = torch.nn.parallel.DistributedDataParallel(
             model.to(device), device_ids=[torch.device(device).index] if device.startswith("cuda") else None)
     start_step = state.step
-    step_path = Path(job.out_checkpoint).with_suffix(".step.pt")
-    identity = {"plan": plan.meta.get("pool_fingerprint"), "epoch": job.epoch, "world": world,
-                "plan_size": plan.size, "start_step": start_step}
+    step_path = work_dir / STEP_NAME
+    # Everything that changes the sample order or the updates: a step checkpoint of another order
+    # (batch size, seed, shuffle buffer, plan) or of other settings is never resumed.
+    identity = {"plan": plan.meta.get("pool_version"), "plan_meta": {k: plan.meta.get(k) for k in ("recipe", "seed", "epoch", "strategy")},
+                "epoch": job.epoch, "world": world, "plan_size": plan.size, "start_step": start_step,
+                "settings": asdict(job.settings()), "n_epochs": job.n_epochs}
     if job.selection is not None:
         identity["selection"] = _selection_identity(job)
     if step_path.exists():
@@ -186,7 +231,8 @@ def run_epoch(job: EpochJob, *, on_step: Callable[[int, dict[str, float]], None]
         train_batches = _selected(job, core, reference, train_batches, done, rank, cfg, flops_per_pair)
     state = train_steps(model, train_batches, cfg, state=state,
                         step_checkpoint_path=step_path if rank == 0 else None,
-                        model_name=job.model_name, on_step=on_step if rank == 0 else None)
+                        model_name=job.model_name, on_step=on_step if rank == 0 else None,
+                        progress=_epoch_progress(progress, job.epoch, start_step, n_batches, rank))
     samples_seen = state.samples_seen
     if world > 1:  # ranks count their own samples; the checkpoint records the global count
         local = torch.tensor([state.samples_seen - _initial_samples(job)], dtype=torch.int64)
@@ -202,12 +248,20 @@ def run_epoch(job: EpochJob, *, on_step: Callable[[int, dict[str, float]], None]
     if job.selection is not None:
         metrics.update(_scoring_metrics(job, metrics["steps"] * world, flops_per_pair))
     if rank == 0:
-        save_checkpoint(job.out_checkpoint, core, model_name=job.model_name, epoch=job.epoch, step=state.step,
+        save_checkpoint(work_dir / CHECKPOINT_NAME, core, model_name=job.model_name, epoch=job.epoch, step=state.step,
                         samples_seen=samples_seen, optimizer=state.optimizer,
                         extra={"last_loss": state.last_loss, "job": asdict(job),
                                **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}})
         step_path.unlink(missing_ok=True)
     return metrics
+
+
+def _epoch_progress(progress: Progress | None, epoch: int, start_step: int, n_batches: int, rank: int) -> Progress:
+    """train_steps' ``(global step, run total)`` as ``(step of the epoch, n_batches)``; silent off rank 0."""
+    progress = None if rank != 0 else progress if progress is not None else bar(f"epoch {epoch}", "step")
+    if progress is None:
+        return lambda step, total: None
+    return lambda step, total: progress(step - start_step, n_batches)
 
 
 def _selection_identity(job: EpochJob) -> dict[str, Any]:
@@ -231,7 +285,7 @@ def _selected(job: EpochJob, learner: torch.nn.Module, reference: torch.nn.Modul
 def _scoring_metrics(job: EpochJob, super_batches: int, flops_per_pair: int) -> dict[str, int]:
     """Samples scored and scoring FLOPs of the epoch (``super_batches`` over all ranks) and since epoch 1."""
     scored = super_batches * job.loader_batch_size
-    before = read_checkpoint(job.previous_checkpoint)["extra"] if job.previous_checkpoint else {}
+    before = read_checkpoint(checkpoint_file(job.previous_checkpoint))["extra"] if job.previous_checkpoint else {}
     return {"samples_scored": scored, "scoring_flops": scored * flops_per_pair,
             "samples_scored_total": before.get("samples_scored_total", 0) + scored,
             "scoring_flops_total": before.get("scoring_flops_total", 0) + scored * flops_per_pair}
@@ -247,7 +301,7 @@ def _ranks_in_sync(model: torch.nn.Module) -> bool:
 
 
 def _initial_samples(job: EpochJob) -> int:
-    return read_checkpoint(job.previous_checkpoint)["samples_seen"] if job.previous_checkpoint else 0
+    return read_checkpoint(checkpoint_file(job.previous_checkpoint))["samples_seen"] if job.previous_checkpoint else 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -47,10 +47,7 @@ import torch.nn.functional as F
 
 from dynamics_assets.core.model.flops import forward_flops_per_pair
 from dynamics_assets.core.model.clip import create_model, read_checkpoint
-
-METHODS = ("jest", "activeclip")
-FILTER_RATIO = 0.8
-N_CHUNKS = 16
+from dynamics_assets.core.train.settings import FILTER_RATIO, N_CHUNKS, SELECTION_METHODS as METHODS  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)

@@ -1,18 +1,14 @@
-"""Stage 2 — embeddings: a small open_clip reference model trained on the raw pairs, the
-L2-normalised image and text embeddings of every valid pair (written per shard, resumable), and
-the embeddings of each shard that lands later (one dynamic partition per shard)."""
+"""Stage 2 — embed: a small open_clip reference model trained on the raw pairs, the L2-normalised
+image and text embeddings of every valid pair (written per shard, resumable), and the embeddings
+of each shard that lands later (one dynamic partition per shard)."""
 
-from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
 import dagster as dg
 
-from dynamics_assets.core.embed.encode import embed_shards
-from dynamics_assets.core.ingest.landing import tar_problem
-from dynamics_assets.core.ingest.manifest import build_manifest
-from dynamics_assets.core.model.clip import EncoderSpec
-from dynamics_assets.core.train.loop import train_reference_model
+from dynamics_assets.core.model.spec import EncoderSpec
+from dynamics_assets.core.records import PoolEmbeddings, PoolManifest, ReferenceModel, ShardIngest
 from dynamics_assets.defs.metadata import md_table
 from dynamics_assets.defs.partitions import raw_shard_partitions
 from dynamics_assets.defs.resources import GpuResource, StorageResource
@@ -32,21 +28,24 @@ class ReferenceModelConfig(dg.Config):
 
 
 @dg.asset(group_name=GROUP, kinds={"pytorch"}, pool="gpu")
-def reference_model(context: dg.AssetExecutionContext, config: ReferenceModelConfig, raw_pairs: dict,
-                    storage: StorageResource, gpu: GpuResource) -> dict:
+def reference_model(context: dg.AssetExecutionContext, config: ReferenceModelConfig, raw_pairs: PoolManifest,
+                    storage: StorageResource, gpu: GpuResource) -> ReferenceModel:
     """A small open_clip model trained on all valid raw pairs: the offline default encoder (no
     pretrained weights can be downloaded here) and the reference model of the baselines.
     Its checkpoint loads with ``open_clip.create_model_and_transforms(model_name, pretrained=path)``."""
+    from dynamics_assets.core.train.loop import train_reference_model
+
     out = storage.layout.artifact("reference_model", f"{config.model_name}.pt")
     metrics = train_reference_model(
-        raw_pairs["manifest_dir"], raw_pairs["shards_dir"], out, model_name=config.model_name,
+        raw_pairs.manifest_dir, raw_pairs.shards_dir, out, model_name=config.model_name,
         epochs=config.epochs, batch_size=config.batch_size, seed=config.seed, device=gpu.resolved_device(),
         reuse=not config.retrain)
     context.add_output_metadata({
         "checkpoint": dg.MetadataValue.path(str(out)), "model_name": config.model_name,
         **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str))},
     })
-    return {"checkpoint": str(out), "model_name": config.model_name, **metrics}
+    return ReferenceModel(checkpoint=str(out), model_name=config.model_name, steps=int(metrics["steps"]),
+                          final_loss=float(metrics["final_loss"]), reused=bool(metrics["reused"]))
 
 
 class EmbeddingConfig(dg.Config):
@@ -59,58 +58,58 @@ class EmbeddingConfig(dg.Config):
 
 
 @dg.asset(group_name=GROUP, kinds={"pytorch", "numpy"}, pool="gpu")
-def pair_embeddings(context: dg.AssetExecutionContext, config: EmbeddingConfig, raw_pairs: dict,
-                    reference_model: dict, storage: StorageResource, gpu: GpuResource) -> dict:
+def pair_embeddings(context: dg.AssetExecutionContext, config: EmbeddingConfig, raw_pairs: PoolManifest,
+                    reference_model: ReferenceModel, storage: StorageResource, gpu: GpuResource) -> PoolEmbeddings:
     """Image and text embeddings (float16, unit norm) of every valid pair, one directory per
     shard with the sample ids; a crash resumes at the first shard not yet written."""
+    from dynamics_assets.core.embed.encode import embed_shards
+
     if config.model_name:
         spec = EncoderSpec(config.model_name, config.pretrained, precision=gpu.resolved_precision())
     else:
-        spec = EncoderSpec(reference_model["model_name"], reference_model["checkpoint"],
-                           precision=gpu.resolved_precision())
+        spec = EncoderSpec(reference_model.model_name, reference_model.checkpoint, precision=gpu.resolved_precision())
     out = storage.layout.artifact("pair_embeddings")
-    summary = embed_shards(spec, raw_pairs["manifest_dir"], raw_pairs["shards_dir"], out,
+    summary = embed_shards(spec, raw_pairs.manifest_dir, raw_pairs.shards_dir, out,
                            batch_size=config.batch_size, device=gpu.resolved_device())
     context.add_output_metadata({
         "embeddings_dir": dg.MetadataValue.path(str(out)), "encoder": spec.model_name,
         "dim": summary.dim, "shards_embedded": summary.shards_embedded,
         "shards_skipped (already done)": summary.shards_skipped, "pairs_embedded": summary.pairs_embedded,
         "invalid_rows": summary.invalid_rows, "seconds": round(summary.seconds, 2),
-        "dagster/row_count": raw_pairs["n_ok"],
+        "dagster/row_count": raw_pairs.n_ok,
     })
-    return {"embeddings_dir": str(out), "encoder": spec.model_name, "n": raw_pairs["n_ok"], "dim": summary.dim,
-            "spec": asdict(spec)}
+    return PoolEmbeddings(embeddings_dir=str(out), encoder=spec, n=raw_pairs.n_ok, dim=summary.dim)
 
 
 @dg.asset(group_name=GROUP, partitions_def=raw_shard_partitions, kinds={"pytorch", "numpy"}, pool="gpu")
-def shard_embeddings(context: dg.AssetExecutionContext, raw_pairs: dict, pair_embeddings: dict,
-                     storage: StorageResource, gpu: GpuResource) -> dict:
+def shard_embeddings(context: dg.AssetExecutionContext, raw_pairs: PoolManifest, pair_embeddings: PoolEmbeddings,
+                     storage: StorageResource, gpu: GpuResource) -> ShardIngest:
     """One shard that landed in the pool's folder after curation: checked to be a complete tar,
     manifested into the pool (quarantine and cross-shard duplicates included) and embedded alone,
     with the encoder that embedded the pool. No other shard is re-embedded; the re-curation that
     follows refreshes clusters, statistics and the coming epochs' plans."""
+    from dynamics_assets.core.embed.encode import embed_shards
+    from dynamics_assets.core.ingest.landing import tar_problem
+    from dynamics_assets.core.ingest.manifest import build_manifest
+
     shard = context.partition_key
-    shards_dir = Path(raw_pairs["shards_dir"])
+    shards_dir = Path(raw_pairs.shards_dir)
     path = shards_dir / shard
     if not path.is_file():
         raise dg.Failure(f"shard {shard} is registered but {path} does not exist")
     if (problem := tar_problem(path)) is not None:
         raise dg.Failure(f"shard {path} is not a complete tar: {problem}")
-    manifest = build_manifest([path], raw_pairs["manifest_dir"])
+    manifest = build_manifest([path], raw_pairs.manifest_dir)
     counts = next(c for c in manifest.per_shard if c.shard == shard)
-    spec = pair_embeddings.get("spec")
-    if spec is None:
-        raise dg.Failure("pair_embeddings was materialised by an older version that did not record its "
-                         "encoder: re-materialise pair_embeddings first")
-    summary = embed_shards(EncoderSpec(**spec), raw_pairs["manifest_dir"], shards_dir,
-                           pair_embeddings["embeddings_dir"], shards=[shard], device=gpu.resolved_device())
+    summary = embed_shards(pair_embeddings.encoder, raw_pairs.manifest_dir, shards_dir,
+                           pair_embeddings.embeddings_dir, shards=[shard], device=gpu.resolved_device())
     touched = sorted(set(manifest.rewritten_shards) - {shard})
     context.add_output_metadata({
         "shard": shard, "pairs": counts.rows, "ok": counts.ok, "quarantined": counts.quarantined,
         "quarantine_reasons": md_table(["reason", "pairs"], sorted(counts.by_reason.items())),
         "pairs_embedded": summary.pairs_embedded, "already_embedded": summary.shards_skipped > 0,
-        "encoder": spec["model_name"], "seconds": round(summary.seconds, 2),
+        "encoder": pair_embeddings.encoder.model_name, "seconds": round(summary.seconds, 2),
         "other_shards_with_new_duplicates": dg.MetadataValue.json(touched),
         "dagster/row_count": counts.rows,
     })
-    return {"shard": shard, "ok": counts.ok, "pairs": counts.rows, "pairs_embedded": summary.pairs_embedded}
+    return ShardIngest(shard=shard, pairs=counts.rows, ok=counts.ok, pairs_embedded=summary.pairs_embedded)

@@ -1,57 +1,55 @@
-"""Stage 6 — evaluation: a long-tail-aware report per epoch, and the learning curve across epochs."""
-from pathlib import Path
+"""Stage 6 — evaluate: a long-tail-aware report per recipe × epoch, learning curves and the
+side-by-side comparison of the recipes."""
 
 import dagster as dg
-import numpy as np
 
-from dynamics_assets.core.evaluate.report import embed_eval_images, evaluate_model, load_eval_set
-from dynamics_assets.core.model.flops import forward_flops_per_pair, train_flops
-from dynamics_assets.core.evaluate.comparison import collect_reports, compare, write_comparison
-from dynamics_assets.core.evaluate.learning_curve import learning_curve_table, plot_learning_curve
-from dynamics_assets.core.model.clip import EncoderSpec, load_encoder
-from dynamics_assets.defs.metadata import md_image, md_table
+from dynamics_assets.core.records import CheckpointRecord, EvalRecord, PoolClusters, PoolManifest, ReportRecord
 from dynamics_assets.defs.experiments import EXPERIMENTS, partition_dir, recipe_and_epoch, recipe_epoch_partitions
+from dynamics_assets.defs.metadata import md_image, md_table
 from dynamics_assets.defs.resources import GpuResource, StorageResource
 from dynamics_assets.defs.tracking import MlflowResource
 
 GROUP = "evaluation"
 
 
-def eval_clusters(reference_model: dict, clusters: dict, eval_set, device: str) -> np.ndarray:
-    """The pool cluster of every eval image: embedded by the reference encoder (the space the
-    centroids live in), nearest centroid by inner product."""
-    ref = load_encoder(EncoderSpec(reference_model["model_name"], reference_model["checkpoint"]), device)
-    emb = embed_eval_images(ref.model, ref.preprocess, eval_set, device)
-    centroids = np.load(Path(clusters["clusters_dir"]) / "centroids.npy")
-    return np.argmax(emb @ centroids.T, axis=1).astype(np.int64)
-
-
 @dg.asset(group_name=GROUP, partitions_def=recipe_epoch_partitions, pool="gpu", kinds={"pytorch", "mlflow"})
-def eval_report(context: dg.AssetExecutionContext, checkpoint: dict, raw_pairs: dict, reference_model: dict,
-                clusters: dict, storage: StorageResource, gpu: GpuResource, mlflow: MlflowResource) -> dict:
+def eval_report(context: dg.AssetExecutionContext, checkpoint: CheckpointRecord, raw_pairs: PoolManifest,
+                clusters: PoolClusters, storage: StorageResource, gpu: GpuResource,
+                mlflow: MlflowResource) -> EvalRecord:
     """Zero-shot top-1/top-5, mean per-class accuracy, head / middle / tail buckets by training
     frequency (tail = the 20% least frequent concepts), retrieval recall@1/5/10 both ways,
     accuracy per cluster, samples seen and compute spent."""
+    from dynamics_assets.core.evaluate.report import evaluate_model, load_eval_set, pool_clusters_of_images
+    from dynamics_assets.core.model.clip import EncoderSpec, load_encoder
+    from dynamics_assets.core.model.flops import forward_flops_per_pair, train_flops
+
     recipe, epoch_key = recipe_and_epoch(context)
-    if not raw_pairs.get("eval_dir"):
+    if checkpoint.pool_version != clusters.pool_version:
+        raise dg.Failure(f"checkpoint {checkpoint.checkpoint} was trained on a plan of pool version "
+                         f"{checkpoint.pool_version}; this evaluation reads pool version {clusters.pool_version} "
+                         "(its clusters would not be the ones the plan was drawn from): redraw and retrain the epoch")
+    if not raw_pairs.eval_dir:
         raise dg.Failure("no held-out evaluation set: the raw source provides none")
     device = gpu.resolved_device()
-    eval_set = load_eval_set(raw_pairs["eval_dir"])
-    enc = load_encoder(EncoderSpec(checkpoint["model_name"], checkpoint["checkpoint"]), device)
+    eval_set = load_eval_set(raw_pairs.eval_dir)
+    enc = load_encoder(EncoderSpec(checkpoint.model_name, checkpoint.checkpoint), device)
+    # Eval images are placed in the pool's clusters with the encoder that embedded the pool (the
+    # space its centroids live in), whichever encoder that was.
+    cluster_of_image = pool_clusters_of_images(clusters.encoder, clusters.clusters_dir, eval_set, device)
     report = evaluate_model(enc.model, enc.preprocess, enc.tokenizer, eval_set, device=device,
-                            cluster_of_image=eval_clusters(reference_model, clusters, eval_set, device))
+                            cluster_of_image=cluster_of_image)
     visual, text = enc.model.visual, enc.model
     flops_pair = forward_flops_per_pair(enc.model, visual.image_size, text.context_length)
-    training = float(train_flops(checkpoint["samples_seen"], flops_pair))
-    compute = {"samples_seen": checkpoint["samples_seen"], "device_seconds": checkpoint["device_seconds"],
-               "train_flops": training, "scoring_flops": float(checkpoint.get("scoring_flops", 0.0)),
-               "total_flops": training + float(checkpoint.get("scoring_flops", 0.0)),
-               "forward_flops_per_pair": int(flops_pair), "epoch": checkpoint["epoch"]}
+    training = float(train_flops(checkpoint.samples_seen, flops_pair))
+    compute = {"samples_seen": checkpoint.samples_seen, "device_seconds": checkpoint.device_seconds,
+               "train_flops": training, "scoring_flops": checkpoint.scoring_flops,
+               "total_flops": training + checkpoint.scoring_flops,
+               "forward_flops_per_pair": int(flops_pair), "epoch": checkpoint.epoch}
     report.metrics.update({f"compute/{k}": v for k, v in compute.items()})
     out = storage.layout.artifact("eval_report", str(partition_dir(recipe, epoch_key)))
     files = report.save(out)
     with mlflow.start_run(context, run_name=f"eval {recipe.key} {epoch_key}", tags={"recipe": recipe.key}) as run:
-        run.log_metrics({k: v for k, v in report.metrics.items() if v == v}, step=checkpoint["epoch"])
+        run.log_metrics({k: v for k, v in report.metrics.items() if v == v}, step=checkpoint.epoch)
         for path in files.values():
             run.log_artifact(path)
     m = report.metrics
@@ -64,13 +62,17 @@ def eval_report(context: dg.AssetExecutionContext, checkpoint: dict, raw_pairs: 
         "accuracy_vs_frequency_plot": md_image(files["accuracy_vs_frequency.png"], "accuracy vs concept frequency"),
         "mlflow_run": run.url_hint,
     })
-    return {"report_dir": str(out), "metrics": dict(m), "epoch": checkpoint["epoch"], "recipe": recipe.key}
+    return EvalRecord(report_dir=str(out), recipe=recipe.key, epoch=checkpoint.epoch,
+                      metrics={k: float(v) for k, v in m.items()})
 
 
 @dg.asset(group_name=GROUP, kinds={"mlflow"}, deps=["eval_report"])
-def learning_curve(context: dg.AssetExecutionContext, storage: StorageResource, mlflow: MlflowResource) -> dict:
+def learning_curve(context: dg.AssetExecutionContext, storage: StorageResource, mlflow: MlflowResource) -> ReportRecord:
     """Every evaluated epoch of every recipe: headline metrics against samples seen and compute.
     Reads whichever eval-report partitions exist, so it can run after any subset of them."""
+    from dynamics_assets.core.evaluate.comparison import collect_reports
+    from dynamics_assets.core.evaluate.learning_curve import learning_curve_table, plot_learning_curve
+
     reports = collect_reports(storage.layout.artifact("eval_report"))
     if not reports:
         raise dg.Failure("no eval_report partition has been materialised yet")
@@ -86,13 +88,16 @@ def learning_curve(context: dg.AssetExecutionContext, storage: StorageResource, 
         "plot": dg.MetadataValue.path(str(paths["png"])), "reports": len(table),
         "plot_inline": md_image(paths["png"], "learning curves"),
     })
-    return {"curve_dir": str(out), "reports": len(table)}
+    return ReportRecord(report_dir=str(out), entries=len(table))
 
 
 @dg.asset(group_name=GROUP, kinds={"mlflow"}, deps=["eval_report"])
-def comparison_report(context: dg.AssetExecutionContext, storage: StorageResource, mlflow: MlflowResource) -> dict:
+def comparison_report(context: dg.AssetExecutionContext, storage: StorageResource,
+                      mlflow: MlflowResource) -> ReportRecord:
     """Every recipe side by side at equal samples seen and equal compute: overall, head and
     tail accuracy (mean ± spread over seeds), as Markdown and PNG."""
+    from dynamics_assets.core.evaluate.comparison import collect_reports, compare, write_comparison
+
     reports = collect_reports(storage.layout.artifact("eval_report"))
     if not reports:
         raise dg.Failure("no eval_report partition has been materialised yet")
@@ -107,4 +112,4 @@ def comparison_report(context: dg.AssetExecutionContext, storage: StorageResourc
         "plot_inline": md_image(paths["png"], "accuracy against compute per recipe"),
         "recipes": len(comparison.rows), "mlflow_run": run.url_hint,
     })
-    return {"report_dir": str(out), "recipes": len(comparison.rows)}
+    return ReportRecord(report_dir=str(out), entries=len(comparison.rows))

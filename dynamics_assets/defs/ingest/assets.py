@@ -1,11 +1,10 @@
-"""Stage 1 — raw data: locate (or generate) webdataset shards, and manifest every pair."""
+"""Stage 1 — ingest: locate (or generate) the webdataset shards, and manifest every pair."""
 
 from pathlib import Path
 
 import dagster as dg
 
-from dynamics_assets.core.ingest.manifest import build_manifest
-from dynamics_assets.core.ingest.synthetic import generate
+from dynamics_assets.core.records import PoolManifest, RawShards
 from dynamics_assets.defs.metadata import md_table
 from dynamics_assets.defs.resources import StorageResource
 
@@ -24,42 +23,48 @@ class RawShardsConfig(dg.Config):
 
 
 @dg.asset(group_name=GROUP, kinds={"webdataset"})
-def raw_shards(context: dg.AssetExecutionContext, config: RawShardsConfig, storage: StorageResource) -> dict:
+def raw_shards(context: dg.AssetExecutionContext, config: RawShardsConfig, storage: StorageResource) -> RawShards:
     """The webdataset tar shards of the training pool (and, for the synthetic pool, its
     held-out evaluation set)."""
     layout = storage.layout
-    record: dict = {"source": config.source, "eval_dir": None}
     if config.source == "synthetic":
+        from dynamics_assets.core.ingest.synthetic import generate
+
         ds = generate(layout.root / "raw", pairs=config.pairs, seed=config.seed,
                       samples_per_shard=config.samples_per_shard, eval_per_concept=config.eval_per_concept)
         shards_dir = ds.out_dir / "shards"
-        record.update(eval_dir=str(ds.eval_dir), ground_truth=str(ds.ground_truth_path),
-                      dirt_counts=ds.dirt_counts)
+        extra = {"eval_dir": str(ds.eval_dir), "ground_truth": str(ds.ground_truth_path),
+                 "dirt_counts": dict(ds.dirt_counts)}
     else:
-        shards_dir = Path(config.source).expanduser().resolve()
+        from dynamics_assets.core.ingest.landing import local_folder
+
+        shards_dir = local_folder(config.source).expanduser().resolve()
         if not shards_dir.is_dir():
             raise dg.Failure(f"raw shard folder {shards_dir} does not exist")
-    shards = sorted(p.name for p in shards_dir.glob("*.tar"))
+        extra = {}
+    shards = tuple(sorted(p.name for p in shards_dir.glob("*.tar")))
     if not shards:
         raise dg.Failure(f"no .tar shards in {shards_dir}")
-    record.update(shards_dir=str(shards_dir), shards=shards)
+    record = RawShards(source=config.source, shards_dir=str(shards_dir), shards=shards, **extra)
     context.add_output_metadata({
         "shards_dir": dg.MetadataValue.path(str(shards_dir)),
         "num_shards": len(shards),
         "bytes": sum((shards_dir / s).stat().st_size for s in shards),
-        **({"planted_dirt": dg.MetadataValue.json(record["dirt_counts"])} if "dirt_counts" in record else {}),
+        **({"planted_dirt": dg.MetadataValue.json(dict(record.dirt_counts))} if record.dirt_counts else {}),
     })
     return record
 
 
 @dg.asset(group_name=GROUP, kinds={"parquet", "duckdb"})
-def raw_pairs(context: dg.AssetExecutionContext, raw_shards: dict, storage: StorageResource) -> dict:
+def raw_pairs(context: dg.AssetExecutionContext, raw_shards: RawShards, storage: StorageResource) -> PoolManifest:
     """Parquet manifest of every pair: stable sample id (uid, else content hash), members,
     caption, image size, status; bad pairs quarantined with a reason, exact duplicates found
     across shards with DuckDB. ok + quarantined = every pair read."""
-    shards_dir = Path(raw_shards["shards_dir"])
+    from dynamics_assets.core.ingest.manifest import build_manifest
+
+    shards_dir = Path(raw_shards.shards_dir)
     out = storage.layout.artifact("raw_pairs")
-    summary = build_manifest([shards_dir / s for s in raw_shards["shards"]], out)
+    summary = build_manifest([shards_dir / s for s in raw_shards.shards], out)
     context.log.info(f"manifest: {summary.ok} ok, {summary.quarantined} quarantined "
                      f"({summary.by_reason}); read {len(summary.read_shards)} shard(s), "
                      f"reused {len(summary.reused_shards)}")
@@ -70,6 +75,5 @@ def raw_pairs(context: dg.AssetExecutionContext, raw_shards: dict, storage: Stor
         "manifest_dir": dg.MetadataValue.path(str(out)),
         "dagster/row_count": summary.total,
     })
-    return {"manifest_dir": str(out), "shards_dir": str(shards_dir), "n_ok": summary.ok,
-            "n_total": summary.total, "by_reason": dict(summary.by_reason),
-            "eval_dir": raw_shards.get("eval_dir")}
+    return PoolManifest(manifest_dir=str(out), shards_dir=str(shards_dir), n_ok=summary.ok,
+                        n_total=summary.total, by_reason=dict(summary.by_reason), eval_dir=raw_shards.eval_dir)

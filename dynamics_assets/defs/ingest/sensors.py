@@ -8,10 +8,9 @@ from pathlib import Path
 import dagster as dg
 
 from dynamics_assets.core.ingest.landing import LandingCursor, advance, observe
-from dynamics_assets.defs.experiments import EXPERIMENTS
-from dynamics_assets.defs.jobs import curate_pool_job, epoch_plan_job, ingest_shard_job, recurate_pool_job
+from dynamics_assets.defs.jobs import curate_pool_job, ingest_shard_job, recurate_pool_job
 from dynamics_assets.defs.partitions import raw_shard_partitions
-from dynamics_assets.defs.recuration import coming_plan_keys, last_curation_config, pool_embeddings_dir, pool_shards_dir, runs_in_flight
+from dynamics_assets.defs.recuration import last_curation_config, pool_embeddings_dir, pool_shards_dir, runs_in_flight
 
 # How often the daemon lists the landing folder (a shard needs two looks to settle).
 LANDING_INTERVAL_S = int(os.environ.get("DYNAMICS_LANDING_INTERVAL_S", "60"))

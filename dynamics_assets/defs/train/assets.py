@@ -1,16 +1,15 @@
-"""Stage 5 — training: one open_clip checkpoint per epoch, trained on that epoch's plan,
-continuing from the previous epoch's checkpoint (a self-dependency on the previous partition)."""
-import json
-import subprocess
-import sys
-import tempfile
-from dataclasses import asdict
-from pathlib import Path
+"""Stage 5 — train: one open_clip checkpoint per recipe × epoch, trained on that epoch's plan,
+continuing from the recipe's previous checkpoint (a self-dependency on the previous partition)."""
+
+import dataclasses
+import typing
 from typing import Optional
 
 import dagster as dg
+import pydantic
 
-from dynamics_assets.core.train.epoch import EpochJob, run_epoch
+from dynamics_assets.core.records import CheckpointRecord, PlanRecord, PoolClusters, ReferenceModel
+from dynamics_assets.core.train.settings import TrainSettings
 from dynamics_assets.defs.experiments import partition_dir, recipe_and_epoch, recipe_epoch_partitions
 from dynamics_assets.defs.partitions import N_EPOCHS, epoch_of
 from dynamics_assets.defs.resources import GpuResource, StorageResource
@@ -26,70 +25,51 @@ PREVIOUS_EPOCH = dg.MultiPartitionMapping({
 })
 
 
-class TrainingConfig(dg.Config):
-    """Per-process batch size; ``init_pretrained``: an open_clip tag or local checkpoint for
-    epoch 1 (empty: from scratch). The cosine schedule spans ``n_epochs`` (default: all epoch
-    partitions)."""
-
-    model_name: str = "dynamics-tiny-32"
-    init_pretrained: Optional[str] = None
-    lr: float = 1e-3
-    weight_decay: float = 0.1
-    warmup_fraction: float = 0.1
-    batch_size: int = 256
-    seed: int = 0
-    n_epochs: Optional[int] = None
-    checkpoint_every_steps: int = 20
+def _config_from(settings: type, name: str, doc: str) -> type[dg.Config]:
+    """A Dagster run config class with exactly the fields (types and defaults) of a settings
+    dataclass, so the training configuration is written once (``core/train/settings.py``)."""
+    hints = typing.get_type_hints(settings)
+    fields = {f.name: (hints[f.name], f.default) for f in dataclasses.fields(settings)}
+    return pydantic.create_model(name, __base__=dg.Config, __doc__=doc, __module__=__name__, **fields)
 
 
-def epoch_job(config: TrainingConfig, context: dg.AssetExecutionContext, plan: dict, raw_pairs: dict,
-              previous: Optional[dict], reference_model: dict, out: Path, gpu: GpuResource) -> EpochJob:
-    """The epoch's training job: the asset config, overridden by the recipe's ``training`` keys."""
-    recipe, epoch_key = recipe_and_epoch(context)
-    settings = {**config.model_dump(), **recipe.training}
-    selection = settings.get("selection")
-    return EpochJob(
-        plan_dir=plan["plan_dir"], manifest_dir=raw_pairs["manifest_dir"], shards_dir=raw_pairs["shards_dir"],
-        out_checkpoint=str(out), epoch=epoch_of(epoch_key), n_epochs=settings["n_epochs"] or N_EPOCHS,
-        previous_checkpoint=previous["checkpoint"] if previous else None, model_name=settings["model_name"],
-        init_pretrained=settings["init_pretrained"], lr=settings["lr"], weight_decay=settings["weight_decay"],
-        warmup_fraction=settings["warmup_fraction"], batch_size=settings["batch_size"],
-        seed=settings["seed"] + 1000 * recipe.seed, device=gpu.resolved_device(),
-        precision=gpu.resolved_precision(), checkpoint_every_steps=settings["checkpoint_every_steps"],
-        **({"selection": selection, "filter_ratio": settings.get("filter_ratio", 0.8),
-            "reference_checkpoint": reference_model["checkpoint"]} if selection else {}))
-
-
-def run_under_torchrun(job: EpochJob, nproc: int, context: dg.AssetExecutionContext) -> dict:
-    """The same epoch under torchrun (DDP, one process per GPU, gloo on CPU)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        job_path, metrics_path = Path(tmp) / "job.json", Path(tmp) / "metrics.json"
-        job_path.write_text(json.dumps(asdict(job)))
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-               "-m", "dynamics_assets.core.train.epoch", str(job_path), str(metrics_path)]
-        context.log.info("launching: " + " ".join(cmd))
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise dg.Failure(f"torchrun exited with {proc.returncode}", metadata={"stderr": proc.stderr[-4000:]})
-        return json.loads(metrics_path.read_text())
+TrainingConfig = _config_from(
+    TrainSettings, "TrainingConfig",
+    "Training settings (core/train/settings.py: TrainSettings); a recipe's ``training:`` keys in "
+    "experiments.yaml override them. ``n_epochs`` empty: the cosine schedule spans every epoch partition.")
 
 
 @dg.asset(
     group_name=GROUP, partitions_def=recipe_epoch_partitions, pool="gpu", kinds={"pytorch"},
     ins={"previous_checkpoint": dg.AssetIn(key="checkpoint", partition_mapping=PREVIOUS_EPOCH)},
 )
-def checkpoint(context: dg.AssetExecutionContext, config: TrainingConfig, sample_plan: dict, raw_pairs: dict,
-               reference_model: dict, previous_checkpoint: Optional[dict], storage: StorageResource,
-               gpu: GpuResource, mlflow: MlflowResource) -> dict:
+def checkpoint(context: dg.AssetExecutionContext, config: TrainingConfig, sample_plan: PlanRecord,
+               clusters: PoolClusters, reference_model: ReferenceModel,
+               previous_checkpoint: Optional[CheckpointRecord], storage: StorageResource,
+               gpu: GpuResource, mlflow: MlflowResource) -> CheckpointRecord:
     """An open_clip checkpoint after epoch e of a recipe: trained on exactly that plan's samples,
     from the recipe's checkpoint of epoch e−1; carries the optimizer state and the samples seen."""
+    from dynamics_assets.core.train.epoch import EpochJob, run_epoch
+    from dynamics_assets.core.train.launch import LaunchError, run_under_torchrun
+
     recipe, epoch_key = recipe_and_epoch(context)
+    settings = TrainSettings(**config.model_dump()).with_overrides(recipe.training, source=f"recipe {recipe.name}")
+    settings = dataclasses.replace(settings, seed=settings.seed + 1000 * recipe.seed)
     out = storage.layout.artifact("checkpoint", str(partition_dir(recipe, epoch_key)) + ".pt")
-    job = epoch_job(config, context, sample_plan, raw_pairs, previous_checkpoint or None, reference_model, out, gpu)
+    job = EpochJob(
+        **dataclasses.asdict(settings) | {"n_epochs": settings.n_epochs or N_EPOCHS},
+        plan_dir=sample_plan.plan_dir, manifest_dir=clusters.manifest_dir, shards_dir=clusters.shards_dir,
+        out_checkpoint=str(out), epoch=epoch_of(epoch_key),
+        previous_checkpoint=previous_checkpoint.checkpoint if previous_checkpoint else None,
+        device=gpu.resolved_device(), precision=gpu.resolved_precision(),
+        reference_checkpoint=reference_model.checkpoint if settings.selection else None)
     with mlflow.start_run(context, run_name=f"train {recipe.key} {epoch_key}", tags={"recipe": recipe.key}) as run:
-        run.log_params({**asdict(job), "num_processes": gpu.num_processes})
+        run.log_params({**dataclasses.asdict(job), "num_processes": gpu.num_processes})
         if gpu.num_processes > 1:
-            metrics = run_under_torchrun(job, gpu.num_processes, context)
+            try:
+                metrics = run_under_torchrun(job, gpu.num_processes, context.log.info)
+            except LaunchError as e:
+                raise dg.Failure(str(e), metadata={"stderr": e.stderr}) from e
         else:
             metrics = run_epoch(job, on_step=lambda step, m: run.log_metrics(m, step=step))
         run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
@@ -98,10 +78,11 @@ def checkpoint(context: dg.AssetExecutionContext, config: TrainingConfig, sample
         **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str))},
         "mlflow_run": run.url_hint,
     })
-    before = previous_checkpoint or {}
-    return {"checkpoint": str(out), "model_name": job.model_name, "epoch": job.epoch, "recipe": recipe.key,
-            "samples_seen": metrics["samples_seen"],  # cumulative, like the two totals below
-            "device_seconds": before.get("device_seconds", 0.0) + metrics["device_seconds"],
-            "scoring_flops": before.get("scoring_flops", 0.0) + float(metrics.get("scoring_flops", 0.0)),
-            "global_step": metrics["global_step"], "final_loss": metrics["final_loss"]}
+    before = previous_checkpoint
+    return CheckpointRecord(
+        checkpoint=str(out), model_name=job.model_name, recipe=recipe.key, epoch=job.epoch,
+        pool_version=sample_plan.pool_version, samples_seen=int(metrics["samples_seen"]),
+        device_seconds=(before.device_seconds if before else 0.0) + float(metrics["device_seconds"]),
+        scoring_flops=(before.scoring_flops if before else 0.0) + float(metrics.get("scoring_flops", 0.0)),
+        global_step=int(metrics["global_step"]), final_loss=float(metrics["final_loss"]))
 

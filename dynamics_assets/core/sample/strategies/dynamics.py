@@ -30,7 +30,7 @@ import numpy as np
 
 from dynamics_assets.core.sample import selection
 from dynamics_assets.core.sample.allocation import allocate
-from dynamics_assets.core.sample.base import ClusterPool, Plan, DataclassParams, resolve_budget
+from dynamics_assets.core.sample.base import ClusterPool, Plan, DataclassParams, guarantees, resolve_budget
 from dynamics_assets.core.sample.strategies.uniform import UniformSampler
 
 STREAM = 2
@@ -86,7 +86,7 @@ class DynamicsSampler(DataclassParams):
         if self.alpha == 1.0:
             plan = UniformSampler(self.budget, mode="bernoulli" if self.mode == "bernoulli" else "exact").draw(
                 pool, epoch=epoch, seed=seed)
-            plan.meta.update(strategy=self.name, params=self.params(), reduced_to="uniform")
+            plan.meta.update(strategy=self.name, params=self.params(), reduced_to="uniform")  # keeps uniform's guarantees
             return plan
         sizes = pool.sizes
         T = resolve_budget(self.budget, pool.n_valid)
@@ -103,5 +103,9 @@ class DynamicsSampler(DataclassParams):
             indices=idx, multiplicity=mult, cluster_size=sizes, cluster_expected=np.asarray(expected, np.float64),
             cluster_realised=realised,
             meta={"strategy": self.name, "params": self.params(), "seed": seed, "epoch": epoch,
-                  "pool_size": pool.n_valid, "budget": T},
+                  "pool_size": pool.n_valid, "budget": T,
+                  "guarantees": guarantees(
+                      exact_budget=self.mode != "bernoulli",
+                      max_multiplicity=self.max_repeat if self.mode == "upsample" else 1,
+                      every_cluster_drawn=self.mode != "bernoulli" and T >= int((sizes > 0).sum()))},
         )

@@ -16,7 +16,7 @@ import numpy as np
 
 from dynamics_assets.core.sample import selection
 from dynamics_assets.core.sample.allocation import allocate
-from dynamics_assets.core.sample.base import ClusterPool, Plan, DataclassParams, resolve_budget
+from dynamics_assets.core.sample.base import ClusterPool, Plan, DataclassParams, guarantees, resolve_budget
 
 STREAM = 3
 
@@ -54,5 +54,6 @@ class FlattenSampler(DataclassParams):
             indices=idx, multiplicity=mult, cluster_size=sizes, cluster_expected=expected,
             cluster_realised=realised,
             meta={"strategy": self.name, "params": self.params(), "seed": seed, "epoch": epoch,
-                  "pool_size": pool.n_valid, "budget": int(targets.sum())},
+                  "pool_size": pool.n_valid, "budget": int(targets.sum()),
+                  "guarantees": guarantees(exact_budget=True, max_multiplicity=1, every_cluster_drawn=False)},
         )

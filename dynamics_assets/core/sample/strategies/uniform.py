@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dynamics_assets.core.sample import selection
-from dynamics_assets.core.sample.base import ClusterPool, Plan, DataclassParams, resolve_budget
+from dynamics_assets.core.sample.base import ClusterPool, Plan, DataclassParams, guarantees, resolve_budget
 
 STREAM = 1
 
@@ -53,5 +53,7 @@ class UniformSampler(DataclassParams):
             indices=idx, multiplicity=mult, cluster_size=sizes, cluster_expected=expected,
             cluster_realised=realised,
             meta={"strategy": self.name, "params": self.params(), "seed": seed, "epoch": epoch,
-                  "pool_size": n, "budget": T},
+                  "pool_size": n, "budget": T,
+                  "guarantees": guarantees(exact_budget=self.mode == "exact",
+                                           max_multiplicity=max(1, -(-T // max(n, 1))), every_cluster_drawn=False)},
         )

@@ -1,0 +1,78 @@
+"""Cluster a pool: fit spherical k-means (or keep the previous centroids), then assign every row.
+
+The whole clustering step of a curation or re-curation, for one embeddings directory:
+  1. ``refresh.decide``: keep the previous centroids (assign) or fit anew (retrain), from the
+     requested mode, the parameters, the encoder and the drift of the rows added since the fit;
+  2. retrain: ``kmeans.train_kmeans`` on a sample, then the optional merge of near-duplicate centroids;
+  3. ``kmeans.assign``: every row to its nearest centroid, non-finite rows quarantined;
+  4. the fit record (what the centroids were fitted on) is written after a retrain.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from dynamics_assets.core.cluster.kmeans import AssignmentSummary, assign, mean_distance, merge_centroids, train_kmeans
+from dynamics_assets.core.cluster.refresh import FIT_NAME, FitRecord, RefreshDecision, decide, encoder_identity
+from dynamics_assets.core.embed.store import EmbeddingStore
+from dynamics_assets.core.io.hashing import file_sha256
+
+
+@dataclass(frozen=True)
+class ClusterParams:
+    """k centroids fitted on ``sample_size`` rows of the ``embedding`` kind ("image" or "text");
+    ``merge_threshold``: merge centroids whose cosine is at least it (None: no merging)."""
+
+    k: int = 100
+    sample_size: int = 100_000
+    niter: int = 20
+    seed: int = 0
+    embedding: str = "image"
+    merge_threshold: float | None = None
+
+    def fit_params(self) -> dict[str, Any]:
+        return {"k": self.k, "sample_size": self.sample_size, "niter": self.niter, "seed": self.seed,
+                "embedding": self.embedding, "merge_threshold": self.merge_threshold}
+
+
+@dataclass(frozen=True)
+class ClusteringResult:
+    clusters_dir: Path
+    decision: RefreshDecision
+    k_trained: int
+    k: int
+    n: int
+    pool_version: str
+    assignment: AssignmentSummary
+
+
+def cluster_pool(embeddings_dir: str | Path, out: str | Path, params: ClusterParams, *,
+                 refresh: Literal["auto", "assign", "retrain"] = "auto", drift_threshold: float = 0.25,
+                 use_gpu: bool | Literal["auto"] = False) -> ClusteringResult:
+    out = Path(out)
+    store = EmbeddingStore(embeddings_dir, kind=params.embedding)
+    previous = FitRecord.read(out)
+    encoder = encoder_identity(store)
+    shards = {s: int(n) for s, n in zip(store.shards, store.counts)}
+    decision = decide(refresh, previous, params.fit_params(), encoder, shards,
+                      lambda new: mean_distance(store, np.load(out / "centroids.npy"), new, use_gpu=use_gpu),
+                      drift_threshold)
+    if decision.action == "retrain":
+        (out / FIT_NAME).unlink(missing_ok=True)  # a crash before the new record means: retrain again
+        centroids = train_kmeans(store, params.k, sample_size=params.sample_size, niter=params.niter,
+                                 seed=params.seed, use_gpu=use_gpu)
+        k_trained = len(centroids)
+        if params.merge_threshold is not None:
+            centroids, _ = merge_centroids(centroids, threshold=params.merge_threshold)
+    else:
+        centroids = np.load(out / "centroids.npy")
+        k_trained = int(previous.params["k"])
+    summary = assign(store, centroids, out, use_gpu=use_gpu)
+    if decision.action == "retrain":
+        FitRecord(params.fit_params(), encoder, shards, summary.mean_distance).write(out)
+    return ClusteringResult(clusters_dir=out, decision=decision, k_trained=k_trained, k=int(len(centroids)),
+                            n=int(len(store)), pool_version=file_sha256(out / "cluster_id.npy")[:16],
+                            assignment=summary)

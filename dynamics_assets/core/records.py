@@ -1,0 +1,132 @@
+"""The records the lineage's stages hand each other: small, frozen, typed — paths and counts, never data.
+
+    raw_shards       → RawShards        the shard folder (and, for the synthetic pool, its eval set)
+    raw_pairs        → PoolManifest     the manifest of every pair: kept and quarantined
+    reference_model  → ReferenceModel   the pool-trained open_clip encoder
+    pair_embeddings  → PoolEmbeddings   the embeddings and the encoder that made them
+    shard_embeddings → ShardIngest      one landed shard, manifested and embedded alone
+    clusters         → PoolClusters     the clustered pool; its ``pool_version`` is what plans index
+    cluster_stats    → ClusterStats     the per-cluster statistics table
+    sample_plan      → PlanRecord       one recipe × epoch plan, with the pool version it was drawn on
+    checkpoint       → CheckpointRecord one recipe × epoch checkpoint, with cumulative compute
+    eval_report      → EvalRecord       one recipe × epoch report and its metrics
+    learning_curve / comparison_report → ReportRecord
+
+Records import nothing heavy (no torch, faiss or dagster), so the Dagster code location loads fast
+and a Ray worker or a GPU box can use them as they are.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Optional
+
+from dynamics_assets.core.model.spec import EncoderSpec
+
+
+@dataclass(frozen=True)
+class RawShards:
+    source: str
+    shards_dir: str
+    shards: tuple[str, ...]
+    eval_dir: Optional[str] = None  # a held-out labelled set that came with the source, if any
+    ground_truth: Optional[str] = None  # synthetic pool: the generator's concept of every pair
+    dirt_counts: Mapping[str, int] = field(default_factory=dict)  # synthetic pool: the planted dirt
+
+
+@dataclass(frozen=True)
+class PoolManifest:
+    manifest_dir: str
+    shards_dir: str
+    n_ok: int
+    n_total: int
+    by_reason: Mapping[str, int]
+    eval_dir: Optional[str] = None
+
+    @property
+    def n_quarantined(self) -> int:
+        return self.n_total - self.n_ok
+
+
+@dataclass(frozen=True)
+class ReferenceModel:
+    checkpoint: str
+    model_name: str
+    steps: int
+    final_loss: float
+    reused: bool
+
+    @property
+    def encoder(self) -> EncoderSpec:
+        return EncoderSpec(self.model_name, self.checkpoint)
+
+
+@dataclass(frozen=True)
+class PoolEmbeddings:
+    embeddings_dir: str
+    encoder: EncoderSpec  # the space the pool's embeddings (and its centroids) live in
+    n: int
+    dim: int
+
+
+@dataclass(frozen=True)
+class ShardIngest:
+    shard: str
+    pairs: int
+    ok: int
+    pairs_embedded: int
+
+
+@dataclass(frozen=True)
+class PoolClusters:
+    clusters_dir: str
+    k: int
+    n: int
+    pool_version: str  # identity of the clustered pool: what every plan's indices refer to
+    manifest_dir: str  # the pool's pairs, in the order the indices count them
+    shards_dir: str
+    embeddings_dir: str
+    encoder: EncoderSpec
+
+
+@dataclass(frozen=True)
+class ClusterStats:
+    stats_path: str
+    clusters: int
+    empty_clusters: int
+
+
+@dataclass(frozen=True)
+class PlanRecord:
+    plan_dir: str
+    recipe: str
+    epoch: int
+    realised: int
+    pool_version: str
+
+
+@dataclass(frozen=True)
+class CheckpointRecord:
+    checkpoint: str
+    model_name: str
+    recipe: str
+    epoch: int
+    pool_version: str
+    samples_seen: int  # cumulative over the recipe's epochs, like the two totals below
+    device_seconds: float
+    scoring_flops: float
+    global_step: int
+    final_loss: float
+
+
+@dataclass(frozen=True)
+class EvalRecord:
+    report_dir: str
+    recipe: str
+    epoch: int
+    metrics: Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class ReportRecord:
+    report_dir: str
+    entries: int
