@@ -32,6 +32,7 @@ from dynamics_assets.core.io.atomic import write_json
 from dynamics_assets.core.ingest.manifest import pool_identity
 from dynamics_assets.core.model.clip import autocast_for, create_model, read_checkpoint, save_checkpoint
 from dynamics_assets.core.io.hashing import file_sha256
+from dynamics_assets.core.io.progress import Progress, bar
 from dynamics_assets.core.ingest.pool import Pair, collate, pool_shards
 from dynamics_assets.core.train.loader import PairBatches
 
@@ -162,12 +163,14 @@ def train_steps(
     step_checkpoint_path: str | os.PathLike | None = None,
     model_name: str = "",
     on_step: Callable[[int, dict[str, float]], None] | None = None,
+    progress: Progress | None = None,
 ) -> TrainState:
     """One optimiser step per ``(images, tokens)`` batch, continuing from ``state``.
 
     ``batches`` must be the stream *after* the ``state.step`` batches already trained on. Every
     ``cfg.checkpoint_every_steps`` steps the state is written atomically to
-    ``step_checkpoint_path`` (an open_clip checkpoint named ``model_name``).
+    ``step_checkpoint_path`` (an open_clip checkpoint named ``model_name``). ``progress`` is
+    called with ``(global step, cfg.total_steps)`` after each step (default: ``io.progress.bar``).
     """
     device = torch.device(resolve_device(cfg.device))
     core = getattr(model, "module", model)  # the open_clip model inside a DDP wrapper
@@ -187,6 +190,7 @@ def train_steps(
     set_lr = cosine_lr(optimizer, cfg.lr, cfg.warmup_steps, cfg.total_steps)
     loss_fn = _clip_loss()
     every = cfg.checkpoint_every_steps
+    progress = progress if progress is not None else bar("train", "step")
 
     for images, tokens in batches:
         lr = set_lr(min(state.step, cfg.total_steps))
@@ -212,6 +216,8 @@ def train_steps(
         if on_step is not None:
             on_step(state.step, {"loss": state.last_loss, "lr": lr, "samples_seen": state.samples_seen,
                                  "logit_scale": logit_scale.item()})
+        if progress is not None:
+            progress(state.step, cfg.total_steps)
 
     state.optimizer = optimizer.state_dict()
     state.scaler = scaler.state_dict()
@@ -244,6 +250,7 @@ def train_reference_model(
     checkpoint_every_steps: int = 20,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     reuse: bool = True,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Train a small open_clip model on every ok pair of the pool and write its checkpoint.
 
@@ -289,7 +296,8 @@ def train_reference_model(
     resumed_from = state.step
     batches = (collate(b, preprocess, tokenizer) for b in _batches_from(passes, lengths, state.step))
     state = train_steps(model, batches, cfg, state=state, step_checkpoint_path=step_path,
-                        model_name=model_name, on_step=on_step)
+                        model_name=model_name, on_step=on_step,
+                        progress=progress if progress is not None else bar("reference model", "step"))
     metrics = {"steps": state.step, "samples_seen": state.samples_seen, "final_loss": state.last_loss,
                "resumed_from_step": resumed_from, "seconds": time.perf_counter() - started,
                "config": asdict(cfg) | run}
