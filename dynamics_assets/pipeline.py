@@ -7,6 +7,12 @@
 Runs the ``curate_pool`` job, then ``train_epoch`` (plan → checkpoint → eval report) for every
 epoch of the chosen recipes in order, then ``report_recipes`` (learning curves, comparison), all
 in the instance's persistent storage, so every run and materialisation shows up in the Dagster UI.
+
+Every job runs in this process (``execute_in_process``: no process start-up per step). Each step
+prints one line as it finishes: its duration and its key figure, read from the metadata of what it
+materialised. Long loops (reference model, embedding, epoch training, evaluation) draw progress
+bars on stderr when it is a terminal (``DYNAMICS_PROGRESS``, see ``core/io/progress.py``).
+Dagster's own event log lines and its beta / preview / deprecation warnings show with ``--verbose``.
 """
 from __future__ import annotations
 
@@ -14,74 +20,305 @@ import argparse
 import os
 import sys
 import time
+import uuid
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, TextIO
 
-import dagster as dg
+if TYPE_CHECKING:
+    import dagster as dg
+
+# Dagster's console logger at WARNING: no per-event DEBUG lines (the instance still records every event).
+QUIET_RUN_CONFIG: dict[str, Any] = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m dynamics_assets.pipeline", description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", nargs="*", help="epoch partition keys (default: all)")
     parser.add_argument("--recipes", nargs="*", help="recipe partition keys, or 'all' "
                         "(default: the default recipe of data/experiments.yaml, first seed)")
     parser.add_argument("--skip-existing", action="store_true",
-                        help="skip recipe × epoch partitions whose eval_report is already materialised")
-    args = parser.parse_args(argv)
+                        help="curate_pool: materialise only its assets that have never been materialised "
+                             "(and what depends on them); skip recipe × epoch partitions whose eval_report "
+                             "is already materialised")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="Dagster's event log (DEBUG) and its beta/preview/deprecation warnings")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser
+
+
+def run_config(verbose: bool) -> dict[str, Any]:
+    """The run config given to every job: Dagster's default console logging when verbose, else WARNING."""
+    return {} if verbose else {k: dict(v) for k, v in QUIET_RUN_CONFIG.items()}
+
+
+def configure_output(verbose: bool, progress: bool = True) -> None:
+    """Warnings filters and the progress switch for this process."""
+    if not verbose:
+        from dagster import BetaWarning, PreviewWarning, SupersessionWarning
+
+        for category in (BetaWarning, PreviewWarning, SupersessionWarning):
+            warnings.filterwarnings("ignore", category=category)
+        # dagster_shared.utils.warnings.deprecation_warning's wording
+        warnings.filterwarnings("ignore", message=r".*is deprecated and will be removed in", category=DeprecationWarning)
+    from dynamics_assets.core.io import progress as bars
+
+    if not progress:
+        bars.enable(False)
+    elif bars.ENV not in os.environ:  # DYNAMICS_PROGRESS=always (or 0) set by the caller wins
+        bars.enable(True)
+
+
+# ---------------------------------------------------------------------------------------------
+# One line per step
+# ---------------------------------------------------------------------------------------------
+
+def _reused(value: Any) -> str:
+    return "reused" if value is True else ""
+
+
+# asset → its key figure: (metadata key, format string or function) parts, each shown when the key
+# is present (and the part not empty).
+FIGURES: dict[str, list[tuple[str, str | Callable[[Any], str]]]] = {
+    "raw_shards": [("num_shards", "{:,} shards"), ("bytes", lambda b: f"{b / 2**20:,.0f} MiB")],
+    "raw_pairs": [("ok", "{:,} pairs kept"), ("quarantined", "{:,} quarantined")],
+    "reference_model": [("final_loss", "loss {:.3f}"), ("steps", "{:,} steps"), ("reused", _reused)],
+    "pair_embeddings": [("pairs_embedded", "{:,} pairs embedded"), ("shards_skipped (already done)", "{:,} shards reused"),
+                        ("invalid_rows", "{:,} invalid rows")],
+    "shard_embeddings": [("ok", "{:,} pairs kept"), ("quarantined", "{:,} quarantined")],
+    "clusters": [("k", "{:,} clusters"), ("merged", "{:,} merged"), ("action", "{}")],
+    "cluster_stats": [("clusters", "{:,} clusters"), ("empty_clusters", "{:,} empty"), ("largest", "largest {:,}")],
+    "sample_plan": [("realised", "plan {:,} pairs"), ("distinct", "{:,} distinct"), ("strategy", "{}")],
+    "checkpoint": [("final_loss", "loss {:.3f}"), ("steps", "{:,} steps"), ("samples_seen", "{:,} samples seen")],
+    "eval_report": [("top1", "top-1 {:.3f}"), ("head", "head {:.3f}"), ("tail", "tail {:.3f}")],
+    "learning_curve": [("reports", "{:,} reports")],
+    "comparison_report": [("recipes", "{:,} recipes")],
+}
+
+
+def _plain(value: Any) -> Any:
+    """A metadata entry's Python value (``MetadataValue.value``) or the value itself."""
+    return getattr(value, "value", value)
+
+
+def key_figure(asset: str, metadata: Mapping[str, Any]) -> str:
+    """The asset's key figure from its materialisation metadata; unknown assets show their first
+    few numbers."""
+    values = {k: _plain(v) for k, v in metadata.items()}
+    parts = []
+    for key, fmt in FIGURES.get(asset, []):
+        if values.get(key) is not None:
+            try:
+                part = fmt(values[key]) if callable(fmt) else fmt.format(values[key])
+            except (TypeError, ValueError):
+                part = f"{key} {values[key]}"
+            if part:
+                parts.append(part)
+    if not parts and asset not in FIGURES:
+        numbers = [(k, v) for k, v in values.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool) and not k.startswith("dagster/")]
+        parts = [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v:,}" for k, v in numbers[:3]]
+    return ", ".join(parts)
+
+
+def format_seconds(seconds: float) -> str:
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
+
+
+@dataclass
+class _Step:
+    started: float | None = None
+    figures: list[str] = field(default_factory=list)
+    checks_passed: int = 0
+    checks_failed: list[str] = field(default_factory=list)
+
+
+class StepReporter:
+    """Instance event listener: prints one line per finished step of a run."""
+
+    def __init__(self, out: TextIO = sys.stdout, indent: str = "  ",
+                 seen: dict[str, dict[str, Any]] | None = None) -> None:
+        self.out, self.indent = out, indent
+        self.steps: dict[str, _Step] = {}
+        self.lines: list[str] = []
+        self.seen = seen if seen is not None else {}  # asset name → its latest materialisation's metadata
+
+    def __call__(self, entry: Any) -> None:  # an EventLogEntry
+        event = entry.dagster_event
+        if event is None or event.step_key is None:
+            return
+        step = self.steps.setdefault(event.step_key, _Step())
+        kind = event.event_type_value
+        if kind == "STEP_START":
+            step.started = entry.timestamp
+        elif kind == "ASSET_MATERIALIZATION":
+            materialization = event.step_materialization_data.materialization
+            asset = materialization.asset_key.path[-1]
+            self.seen[asset] = {k: _plain(v) for k, v in materialization.metadata.items()}
+            figure = key_figure(asset, materialization.metadata)
+            if figure:
+                step.figures.append(figure)
+        elif kind == "ASSET_CHECK_EVALUATION":
+            evaluation = event.event_specific_data
+            if evaluation.passed:
+                step.checks_passed += 1
+            else:
+                step.checks_failed.append(evaluation.check_name)
+        elif kind in ("STEP_SUCCESS", "STEP_FAILURE"):
+            seconds = entry.timestamp - step.started if step.started is not None else float("nan")
+            parts = list(step.figures)
+            if step.checks_failed:
+                parts.append(f"checks failed: {', '.join(step.checks_failed)}")
+            elif step.checks_passed:
+                parts.append(f"{step.checks_passed} checks ok")
+            if kind == "STEP_FAILURE":
+                parts.insert(0, "FAILED" + (f": {cause}" if (cause := _root_cause(event.step_failure_data.error)) else ""))
+            self.emit(f"{self.indent}{_label(event.step_key)} {format_seconds(seconds):>10}   {'; '.join(parts)}")
+
+    def emit(self, line: str) -> None:
+        self.lines.append(line)
+        print(line, file=self.out, flush=True)
+
+
+LABEL_WIDTH = 30
+
+
+def _label(step_key: str) -> str:
+    """The step key in a fixed-width column (long ones, such as check steps, shortened in the middle)."""
+    if len(step_key) > LABEL_WIDTH:
+        half = (LABEL_WIDTH - 1) // 2
+        step_key = f"{step_key[:half]}…{step_key[-(LABEL_WIDTH - 1 - half):]}"
+    return f"{step_key:<{LABEL_WIDTH}}"
+
+
+def _root_cause(error: Any) -> str:
+    """The first line of the innermost cause of a step's error (the user code's exception)."""
+    while error is not None and getattr(error, "cause", None) is not None:
+        error = error.cause
+    lines = (error.message if error is not None else "").strip().splitlines()
+    return lines[0] if lines else ""
+
+
+def execute(job: "dg.JobDefinition", instance: "dg.DagsterInstance", *, verbose: bool, title: str,
+            out: TextIO = sys.stdout, seen: dict[str, dict[str, Any]] | None = None,
+            **kwargs: Any) -> "dg.ExecuteInProcessResult":
+    """``job.execute_in_process`` in ``instance``, a title line, then one line per finished step
+    (``seen`` collects each materialised asset's metadata)."""
+    print(title, file=out, flush=True)
+    run_id = str(uuid.uuid4())
+    instance.add_event_listener(run_id, StepReporter(out, seen=seen))
+    return job.execute_in_process(run_config=run_config(verbose), instance=instance, raise_on_error=False,
+                                  run_id=run_id, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# The command
+# ---------------------------------------------------------------------------------------------
+
+
+def _experiments():
+    from dynamics_assets.defs.experiments import EXPERIMENTS
+
+    return EXPERIMENTS
+
+
+def _missing_curation(defs: "dg.Definitions", job: "dg.JobDefinition", instance: "dg.DagsterInstance") -> list["dg.AssetKey"]:
+    """The job's assets never materialised, and everything in the job downstream of them."""
+    import dagster as dg
+
+    selected = set(job.asset_layer.selected_asset_keys)
+    missing = [k for k in selected if instance.get_latest_materialization_event(k) is None]
+    if not missing:
+        return []
+    downstream = dg.AssetSelection.assets(*missing).downstream().resolve(defs.resolve_asset_graph())
+    return sorted(selected & set(downstream), key=lambda k: k.to_user_string())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if "DAGSTER_HOME" not in os.environ:
         sys.exit("DAGSTER_HOME is not set: run `bash scripts/pipeline.sh`, which sets it to data/dagster_home")
+    configure_output(args.verbose, progress=not args.no_progress)
 
-    from dynamics_assets.defs.experiments import EXPERIMENTS
-    from dynamics_assets.defs.partitions import epoch_partitions
+    import dagster as dg
+
     from dynamics_assets.definitions import defs
 
+    experiments = _experiments()
     instance = dg.DagsterInstance.get()
     started = time.perf_counter()
+    seen: dict[str, dict[str, Any]] = {}
+    run = lambda job, title, **kw: execute(job, instance, verbose=args.verbose, title=title, seen=seen, **kw)  # noqa: E731
+
     curation = defs.resolve_job_def("curate_pool")
-    done = args.skip_existing and all(
-        instance.get_latest_materialization_event(key) is not None for key in curation.asset_layer.executable_asset_keys)
-    result = None if done else curation.execute_in_process(instance=instance, raise_on_error=False)
-    if result is not None and not result.success:
-        print(f"curate_pool failed (run {result.run_id})", file=sys.stderr)
-        return 1
-    epochs = args.epochs or epoch_partitions.get_partition_keys()
-    if args.recipes == ["all"]:  # seed-major: every recipe's first seed before any second seed
-        recipes = sorted(EXPERIMENTS.recipes, key=lambda k: (EXPERIMENTS.recipes[k].seed, list(EXPERIMENTS.recipes).index(k)))
+    selection = _missing_curation(defs, curation, instance) if args.skip_existing else None
+    if selection == []:
+        print("curate_pool: every asset already materialised (--skip-existing)", flush=True)
     else:
-        recipes = args.recipes or EXPERIMENTS.default_keys
-    unknown = set(recipes) - set(EXPERIMENTS.recipes)
-    if unknown:
-        sys.exit(f"unknown recipe partition(s) {sorted(unknown)}; known: {sorted(EXPERIMENTS.recipes)}")
+        title = "curate_pool" if selection is None else \
+            f"curate_pool (--skip-existing: {', '.join(k.to_user_string() for k in selection)})"
+        result = run(curation, title, asset_selection=selection)
+        if not result.success:
+            print(f"curate_pool failed (run {result.run_id})", file=sys.stderr)
+            return 1
     epoch_job = defs.resolve_job_def("train_epoch")
+    epochs = args.epochs or epoch_job.partitions_def.get_partitions_def_for_dimension("epoch").get_partition_keys()
+    recipe_defs = experiments.recipes
+    if args.recipes == ["all"]:  # seed-major: every recipe's first seed before any second seed
+        recipes = sorted(recipe_defs, key=lambda k: (recipe_defs[k].seed, list(recipe_defs).index(k)))
+    else:
+        recipes = args.recipes or experiments.default_keys
+    unknown = set(recipes) - set(recipe_defs)
+    if unknown:
+        sys.exit(f"unknown recipe partition(s) {sorted(unknown)}; known: {sorted(recipe_defs)}")
     for recipe in recipes:
         for epoch in epochs:
             key = dg.MultiPartitionKey({"recipe": recipe, "epoch": epoch})
             if args.skip_existing and _materialized(instance, "eval_report", key):
+                print(f"train_epoch {recipe} {epoch}: eval_report already materialised (--skip-existing)", flush=True)
                 continue
-            r = epoch_job.execute_in_process(instance=instance, partition_key=key, raise_on_error=False)
+            r = run(epoch_job, f"train_epoch {recipe} {epoch}", partition_key=key)
             if not r.success:
                 print(f"train_epoch {key} failed (run {r.run_id})", file=sys.stderr)
                 return 1
-            m = r.output_for_node("eval_report")["metrics"]
-            print(f"{recipe} {epoch}: top-1 {m['zero_shot/top1']:.3f}  head {m['zero_shot/head']:.3f}  "
-                  f"tail {m['zero_shot/tail']:.3f}  samples seen {int(m['compute/samples_seen']):,}", flush=True)
-    report = defs.resolve_job_def("report_recipes").execute_in_process(instance=instance, raise_on_error=False)
+    report = run(defs.resolve_job_def("report_recipes"), "report_recipes")
     if not report.success:
         print(f"report_recipes failed (run {report.run_id})", file=sys.stderr)
         return 1
-    root = Path(os.environ.get("DYNAMICS_DATA_DIR", "data")).resolve()
-    print(f"\nDone in {time.perf_counter() - started:.0f} s: curate_pool, {len(recipes)} recipe(s) × "
+    print(f"\nDone in {format_seconds(time.perf_counter() - started)}: curate_pool, {len(recipes)} recipe(s) × "
           f"{len(epochs)} epoch(s), learning curves, comparison.")
-    print(f"  reports:    {root / 'artifacts' / 'eval_report'}/<recipe>/<epoch>/report.md (+ accuracy_vs_frequency.png)")
-    print(f"  curves:     {root / 'artifacts' / 'learning_curve' / 'learning_curve.png'}")
-    print(f"  comparison: {root / 'artifacts' / 'comparison_report' / 'comparison.md'} (+ comparison.png)")
-    print(f"  instance:   {os.environ['DAGSTER_HOME']}")
-    print("  Dagster UI: bash scripts/ui.sh  → http://127.0.0.1:3000 (asset lineage, runs, metadata)")
-    print(f"  MLflow UI:  .venv/bin/mlflow ui --backend-store-uri sqlite:///{root / 'mlflow' / 'mlflow.db'} "
-          "--host 127.0.0.1 --port 5000")
+    for line in summary_lines(seen, Path(os.environ.get("DYNAMICS_DATA_DIR", "data")).resolve()):
+        print(line)
     return 0
 
 
-def _materialized(instance: dg.DagsterInstance, asset: str, key: dg.MultiPartitionKey) -> bool:
+def summary_lines(seen: Mapping[str, Mapping[str, Any]], root: Path) -> list[str]:
+    """Where the reports are: the paths the last materialisations recorded, else the default layout."""
+    def where(asset: str, key: str, default: Path) -> str:
+        value = seen.get(asset, {}).get(key)
+        return str(getattr(value, "path", value) or default)
+
+    art = root / "artifacts"
+    return [
+        f"  last report: {where('eval_report', 'accuracy_vs_frequency', art / 'eval_report')}"
+        " (report.md beside it; one per recipe × epoch)",
+        f"  curves:      {where('learning_curve', 'plot', art / 'learning_curve' / 'learning_curve.png')}",
+        f"  comparison:  {where('comparison_report', 'plot', art / 'comparison_report' / 'comparison.png')} (+ comparison.md)",
+        f"  instance:    {os.environ.get('DAGSTER_HOME', '')}",
+        "  Dagster UI:  bash scripts/ui.sh  → http://127.0.0.1:3000 (asset lineage, runs, metadata)",
+        f"  MLflow UI:   .venv/bin/mlflow ui --backend-store-uri sqlite:///{root / 'mlflow' / 'mlflow.db'} "
+        "--host 127.0.0.1 --port 5000",
+    ]
+
+
+def _materialized(instance: "dg.DagsterInstance", asset: str, key: "dg.MultiPartitionKey") -> bool:
+    import dagster as dg
+
     records = instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[str(key)]), limit=1).records
     return bool(records)

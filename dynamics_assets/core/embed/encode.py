@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from dynamics_assets.core.io.atomic import atomic_dir, write_json
+from dynamics_assets.core.io.progress import Progress, bar, offset
 from dynamics_assets.core.model.clip import Encoder, EncoderSpec, load_encoder
 from dynamics_assets.core.ingest.pool import Pair, PoolShard, collate, iter_shard_pairs, ok_sample_ids, pool_shards
 
@@ -63,15 +64,19 @@ def embed_shards(
     device: str = "cpu",
     shards: Iterable[str] | None = None,
     workers: int = 2,
+    progress: Progress | None = None,
 ) -> EmbedSummary:
     """Embed every shard of the pool (or the named ``shards``, by stem or tar name) into ``out_dir``.
 
     ``device`` is used when ``encoder`` is a spec; a loaded ``Encoder`` keeps its own device.
+    ``progress`` gets ``(pairs done, ok pairs of the chosen shards)`` (default: ``io.progress.bar``).
     """
     started = time.perf_counter()
     enc = encoder if isinstance(encoder, Encoder) else load_encoder(encoder, device)
     todo = _chosen(pool_shards(manifest_dir), shards)
     embedded = pairs = invalid = subset = 0
+    total, done = sum(s.n_ok for s in todo), 0
+    progress = progress if progress is not None else bar("embed", "pair")
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for shard in todo:
             dest = Path(out_dir) / shard.stem
@@ -82,10 +87,14 @@ def embed_shards(
                 subset += meta is not None
             if meta is None:
                 with atomic_dir(dest) as tmp:
-                    meta = _embed_shard(enc, shard, Path(shards_dir), ids, tmp, batch_size, pool, workers)
+                    meta = _embed_shard(enc, shard, Path(shards_dir), ids, tmp, batch_size, pool, workers,
+                                        progress=offset(progress, done, total))
                 embedded += 1
                 pairs += len(ids)
             invalid += len(set(meta["invalid_rows"]["image"]) | set(meta["invalid_rows"]["text"]))
+            done += shard.n_ok
+            if progress is not None:
+                progress(done, total)
     return EmbedSummary(len(todo), embedded, len(todo) - embedded - subset, pairs, invalid, enc.embed_dim,
                         time.perf_counter() - started, subset)
 
@@ -157,8 +166,9 @@ def _embed_shard(
     batch_size: int,
     pool: Executor,
     depth: int,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Write the shard's four files into ``dest``; returns its meta."""
+    """Write the shard's four files into ``dest``; returns its meta. ``progress``: (rows encoded, rows)."""
     image_parts, text_parts = [], []
     batches = _chunks(iter_shard_pairs(shard, shards_dir), batch_size)
     to_tensors = lambda b: collate(b, enc.preprocess, enc.tokenizer)  # noqa: E731
@@ -166,6 +176,8 @@ def _embed_shard(
         with torch.inference_mode(), enc.autocast():
             image_parts.append(enc.model.encode_image(images.to(enc.device, non_blocking=True)).float().cpu())
             text_parts.append(enc.model.encode_text(tokens.to(enc.device, non_blocking=True)).float().cpu())
+        if progress is not None:
+            progress(sum(len(p) for p in image_parts), len(ids))
     image, bad_image = _normalised(image_parts, enc.embed_dim)
     text, bad_text = _normalised(text_parts, enc.embed_dim)
     if len(image) != len(ids):

@@ -1,0 +1,145 @@
+"""The command-line surface: the `dg` CLI on this project ([tool.dg] in pyproject.toml), the main
+command's options and output switches (without running the pipeline), the progress helper."""
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from dynamics_assets import pipeline
+from dynamics_assets.core.io import progress
+
+ROOT = Path(__file__).resolve().parents[1]
+DG = Path(sys.executable).parent / "dg"
+
+
+def _dg(args: list[str], home: Path) -> subprocess.CompletedProcess:
+    home.mkdir(exist_ok=True)
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    env = {**os.environ, "DAGSTER_HOME": str(home), "COLUMNS": "250", "NO_COLOR": "1"}
+    return subprocess.run([str(DG), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.skipif(not DG.exists(), reason="dagster-dg-cli not installed (bash scripts/bootstrap.sh)")
+def test_dg_check_and_list_defs(tmp_path):
+    check = _dg(["check", "defs"], tmp_path / "home")
+    assert check.returncode == 0, check.stdout[-3000:] + check.stderr[-3000:]
+    listed = _dg(["list", "defs"], tmp_path / "home")
+    assert listed.returncode == 0, listed.stdout[-3000:] + listed.stderr[-3000:]
+    assert "sample_plan" in listed.stdout
+
+
+def test_arguments():
+    args = pipeline.build_parser().parse_args(
+        ["--epochs", "epoch-001", "epoch-002", "--recipes", "all", "--skip-existing", "-v"])
+    assert args.epochs == ["epoch-001", "epoch-002"] and args.recipes == ["all"]
+    assert args.skip_existing and args.verbose and not args.no_progress
+    default = pipeline.build_parser().parse_args([])
+    assert default.epochs is None and default.recipes is None
+    assert not (default.skip_existing or default.verbose or default.no_progress)
+    with pytest.raises(SystemExit):
+        pipeline.build_parser().parse_args(["--no-such-option"])
+
+
+def test_main_needs_dagster_home(monkeypatch):
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    with pytest.raises(SystemExit, match="DAGSTER_HOME"):
+        pipeline.main([])
+
+
+def test_verbose_switches_log_level():
+    assert pipeline.run_config(True) == {}
+    assert pipeline.run_config(False) == {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+@dg.asset
+def _tiny(context) -> dg.MaterializeResult:
+    context.log.info("tiny says hello")
+    return dg.MaterializeResult(metadata={"ok": 7, "quarantined": 2})
+
+
+def _tiny_job() -> dg.JobDefinition:
+    return dg.Definitions(assets=[_tiny], jobs=[dg.define_asset_job("tiny", selection=[_tiny])]).resolve_job_def("tiny")
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_step_lines_and_dagster_log_level(verbose, capfd):
+    out = io.StringIO()
+    seen: dict = {}
+    with dg.instance_for_test() as instance:
+        result = pipeline.execute(_tiny_job(), instance, verbose=verbose, title="tiny job", out=out, seen=seen)
+    assert result.success
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "tiny job" and len(lines) == 2
+    assert lines[1].split()[0] == "_tiny" and " s " in lines[1] and lines[1].rstrip().endswith("ok 7, quarantined 2")
+    assert seen["_tiny"] == {"ok": 7, "quarantined": 2}
+    logged = capfd.readouterr().err
+    assert ("STEP_SUCCESS" in logged and "tiny says hello" in logged) is verbose
+
+
+@dg.asset
+def a_step_with_a_rather_long_name_that_fails():
+    raise ValueError("boom")
+
+
+def test_failed_step_line():
+    job = dg.Definitions(assets=[a_step_with_a_rather_long_name_that_fails],
+                         jobs=[dg.define_asset_job("j", selection="*")]).resolve_job_def("j")
+    out = io.StringIO()
+    with dg.instance_for_test() as instance:
+        assert not pipeline.execute(job, instance, verbose=False, title="j", out=out).success
+    line = out.getvalue().splitlines()[1]
+    assert line.startswith("  a_step_with_a_…name_that_fails ")
+    assert line.rstrip().endswith("FAILED: ValueError: boom")
+
+
+def test_key_figures():
+    assert pipeline.key_figure("raw_pairs", {"ok": 48210, "quarantined": 1790, "pairs": 50000}) == \
+        "48,210 pairs kept, 1,790 quarantined"
+    assert pipeline.key_figure("eval_report", {"top1": 0.25, "head": dg.MetadataValue.float(0.5), "tail": 0.125}) == \
+        "top-1 0.250, head 0.500, tail 0.125"
+    assert pipeline.key_figure("sample_plan", {}) == ""
+    assert pipeline.key_figure("reference_model", {"final_loss": 3.5, "reused": False}) == "loss 3.500"
+    assert pipeline.key_figure("reference_model", {"steps": 146, "reused": True}) == "146 steps, reused"
+    assert pipeline.key_figure("unknown_asset", {"dagster/row_count": 3, "n": 5, "f": 0.5, "s": "x"}) == "n 5, f 0.5"
+    assert pipeline.format_seconds(3.21) == "3.2 s" and pipeline.format_seconds(42) == "42 s"
+    assert pipeline.format_seconds(125) == "2 min 05 s"
+
+
+def test_quiet_hides_dagster_warnings(monkeypatch):
+    monkeypatch.setattr(progress, "_switch", None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pipeline.configure_output(verbose=False)
+        warnings.warn("x", dg.BetaWarning)
+        warnings.warn("x", dg.PreviewWarning)
+        warnings.warn("Function `f` is deprecated and will be removed in 2.0.", DeprecationWarning)
+        warnings.warn("ours", UserWarning)
+    assert [str(w.message) for w in caught] == ["ours"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pipeline.configure_output(verbose=True)
+        warnings.warn("x", dg.BetaWarning)
+    assert len(caught) == 1
+
+
+def test_progress_switch(monkeypatch, capsys):
+    monkeypatch.delenv(progress.ENV, raising=False)
+    monkeypatch.setattr(progress, "_switch", None)
+    assert progress.bar("quiet") is None  # library default: silent
+    pipeline.configure_output(verbose=False, progress=False)
+    assert progress.bar("off") is None
+    monkeypatch.setenv(progress.ENV, "always")
+    monkeypatch.setattr(progress, "_switch", None)
+    pipeline.configure_output(verbose=False)  # the caller's DYNAMICS_PROGRESS wins
+    tick = progress.bar("demo", "step")
+    assert tick is not None
+    for i in range(1, 4):
+        progress.offset(tick, 0, 3)(i, 99)
+    assert "demo" in capsys.readouterr().err
