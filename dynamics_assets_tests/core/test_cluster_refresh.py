@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dynamics_assets.core.io.versions import resolve
 from dynamics_assets.core.cluster.refresh import FIT_NAME, FitRecord, RefreshDecision, decide, encoder_identity
 from dynamics_assets.core.embed.store import EmbeddingStore
 from dynamics_assets.core.cluster.kmeans import assign, mean_distance, train_kmeans
@@ -49,10 +50,10 @@ def fitted(tmp_path):
     store = EmbeddingStore(emb)
     centroids = train_kmeans(store, K, sample_size=900, niter=10, seed=0, use_gpu=False, init="kmeans++")
     clusters = tmp_path / "clusters"
-    summary = assign(store, centroids, clusters, use_gpu=False)
-    record = FitRecord(PARAMS, encoder_identity(store), dict(zip(store.shards, store.counts.tolist())),
-                       summary.mean_distance)
-    record.write(clusters)
+    fit = lambda s: FitRecord(PARAMS, encoder_identity(store), dict(zip(store.shards, store.counts.tolist())),  # noqa: E731
+                              s.mean_distance)
+    summary = assign(store, centroids, clusters, use_gpu=False, fit=fit)  # clusters: the artefact root
+    record = fit(summary)
     return emb, clusters, centroids, record
 
 
@@ -76,13 +77,16 @@ def test_fit_record_round_trip_and_missing_files(fitted):
     assert FitRecord.read(clusters) == record
     assert record.shards == {"shard-000": ROWS, "shard-001": ROWS, "shard-002": ROWS}
     assert record.encoder == ENCODER
-    assert json.loads((clusters / FIT_NAME).read_text())["mean_distance"] == record.mean_distance
+    version = resolve(clusters)  # fit.json is part of the clusters version
+    assert json.loads((version / FIT_NAME).read_text())["mean_distance"] == record.mean_distance
+    with pytest.raises(ValueError, match="immutable"):
+        record.write(version)
 
-    (clusters / "centroids.npy").unlink()
+    (version / "centroids.npy").unlink()  # (tampering with a committed version, to test the reader)
     assert FitRecord.read(clusters) is None
-    np.save(clusters / "centroids.npy", centroids)
+    np.save(version / "centroids.npy", centroids)
     assert FitRecord.read(clusters) == record
-    (clusters / FIT_NAME).unlink()
+    (version / FIT_NAME).unlink()
     assert FitRecord.read(clusters) is None
     assert FitRecord.read(clusters / "nowhere") is None
 
@@ -94,14 +98,14 @@ def test_mean_distance_matches_assignment_and_the_planted_noise(fitted):
     assert rows == 3 * ROWS
     assert mean == pytest.approx(record.mean_distance, rel=1e-5)
     # distance.npy holds the per-row values the mean is taken over
-    assert mean == pytest.approx(float(np.load(clusters / "distance.npy").astype(np.float64).mean()), rel=1e-5)
+    assert mean == pytest.approx(float(np.load(resolve(clusters) / "distance.npy").astype(np.float64).mean()), rel=1e-5)
     # noise 0.1 per dimension: 1 - cos ~ (D - 1) * 0.01 / 2 ~ 0.07, far from the 1.0 of an unrelated row
     assert 0.02 < mean < 0.15
 
     # per shard, and the batched stream gives the same numbers
     one_rows, one = mean_distance(store, centroids, ["shard-001"], use_gpu=False, batch_size=7)
     assert one_rows == ROWS
-    d = np.load(clusters / "distance.npy")[ROWS : 2 * ROWS].astype(np.float64)
+    d = np.load(resolve(clusters) / "distance.npy")[ROWS : 2 * ROWS].astype(np.float64)
     assert one == pytest.approx(d.mean(), rel=1e-5)
 
     with pytest.raises(ValueError, match="shard-009"):
@@ -233,17 +237,17 @@ def test_drift_accumulates_over_assign_only_refreshes(fitted):
 
 def test_kept_centroids_keep_the_cluster_ids_of_old_rows(fitted, tmp_path):
     emb, clusters, centroids, record = fitted
-    before = np.load(clusters / "cluster_id.npy")
+    before = np.load(resolve(clusters) / "cluster_id.npy")
     assert before.shape == (3 * ROWS,) and len(np.unique(before)) == K
     write_shard(emb, "shard-003", blob_rows(np.concatenate([OLD_BLOBS, NEW_BLOBS]), ROWS, seed=3))
     store = EmbeddingStore(emb)
     assert store.shards[-1] == "shard-003"
-    kept = np.load(clusters / "centroids.npy")
-    summary = assign(store, kept, clusters, use_gpu=False)
-    after = np.load(clusters / "cluster_id.npy")
+    kept = np.load(resolve(clusters) / "centroids.npy")
+    summary = assign(store, kept, clusters, use_gpu=False, fit=FitRecord.read(clusters))  # record passed on
+    after = np.load(resolve(clusters) / "cluster_id.npy")
     assert summary.n == 4 * ROWS and after.shape == (4 * ROWS,)
     np.testing.assert_array_equal(after[: 3 * ROWS], before)
-    np.testing.assert_array_equal(np.load(clusters / "centroids.npy"), kept)
+    np.testing.assert_array_equal(np.load(resolve(clusters) / "centroids.npy"), kept)
     # the fit record still describes the centroids: the grown pool is measured against it
     assert FitRecord.read(clusters) == record
 

@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from dynamics_assets.core.io.versions import resolve
 from dynamics_assets.core.io.atomic import save_npy
 from dynamics_assets.core.embed.store import EmbeddingStore
 from dynamics_assets.core.cluster.kmeans import assign, cluster_sizes, merge_centroids, train_kmeans
@@ -69,25 +70,25 @@ def test_planted_clusters_are_recovered(store: EmbeddingStore, data, tmp_path: P
     np.testing.assert_allclose(np.linalg.norm(centroids, axis=1), 1.0, rtol=1e-5)
 
     summary = assign(store, centroids, tmp_path / "out", batch_size=100, use_gpu=False)
-    ids = np.load(tmp_path / "out" / "cluster_id.npy")
+    ids = np.load(resolve(tmp_path / "out") / "cluster_id.npy")
     labels = data[1]
     group_to_cluster = {g: set(ids[labels == g].tolist()) for g in range(GROUPS)}
     assert all(len(c) == 1 for c in group_to_cluster.values())  # each group in one cluster
     assert len(set().union(*group_to_cluster.values())) == GROUPS  # purity 1.0: no shared cluster
     assert (summary.n, summary.k, summary.n_quarantined, summary.n_empty_clusters) == (600, GROUPS, 0, 0)
 
-    distance = np.load(tmp_path / "out" / "distance.npy")
+    distance = np.load(resolve(tmp_path / "out") / "distance.npy")
     assert distance.dtype == np.float32 and 0 <= distance.min() and distance.max() < 0.1
-    np.testing.assert_array_equal(cluster_sizes(tmp_path / "out" / "cluster_id.npy", GROUPS), np.bincount(ids))
-    np.testing.assert_array_equal(np.load(tmp_path / "out" / "centroids.npy"), centroids)
+    np.testing.assert_array_equal(cluster_sizes(resolve(tmp_path / "out") / "cluster_id.npy", GROUPS), np.bincount(ids))
+    np.testing.assert_array_equal(np.load(resolve(tmp_path / "out") / "centroids.npy"), centroids)
 
-    table = pq.read_table(tmp_path / "out" / "assignments.parquet")
+    table = pq.read_table(resolve(tmp_path / "out") / "assignments.parquet")
     assert table.column("sample_index").to_pylist() == list(range(600))
     assert table.column("sample_id").to_pylist()[250] == "id-000250"
     assert table.column("shard").to_pylist()[250] == "shard-00001"
     np.testing.assert_array_equal(table.column("cluster_id").to_numpy(), ids)
     np.testing.assert_array_equal(table.column("distance").to_numpy(), distance)
-    assert pq.read_table(tmp_path / "out" / "quarantine.parquet").num_rows == 0
+    assert pq.read_table(resolve(tmp_path / "out") / "quarantine.parquet").num_rows == 0
 
 
 def test_same_seed_gives_byte_identical_outputs(store: EmbeddingStore, tmp_path: Path) -> None:
@@ -95,7 +96,7 @@ def test_same_seed_gives_byte_identical_outputs(store: EmbeddingStore, tmp_path:
         centroids = train_kmeans(store, 8, sample_size=400, seed=3, use_gpu=False)
         assign(store, centroids, tmp_path / run, batch_size=128, use_gpu=False)
     for name in ("cluster_id.npy", "distance.npy", "centroids.npy", "assignments.parquet"):
-        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+        assert (resolve(tmp_path / "a") / name).read_bytes() == (resolve(tmp_path / "b") / name).read_bytes(), name
 
 
 def test_batch_size_does_not_change_the_result(store: EmbeddingStore, tmp_path: Path) -> None:
@@ -103,7 +104,7 @@ def test_batch_size_does_not_change_the_result(store: EmbeddingStore, tmp_path: 
     assign(store, centroids, tmp_path / "small", batch_size=7, use_gpu=False)
     assign(store, centroids, tmp_path / "whole", batch_size=10**6, use_gpu=False)
     for name in ("cluster_id.npy", "distance.npy"):
-        assert (tmp_path / "small" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
+        assert (resolve(tmp_path / "small") / name).read_bytes() == (resolve(tmp_path / "whole") / name).read_bytes(), name
 
 
 def test_bad_rows_are_quarantined_and_others_unaffected(data, tmp_path: Path) -> None:
@@ -115,20 +116,20 @@ def test_bad_rows_are_quarantined_and_others_unaffected(data, tmp_path: Path) ->
     summary = assign(store, centroids, tmp_path / "out", batch_size=64, use_gpu=False)
     clean = assign(write_store(tmp_path / "clean", data[0]), centroids, tmp_path / "ref", use_gpu=False)
 
-    ids, ref = np.load(tmp_path / "out" / "cluster_id.npy"), np.load(tmp_path / "ref" / "cluster_id.npy")
-    distance = np.load(tmp_path / "out" / "distance.npy")
+    ids, ref = np.load(resolve(tmp_path / "out") / "cluster_id.npy"), np.load(resolve(tmp_path / "ref") / "cluster_id.npy")
+    distance = np.load(resolve(tmp_path / "out") / "distance.npy")
     assert ids[[260, 420]].tolist() == [-1, -1] and np.isnan(distance[[260, 420]]).all()
     others = np.setdiff1d(np.arange(600), [260, 420])
     np.testing.assert_array_equal(ids[others], ref[others])
     assert (summary.n_quarantined, summary.n_non_finite, summary.n_zero_norm, clean.n_quarantined) == (2, 1, 1, 0)
-    assert cluster_sizes(tmp_path / "out" / "cluster_id.npy", GROUPS).sum() + summary.n_quarantined == 600
+    assert cluster_sizes(resolve(tmp_path / "out") / "cluster_id.npy", GROUPS).sum() + summary.n_quarantined == 600
 
-    quarantine = pq.read_table(tmp_path / "out" / "quarantine.parquet").to_pylist()
+    quarantine = pq.read_table(resolve(tmp_path / "out") / "quarantine.parquet").to_pylist()
     assert quarantine == [
         {"sample_index": 260, "sample_id": "id-000260", "reason": "non_finite_embedding"},
         {"sample_index": 420, "sample_id": "id-000420", "reason": "zero_norm_embedding"},
     ]
-    table = pq.read_table(tmp_path / "out" / "assignments.parquet")
+    table = pq.read_table(resolve(tmp_path / "out") / "assignments.parquet")
     assert table.num_rows == 600 and table.column("distance").null_count == 2
 
 

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from dynamics_assets.core.embed.encode import embed_shards
+from dynamics_assets.core.io.versions import resolve, verify
 from dynamics_assets.core.model.clip import EncoderSpec, load_encoder
 from dynamics_assets.core.ingest.pool import collate, iter_pool_pairs
 from dynamics_assets_tests.core.test_training import write_pool
@@ -25,16 +27,19 @@ def encoder():
 def pool(tmp_path):
     # shard-001 has only quarantined rows: an empty but valid output
     manifest_dir, shards_dir, ok_ids = write_pool(tmp_path, [20, 1, 13], quarantine_every=21)
-    return manifest_dir, shards_dir, ok_ids, tmp_path / "emb"
+    return manifest_dir, shards_dir, ok_ids, tmp_path / "emb"  # emb: the artefact root
 
 
 def _mtimes(out_dir):
-    return {p.relative_to(out_dir): p.stat().st_mtime_ns for p in out_dir.rglob("*")}
+    return {p.relative_to(out_dir): p.stat().st_mtime_ns for p in out_dir.rglob("*")
+            if p.is_file() and p.name != "_version.json"}
 
 
 def test_embeddings_are_unit_norm_fp16_in_pool_order(encoder, pool):
     manifest_dir, shards_dir, ok_ids, out = pool
     summary = embed_shards(encoder, manifest_dir, shards_dir, out, batch_size=8)
+    out = summary.version_dir
+    assert out == resolve(pool[3]) and not verify(out)
     assert (summary.shards_total, summary.shards_embedded, summary.pairs_embedded) == (3, 3, 33)
     assert summary.invalid_rows == 0 and summary.dim == 128
 
@@ -58,25 +63,28 @@ def test_embeddings_are_unit_norm_fp16_in_pool_order(encoder, pool):
 
 
 def test_rerun_skips_complete_shards_and_recomputes_mismatching_ones(encoder, pool):
-    manifest_dir, shards_dir, _, out = pool
-    embed_shards(encoder, manifest_dir, shards_dir, out, batch_size=8)
+    manifest_dir, shards_dir, _, root = pool
+    out = embed_shards(encoder, manifest_dir, shards_dir, root, batch_size=8).version_dir
     before = _mtimes(out)
-    again = embed_shards(encoder, manifest_dir, shards_dir, out, batch_size=8)
+    again = embed_shards(encoder, manifest_dir, shards_dir, root, batch_size=8)
     assert (again.shards_embedded, again.shards_skipped) == (0, 3)
-    assert _mtimes(out) == before
+    assert again.version_dir == out and _mtimes(out) == before  # same content: same version
 
-    meta_path = out / "shard-002" / "meta.json"
-    meta = json.loads(meta_path.read_text())
+    meta_rel = Path("shard-002", "meta.json")
+    meta = json.loads((out / meta_rel).read_text())
     meta["encoder"]["weights"] = "sha256:another-model"
-    meta_path.write_text(json.dumps(meta))
+    (out / meta_rel).unlink()  # tampering with the committed version (a new inode, like any writer)
+    (out / meta_rel).write_text(json.dumps(meta))
     image_before = np.load(out / "shard-002" / "image.npy")
-    rerun = embed_shards(encoder, manifest_dir, shards_dir, out, batch_size=8)
+    rerun = embed_shards(encoder, manifest_dir, shards_dir, root, batch_size=8)
     assert (rerun.shards_embedded, rerun.shards_skipped) == (1, 2)
-    after = _mtimes(out)
-    assert all(after[p] == t for p, t in before.items() if p.parts[0] != "shard-002")
-    assert after[meta_path.relative_to(out)] != before[meta_path.relative_to(out)]
-    assert json.loads(meta_path.read_text())["encoder"] == encoder.identity
-    np.testing.assert_array_equal(np.load(out / "shard-002" / "image.npy"), image_before)
+    new = rerun.version_dir  # the same content as before the tampering: the same id, the version repaired
+    assert resolve(root) == new and not verify(new)
+    after = _mtimes(new)
+    assert all(after[p] == t for p, t in before.items() if p.parts[0] != "shard-002")  # hardlinks
+    assert after[meta_rel] != before[meta_rel]
+    assert json.loads((new / meta_rel).read_text())["encoder"] == encoder.identity
+    np.testing.assert_array_equal(np.load(new / "shard-002" / "image.npy"), image_before)
 
 
 def test_non_finite_rows_are_zeroed_and_reported(pool):
@@ -90,13 +98,14 @@ def test_non_finite_rows_are_zeroed_and_reported(pool):
 
     encoder.model.visual.register_forward_hook(poison_row_3)
     summary = embed_shards(encoder, manifest_dir, shards_dir, out, batch_size=64, shards=["shard-000.tar"])
+    root, out = out, summary.version_dir
     assert summary.shards_total == 1 and summary.invalid_rows == 1
     meta = json.loads((out / "shard-000" / "meta.json").read_text())
     assert meta["invalid_rows"] == {"image": [3], "text": []}
     image = np.load(out / "shard-000" / "image.npy")
     assert np.all(image[3] == 0) and np.all(np.isfinite(image))
     assert not (out / "shard-002").exists()
-    again = embed_shards(encoder, manifest_dir, shards_dir, out, shards=["shard-000"])
+    again = embed_shards(encoder, manifest_dir, shards_dir, root, shards=["shard-000"])
     assert again.shards_skipped == 1 and again.invalid_rows == 1  # still reported when skipped
 
 
@@ -113,14 +122,15 @@ def test_rows_that_left_the_manifest_are_dropped_without_encoding(encoder, pool)
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    manifest_dir, shards_dir, _, out = pool
-    embed_shards(encoder, manifest_dir, shards_dir, out, batch_size=8)
+    manifest_dir, shards_dir, _, root = pool
+    out = embed_shards(encoder, manifest_dir, shards_dir, root, batch_size=8).version_dir
     dest = out / "shard-002"
     old_image, old_text = np.load(dest / "image.npy"), np.load(dest / "text.npy")
     old_ids = np.load(dest / "sample_id.npy")
     assert len(old_ids) == 13
     meta = json.loads((dest / "meta.json").read_text())
     meta["invalid_rows"] = {"image": [4, 5], "text": [12]}  # 5 and 12 leave, 4 becomes row 3
+    (dest / "meta.json").unlink()  # tampering with the committed version (a new inode)
     (dest / "meta.json").write_text(json.dumps(meta))
     others = {p: t for p, t in _mtimes(out).items() if p.parts[0] != "shard-002"}
 
@@ -132,7 +142,8 @@ def test_rows_that_left_the_manifest_are_dropped_without_encoding(encoder, pool)
     pq.write_table(table.set_column(table.schema.get_field_index("status"), "status", status), path)
     keep = np.array([i for i in range(13) if i not in (2, 5, 12)])
 
-    summary = embed_shards(encoder, manifest_dir, shards_dir, out, batch_size=8)
+    summary = embed_shards(encoder, manifest_dir, shards_dir, root, batch_size=8)
+    out, dest = summary.version_dir, summary.version_dir / "shard-002"
     assert (summary.shards_subset, summary.shards_embedded, summary.shards_skipped) == (1, 0, 2)
     assert summary.pairs_embedded == 0 and summary.invalid_rows == 1
     np.testing.assert_array_equal(np.load(dest / "sample_id.npy"), old_ids[keep])
@@ -143,6 +154,7 @@ def test_rows_that_left_the_manifest_are_dropped_without_encoding(encoder, pool)
     assert meta["invalid_rows"] == {"image": [3], "text": []}
     assert {p: t for p, t in _mtimes(out).items() if p.parts[0] != "shard-002"} == others
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary directory left
+    assert not list((root / ".staging").iterdir())
 
-    again = embed_shards(encoder, manifest_dir, shards_dir, out, batch_size=8)
+    again = embed_shards(encoder, manifest_dir, shards_dir, root, batch_size=8)
     assert (again.shards_subset, again.shards_embedded, again.shards_skipped) == (0, 0, 3)

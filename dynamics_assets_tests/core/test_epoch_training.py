@@ -13,7 +13,8 @@ import open_clip
 import pytest
 import torch
 
-from dynamics_assets.core.train.epoch import EpochJob, plan_share, run_epoch
+from dynamics_assets.core.io.versions import Artefact, StalePlanError, version_info
+from dynamics_assets.core.train.epoch import EpochJob, checkpoint_file, plan_share, run_epoch
 from dynamics_assets.core.ingest.manifest import build_manifest
 from dynamics_assets.core.model.clip import read_checkpoint
 from dynamics_assets.core.sample import ClusterPool, DynamicsSampler, write_plan
@@ -38,7 +39,7 @@ def pool(tmp_path_factory):
 
 def job(tmp, ds, plans, epoch=1, **kw) -> EpochJob:
     return EpochJob(plan_dir=str(plans[epoch]), manifest_dir=str(tmp / "manifest"), shards_dir=str(ds.out_dir / "shards"),
-                    out_checkpoint=str(tmp / kw.pop("name", "ck") / f"epoch-{epoch}.pt"), epoch=epoch, n_epochs=2,
+                    out_checkpoint=str(tmp / kw.pop("name", "ck") / f"epoch-{epoch}"), epoch=epoch, n_epochs=2,
                     batch_size=32, buffer_size=64, checkpoint_every_steps=1, device="cpu", **kw)
 
 
@@ -57,13 +58,15 @@ def test_epoch_trains_on_the_plan_and_chains(pool):
     plan_size = int(np.load(plans[1] / "multiplicity.npy").sum())
     assert m1["steps"] == plan_size // 32 == len(steps)
     assert m1["samples_seen"] == m1["steps"] * 32
-    ck1 = read_checkpoint(tmp / "ck" / "epoch-1.pt")
+    assert m1["checkpoint"] == str(checkpoint_file(tmp / "ck" / "epoch-1"))  # in the committed version
+    ck1 = read_checkpoint(m1["checkpoint"])
     assert ck1["optimizer"] is not None and ck1["samples_seen"] == m1["samples_seen"]
-    m2 = run_epoch(replace(job(tmp, ds, plans, 2), previous_checkpoint=str(tmp / "ck" / "epoch-1.pt")))
+    m2 = run_epoch(replace(job(tmp, ds, plans, 2), previous_checkpoint=str(tmp / "ck" / "epoch-1")))
     assert m2["global_step"] == m1["global_step"] + m2["steps"], "the schedule continues"
     assert m2["samples_seen"] == m1["samples_seen"] + m2["epoch_samples"]
-    model, _, _ = open_clip.create_model_and_transforms("dynamics-tiny-32", pretrained=str(tmp / "ck" / "epoch-2.pt"))
-    sd = read_checkpoint(tmp / "ck" / "epoch-2.pt")["state_dict"]
+    model, _, _ = open_clip.create_model_and_transforms("dynamics-tiny-32", pretrained=m2["checkpoint"])
+    sd = read_checkpoint(m2["checkpoint"])["state_dict"]
+    assert version_info(m2["version_dir"])["refs"]["previous"]["id"] == m1["version_id"]
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in sd.items())
 
 
@@ -81,12 +84,22 @@ def test_interrupted_epoch_resumes_to_the_same_weights(pool):
     interrupted = job(tmp, ds, plans, 1, name="resumed")
     with pytest.raises(Crash):
         run_epoch(interrupted, on_step=crash_at_3)
-    assert Path(interrupted.out_checkpoint).with_suffix(".step.pt").exists()
+    root = Path(interrupted.out_checkpoint)
+    assert Artefact(root).current() is None  # nothing committed: readers see no checkpoint
+    assert list((root / ".staging").glob("*/step.pt"))  # the step checkpoint waits in the staging dir
     metrics = run_epoch(interrupted)
     assert metrics["resumed_at_step"] == 3
-    a = read_checkpoint(tmp / "straight" / "epoch-1.pt")["state_dict"]
-    b = read_checkpoint(tmp / "resumed" / "epoch-1.pt")["state_dict"]
+    a = read_checkpoint(checkpoint_file(tmp / "straight" / "epoch-1"))["state_dict"]
+    b = read_checkpoint(checkpoint_file(tmp / "resumed" / "epoch-1"))["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not list((root / ".staging").iterdir())  # the staging dir became the version
+
+
+def test_a_plan_of_another_pool_version_is_refused(pool):
+    tmp, ds, plans = pool
+    with pytest.raises(StalePlanError, match=r"drawn on pool version <unrecorded>.*reads pool version 0123456789abcdef"):
+        run_epoch(job(tmp, ds, plans, 1, name="stale", pool_version="0123456789abcdef"))
+    assert not (tmp / "stale").exists()
 
 
 def test_ddp_two_processes_split_the_plan(pool, tmp_path):
@@ -105,4 +118,4 @@ def test_ddp_two_processes_split_the_plan(pool, tmp_path):
     plan_size = int(np.load(plans[1] / "multiplicity.npy").sum())
     assert metrics["epoch_samples"] == metrics["steps"] * 32 * 2 <= plan_size
     assert metrics["steps"] >= plan_size // 64 - 1
-    assert Path(j.out_checkpoint).exists()
+    assert Path(metrics["checkpoint"]).is_file() and Artefact(j.out_checkpoint).current() is not None

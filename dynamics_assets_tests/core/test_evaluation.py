@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from dynamics_assets.core.io.versions import resolve
 from dynamics_assets.core.evaluate.report import accuracy_by_group, class_embeddings, evaluate_model, frequency_buckets, load_eval_set, log2_frequency_bin, retrieval_recall, zero_shot_metrics
 from dynamics_assets.core.model.flops import forward_flops, forward_flops_per_pair, train_flops
 from dynamics_assets.core.ingest.synthetic import generate
@@ -244,7 +245,7 @@ def test_evaluate_model_end_to_end(tmp_path, tiny_clip, captions):
     assert report.per_cluster.column("n").to_pylist() == [5, 5, 5, 5, 4]
 
     paths = report.save(tmp_path / "report")
-    assert {p.name for p in (tmp_path / "report").iterdir()} == {
+    assert {p.name for p in resolve(tmp_path / "report").iterdir()} - {"_version.json"} == {
         "metrics.json", "per_concept.parquet", "per_frequency_bin.parquet", "per_cluster.parquet",
         "report.md", "accuracy_vs_frequency.png"}
     assert json.loads(paths["metrics.json"].read_text()) == pytest.approx(m)

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from dynamics_assets.core.io.versions import verify
 from dynamics_assets.core.ingest.manifest import MANIFEST_SCHEMA, OK, QUARANTINED, REASONS, SUMMARY_NAME, build_manifest, content_sample_id, ok_rows, pool_counts, read_shard_manifest
 from dynamics_assets.core.io.webdataset import ShardReadError, iter_samples
 
@@ -265,7 +266,8 @@ def test_cross_shard_duplicates_resume_and_pool_order(tmp_path):
     a = write_tar(shards / "a.tar", pair("a0", 3, "only a") + pair("a1", 1, "shared", uid=shared_uid))
     c = write_tar(shards / "c.tar", pair("c0", 4, "only c"))
 
-    summary = build_manifest([c, b, a], out)
+    summary = build_manifest([c, b, a], tmp_path / "manifest")
+    out = summary.version_dir  # the committed version; tmp_path / "manifest" is the artefact root
     assert (summary.total, summary.ok, summary.quarantined) == (5, 4, 1)
     assert summary.by_reason == {"exact_duplicate": 1}
     assert sorted(summary.read_shards) == ["a.tar", "b.tar", "c.tar"]
@@ -287,7 +289,8 @@ def test_cross_shard_duplicates_resume_and_pool_order(tmp_path):
     # Resume: nothing changed -> no manifest rewritten, same summary bytes.
     before = {p.name: _stat_ns(p) for p in out.iterdir()}
     summary_bytes = (out / SUMMARY_NAME).read_bytes()
-    again = build_manifest([a, b, c], out)
+    again = build_manifest([a, b, c], tmp_path / "manifest")
+    assert again.version_dir == out  # same content, same version
     assert (again.read_shards, again.rewritten_shards) == ([], [])
     assert sorted(again.reused_shards) == ["a.tar", "b.tar", "c.tar"]
     assert {p.name: _stat_ns(p) for p in out.iterdir() if p.suffix == ".parquet"} == {
@@ -297,7 +300,10 @@ def test_cross_shard_duplicates_resume_and_pool_order(tmp_path):
     # Changing a.tar (the shared pair removed) re-reads only a.tar and lifts b.tar's mark.
     write_tar(a, pair("a0", 3, "only a") + pair("a2", 5, "new in a"))
     os.utime(a, ns=(a.stat().st_atime_ns, a.stat().st_mtime_ns + 10**9))
-    third = build_manifest([a, b, c], out)
+    third = build_manifest([a, b, c], tmp_path / "manifest")
+    assert third.version_dir != out and not verify(out)  # the old version is untouched
+    assert os.stat(third.version_dir / "c.parquet").st_ino == os.stat(out / "c.parquet").st_ino  # hardlinked
+    out = third.version_dir
     assert (third.read_shards, third.rewritten_shards) == (["a.tar"], ["b.tar"])
     assert (third.total, third.ok, third.quarantined) == (5, 5, 0)
     manifest_b = pq.read_table(out / "b.parquet")
@@ -318,11 +324,11 @@ def test_shards_added_by_a_later_call_are_deduplicated_against_the_pool(tmp_path
 def test_accounting_violation_raises(tmp_path):
     out = tmp_path / "m"
     path = write_tar(tmp_path / "s.tar", pair("k", 1))
-    build_manifest([path], out)
-    table = pq.read_table(out / "s.parquet")
+    version = build_manifest([path], out).version_dir
+    table = pq.read_table(version / "s.parquet")
     i = table.schema.get_field_index("status")
     bogus = table.set_column(i, table.schema.field(i), pa.array(["maybe"], pa.string()))
-    pq.write_table(bogus, out / "s.parquet")
+    pq.write_table(bogus, version / "s.parquet")  # corrupting a committed version in place
     with pytest.raises(RuntimeError, match=r"s\.tar.*ok \(0\) \+ quarantined \(0\) != rows \(1\)"):
         build_manifest([path], out)
 

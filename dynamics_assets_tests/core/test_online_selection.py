@@ -10,7 +10,7 @@ import open_clip
 import pytest
 import torch
 
-from dynamics_assets.core.train.epoch import EpochJob, run_epoch
+from dynamics_assets.core.train.epoch import EpochJob, checkpoint_file, run_epoch
 from dynamics_assets.core.model.flops import forward_flops_per_pair
 from dynamics_assets.core.ingest.manifest import build_manifest
 from dynamics_assets.core.model.clip import create_model, read_checkpoint, save_checkpoint
@@ -221,7 +221,7 @@ def pool(tmp_path_factory):
 def _job(pool, epoch=1, name="ck", **kw) -> EpochJob:
     tmp, ds, plans, reference = pool
     return EpochJob(plan_dir=str(plans[epoch]), manifest_dir=str(tmp / "manifest"),
-                    shards_dir=str(ds.out_dir / "shards"), out_checkpoint=str(tmp / name / f"epoch-{epoch}.pt"),
+                    shards_dir=str(ds.out_dir / "shards"), out_checkpoint=str(tmp / name / f"epoch-{epoch}"),
                     epoch=epoch, n_epochs=2, batch_size=BATCH, buffer_size=64, checkpoint_every_steps=2,
                     device="cpu", **{"selection": "jest", "reference_checkpoint": str(reference), **kw})
 
@@ -236,7 +236,7 @@ def test_epoch_job_validates_selection(pool):
 
 @pytest.fixture(scope="module")
 def jest_epoch(pool) -> dict:
-    """Epoch 1 with JEST, run straight through (checkpoint ``ck/epoch-1.pt``)."""
+    """Epoch 1 with JEST, run straight through (checkpoint version under the root ``ck/epoch-1``)."""
     return run_epoch(_job(pool))
 
 
@@ -250,9 +250,9 @@ def test_run_epoch_with_jest_trains_on_selected_batches_and_counts_scoring(pool,
     per_pair = 2 * forward_flops_per_pair(create_model(MODEL)[0], 32, 32)
     assert m1["scoring_flops"] == m1["samples_scored"] * per_pair > 0
     assert np.isfinite(m1["final_loss"])
-    extra = read_checkpoint(tmp / "ck" / "epoch-1.pt")["extra"]
+    extra = read_checkpoint(checkpoint_file(tmp / "ck" / "epoch-1"))["extra"]
     assert extra["samples_scored"] == m1["samples_scored"] and extra["scoring_flops"] == m1["scoring_flops"]
-    m2 = run_epoch(_job(pool, 2, previous_checkpoint=str(tmp / "ck" / "epoch-1.pt"), selection="activeclip"))
+    m2 = run_epoch(_job(pool, 2, previous_checkpoint=str(tmp / "ck" / "epoch-1"), selection="activeclip"))
     assert m2["samples_scored_total"] == m1["samples_scored"] + m2["samples_scored"]
     assert m2["scoring_flops_total"] == m1["scoring_flops"] + m2["scoring_flops"]
 
@@ -270,8 +270,8 @@ def test_run_epoch_with_selection_resumes_to_the_same_weights(pool, jest_epoch):
     interrupted = _job(pool, name="resumed")
     with pytest.raises(Crash):
         run_epoch(interrupted, on_step=crash_at_2)
-    assert Path(interrupted.out_checkpoint).with_suffix(".step.pt").exists()
+    assert list((Path(interrupted.out_checkpoint) / ".staging").glob("*/step.pt"))  # not visible to readers
     assert run_epoch(interrupted)["resumed_at_step"] == 2
-    a = read_checkpoint(tmp / "ck" / "epoch-1.pt")["state_dict"]
-    b = read_checkpoint(tmp / "resumed" / "epoch-1.pt")["state_dict"]
+    a = read_checkpoint(checkpoint_file(tmp / "ck" / "epoch-1"))["state_dict"]
+    b = read_checkpoint(checkpoint_file(tmp / "resumed" / "epoch-1"))["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)

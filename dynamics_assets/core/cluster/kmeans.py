@@ -21,11 +21,12 @@ assigned: they get ``cluster_id = -1`` and a quarantine record with the reason.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Literal, NamedTuple
+from typing import Any, Callable, Iterable, Literal, Mapping, NamedTuple
 
 import faiss
 import numpy as np
@@ -34,7 +35,8 @@ import pyarrow.parquet as pq
 
 from dynamics_assets.core.embed.store import EmbeddingStore
 from dynamics_assets.core.io.arrays import npy_chunks
-from dynamics_assets.core.io.atomic import atomic_path, save_npy
+from dynamics_assets.core.io import versions
+from dynamics_assets.core.io.atomic import save_npy
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +224,8 @@ class AssignmentSummary:
     seconds: float
     rows_per_s: float
     mean_distance: float  # mean 1 - cos to the nearest centroid over the assigned rows (NaN if none)
+    version_dir: Path | None = None  # the committed clusters version = the pool version
+    version_id: str | None = None
 
 
 def _centroid_index(centroids: np.ndarray, gpu: bool) -> faiss.Index:
@@ -269,26 +273,34 @@ def assign(
     *,
     batch_size: int = 65536,
     use_gpu: UseGpu = "auto",
+    fit: Any | Callable[[AssignmentSummary], Any] | None = None,
+    refs: Mapping[str, str | Path] | None = None,
 ) -> AssignmentSummary:
     """Assign every embedding to its nearest centroid (inner product on unit vectors), streaming.
 
-    Writes, each atomically, into ``out_dir``: ``cluster_id.npy`` (int32, -1 = quarantined),
-    ``distance.npy`` (float32 ``1 - cos``, NaN = quarantined), ``assignments.parquet`` (one row per
-    sample in pool order; quarantined rows have cluster_id -1 and a null distance),
-    ``quarantine.parquet`` and ``centroids.npy`` (the unit centroids used).
+    Commits ONE version of the artefact root ``out_dir`` (``io.versions``) holding
+    ``cluster_id.npy`` (int32, -1 = quarantined), ``distance.npy`` (float32 ``1 - cos``, NaN =
+    quarantined), ``assignments.parquet`` (one row per sample in pool order; quarantined rows have
+    cluster_id -1 and a null distance), ``quarantine.parquet``, ``centroids.npy`` (the unit
+    centroids used) and, when ``fit`` is given, ``fit.json``: ``fit`` is a ``refresh.FitRecord``
+    or a function of this call's summary returning one (a re-training records the mean distance
+    it measures here; an assign-only refresh passes the previous record on). The version refs the
+    embeddings version read (``embeddings``) and ``refs`` (e.g. ``manifest=<manifest version>``):
+    its id is the pool version. The returned summary names it (``version_dir``, ``version_id``).
     """
     try:
         c = _l2_normalised(centroids, store.dim)
     except ValueError as err:
         raise ValueError(f"centroids do not fit {store.kind} embeddings in {store.root}: {err}") from err
     index = _centroid_index(c, _resolve_gpu(use_gpu))
-    out = Path(out_dir)
     sizes = np.zeros(len(c), dtype=np.int64)
     n_non_finite = n_zero_norm = 0
     distance_sum = 0.0
     t0 = time.perf_counter()
-    with contextlib.ExitStack() as stack:
-        tmp = {name: stack.enter_context(atomic_path(out / name)) for name in (
+    all_refs = {**versions.pinned(embeddings=store.root), **versions.pinned(**dict(refs or {}))}
+    with versions.Artefact(out_dir, "clusters").write(refs=all_refs) as staging, contextlib.ExitStack() as stack:
+        out = staging.path
+        tmp = {name: out / name for name in (
             "cluster_id.npy", "distance.npy", "assignments.parquet", "quarantine.parquet")}
         cluster_col = _NpyColumn(tmp["cluster_id.npy"], len(store), np.int32)
         distance_col = _NpyColumn(tmp["distance.npy"], len(store), np.float32)
@@ -308,14 +320,18 @@ def assign(
             distance_sum += float(result.distance[result.valid].sum(dtype=np.float64))
             n_non_finite += int(result.non_finite.sum())
             n_zero_norm += int(result.zero_norm.sum())
-    save_npy(out / "centroids.npy", c)
-    seconds = time.perf_counter() - t0
-    return AssignmentSummary(
-        n=len(store), k=len(c), n_quarantined=n_non_finite + n_zero_norm, n_non_finite=n_non_finite,
-        n_zero_norm=n_zero_norm, n_empty_clusters=int((sizes == 0).sum()), seconds=seconds,
-        rows_per_s=len(store) / seconds if seconds > 0 else 0.0,
-        mean_distance=distance_sum / n_valid if (n_valid := int(sizes.sum())) else float("nan"),
-    )
+        stack.close()  # the parquet writers finish their files
+        save_npy(out / "centroids.npy", c)
+        seconds = time.perf_counter() - t0
+        summary = AssignmentSummary(
+            n=len(store), k=len(c), n_quarantined=n_non_finite + n_zero_norm, n_non_finite=n_non_finite,
+            n_zero_norm=n_zero_norm, n_empty_clusters=int((sizes == 0).sum()), seconds=seconds,
+            rows_per_s=len(store) / seconds if seconds > 0 else 0.0,
+            mean_distance=distance_sum / n_valid if (n_valid := int(sizes.sum())) else float("nan"),
+        )
+        if fit is not None:
+            (fit(summary) if callable(fit) else fit).write(out)
+    return dataclasses.replace(summary, version_dir=staging.version_dir, version_id=staging.version_id)
 
 
 def mean_distance(store: EmbeddingStore, centroids: np.ndarray, shards: Iterable[str], *,

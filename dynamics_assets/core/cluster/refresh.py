@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
+from dynamics_assets.core.io import versions
 from dynamics_assets.core.io.atomic import write_json
 from dynamics_assets.core.embed.store import EmbeddingStore
 
@@ -49,12 +50,19 @@ class FitRecord:
     mean_distance: float  # mean 1 - cos to the nearest centroid over the fitted rows
 
     def write(self, clusters_dir: str | Path) -> None:
+        """Write ``fit.json`` into a directory being written (``kmeans.assign(..., fit=...)`` does
+        this in its staging directory, so the record is part of the clusters version)."""
+        if versions.is_version_dir(clusters_dir) or (Path(clusters_dir) / versions.CURRENT).exists():
+            raise ValueError(f"{clusters_dir}: committed versions are immutable; pass the record to "
+                             f"kmeans.assign(..., fit=record) instead")
         write_json(Path(clusters_dir) / FIT_NAME, asdict(self))
 
     @classmethod
     def read(cls, clusters_dir: str | Path) -> "FitRecord | None":
-        path = Path(clusters_dir) / FIT_NAME
-        if not path.exists() or not (Path(clusters_dir) / "centroids.npy").exists():
+        """The record of a clusters version (an artefact root reads its current version)."""
+        clusters_dir = versions.resolve(clusters_dir)
+        path = clusters_dir / FIT_NAME
+        if not path.exists() or not (clusters_dir / "centroids.npy").exists():
             return None
         return cls(**json.loads(path.read_text()))
 

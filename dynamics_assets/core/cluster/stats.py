@@ -11,16 +11,25 @@ For cluster c with L2-normalised centroid μ_c and members x_i (cosine distance 
 
 The per-sample aggregation and the word counts run in DuckDB with a memory limit and a spill
 directory; only the K×D centroids are held in memory (d_inter is a blocked nearest-centroid search).
+
+The result is one committed version (``io.versions``) of the ``cluster_stats`` artefact root, holding
+``cluster_stats.parquet``, with refs to the clusters and manifest versions it was computed from.
+The manifest is read as an explicit list of the version's ``*.parquet`` files (no glob over a
+directory a writer could be writing into).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
 import numpy as np
 import pyarrow as pa
 
+from dynamics_assets.core.io import versions
 from dynamics_assets.core.io.atomic import write_parquet
+
+STATS_NAME = "cluster_stats.parquet"
 
 STOPWORDS = (
     "a an the of on in at to and or with my our your this that is are was for from by it its "
@@ -45,14 +54,49 @@ def d_inter(centroids: np.ndarray, l: int = 20, block: int = 4096) -> np.ndarray
     return out
 
 
-def compute_cluster_stats(assignments: str | Path, centroids: np.ndarray, manifest_glob: str | None,
-                          out_path: str | Path, *, l_nearest: int = 20, top_words: int = 6,
-                          memory_limit: str = "2GB", spill_dir: str | Path | None = None) -> pa.Table:
-    """Write ``cluster_stats.parquet`` (one row per centroid, empty clusters included) and return it.
+@dataclass(frozen=True)
+class ClusterStats:
+    table: pa.Table  # one row per centroid
+    version_dir: Path  # the committed cluster_stats version
+    version_id: str
 
-    ``assignments``: parquet with sample_id, cluster_id, distance (cluster_id −1 = quarantined).
-    ``manifest_glob``: parquet files with sample_id and caption (None: no top words).
+    @property
+    def path(self) -> Path:
+        return self.version_dir / STATS_NAME
+
+
+def _sql_list(paths: list[Path]) -> str:
+    return "[" + ", ".join("'" + p.as_posix().replace("'", "''") + "'" for p in paths) + "]"
+
+
+def compute_cluster_stats(assignments: str | Path, centroids: np.ndarray | None, manifest: str | Path | None,
+                          out_dir: str | Path, *, l_nearest: int = 20, top_words: int = 6,
+                          memory_limit: str = "2GB", spill_dir: str | Path | None = None) -> ClusterStats:
+    """Commit ``cluster_stats.parquet`` (one row per centroid, empty clusters included) as a new
+    version of the artefact root ``out_dir``; returns the table and the version.
+
+    ``assignments``: a clusters version directory (its ``assignments.parquet`` and, when
+    ``centroids`` is None, its ``centroids.npy`` are read), or a parquet file with sample_id,
+    cluster_id, distance (cluster_id −1 = quarantined).
+    ``manifest``: a manifest version directory (its ``*.parquet`` files, listed explicitly), or a
+    glob string of parquet files with sample_id, caption and status; None: no top words.
     """
+    assignments = Path(assignments)
+    if assignments.is_dir():
+        clusters_dir = versions.resolve(assignments)
+        assignments = clusters_dir / "assignments.parquet"
+    else:
+        clusters_dir = assignments.parent
+    if centroids is None:
+        centroids = np.load(clusters_dir / "centroids.npy")
+    manifest_sql = None
+    manifest_dir = None
+    if manifest is not None and Path(manifest).is_dir():
+        manifest_dir = versions.resolve(manifest)
+        files = sorted(p for p in manifest_dir.glob("*.parquet") if not p.name.startswith("."))
+        manifest_sql = _sql_list(files) if files else None
+    elif manifest:
+        manifest_sql = f"'{manifest}'"
     k = len(centroids)
     con = duckdb.connect()
     con.execute(f"SET memory_limit = '{memory_limit}'")
@@ -63,14 +107,14 @@ def compute_cluster_stats(assignments: str | Path, centroids: np.ndarray, manife
                       "d_inter": pa.array(d_inter(centroids, l_nearest))})
     con.register("inter", inter)
     con.execute("CREATE TEMP TABLE stopwords AS SELECT unnest($1::VARCHAR[]) AS word", [STOPWORDS])
-    assign = f"read_parquet('{Path(assignments).as_posix()}')"
+    assign = f"read_parquet('{assignments.as_posix()}')"
     words_cte = "SELECT NULL::INTEGER AS cluster_id, NULL::VARCHAR AS top_words WHERE false"
-    if manifest_glob:
+    if manifest_sql:
         words_cte = f"""
         WITH words AS (
             SELECT a.cluster_id,
                    unnest(string_split(regexp_replace(lower(m.caption), '[^a-z0-9]+', ' ', 'g'), ' ')) AS word
-            FROM {assign} a JOIN read_parquet('{manifest_glob}') m USING (sample_id)
+            FROM {assign} a JOIN read_parquet({manifest_sql}) m USING (sample_id)
             WHERE a.cluster_id >= 0 AND m.status = 'ok'
         ), counted AS (
             SELECT cluster_id, word, count(*) AS n FROM words
@@ -96,5 +140,8 @@ def compute_cluster_stats(assignments: str | Path, centroids: np.ndarray, manife
         FROM inter i LEFT JOIN per_cluster p USING (cluster_id) LEFT JOIN top t USING (cluster_id)
         ORDER BY i.cluster_id
     """).to_arrow_table()
-    write_parquet(out_path, table)
-    return table
+    con.close()
+    refs = versions.pinned(clusters=clusters_dir, manifest=manifest_dir)
+    with versions.Artefact(out_dir, "cluster_stats").write(refs=refs) as staging:
+        write_parquet(staging / STATS_NAME, table)
+    return ClusterStats(table, staging.version_dir, staging.version_id)

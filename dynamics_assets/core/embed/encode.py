@@ -8,7 +8,12 @@ For each shard (pool order) the ok pairs' images and captions are encoded in bat
                            sample_id.npy  (n_ok,)   'S32'
                            meta.json      encoder identity, shard, n, dim, invalid_rows
 
-A shard directory is written with ``atomic_dir``: it exists complete or not at all. A rerun skips a
+``out_dir`` is an artefact root (``io.versions``): one call commits one version, whose staging
+directory starts with hardlinks of the current version's shard directories and whose ``manifest``
+ref pins the manifest version embedded. A shard directory is written with ``atomic_dir`` inside
+the staging directory: it exists complete or not at all, and a call killed half-way leaves the
+staging directory behind, which the next call adopts (resume): the shards completed before the
+kill are not embedded again. Readers only ever see committed versions. A rerun skips a
 directory whose meta.json matches the encoder identity and whose ids equal the manifest's ok ids;
 when the manifest's ok ids are a subset of the stored ones (a shard that landed later made some of
 its rows duplicates) the kept rows are copied without encoding anything; any other is recomputed. A row that is not finite or has zero norm is written as zeros and listed
@@ -31,6 +36,7 @@ from typing import Any, Callable, Iterable, Iterator, TypeVar
 import numpy as np
 import torch
 
+from dynamics_assets.core.io import versions
 from dynamics_assets.core.io.atomic import atomic_dir, write_json
 from dynamics_assets.core.io.progress import Progress, bar, offset
 from dynamics_assets.core.model.clip import Encoder, EncoderSpec, load_encoder
@@ -52,6 +58,9 @@ class EmbedSummary:
     dim: int
     seconds: float
     shards_subset: int = 0  # shards rewritten from their stored rows (some rows became duplicates)
+    version_dir: Path | None = None  # the committed embeddings version (give this to readers)
+    version_id: str | None = None
+    resumed: bool = False  # an interrupted call's staging directory was adopted
 
 
 def embed_shards(
@@ -66,20 +75,26 @@ def embed_shards(
     workers: int = 2,
     progress: Progress | None = None,
 ) -> EmbedSummary:
-    """Embed every shard of the pool (or the named ``shards``, by stem or tar name) into ``out_dir``.
+    """Embed every shard of the pool (or the named ``shards``, by stem or tar name) into a new
+    version of the artefact root ``out_dir`` (the summary names it).
 
     ``device`` is used when ``encoder`` is a spec; a loaded ``Encoder`` keeps its own device.
+    ``manifest_dir``: the manifest version to embed (a root reads its current version).
     ``progress`` gets ``(pairs done, ok pairs of the chosen shards)`` (default: ``io.progress.bar``).
     """
     started = time.perf_counter()
     enc = encoder if isinstance(encoder, Encoder) else load_encoder(encoder, device)
+    manifest_dir = versions.resolve(manifest_dir)
     todo = _chosen(pool_shards(manifest_dir), shards)
     embedded = pairs = invalid = subset = 0
     total, done = sum(s.n_ok for s in todo), 0
     progress = progress if progress is not None else bar("embed", "pair")
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    art = versions.Artefact(out_dir, "embeddings")
+    with art.write(base=art.current(), resume=True, keep_on_error=True,
+                   refs=versions.pinned(manifest=manifest_dir)) as staging, \
+            ThreadPoolExecutor(max_workers=workers) as pool:
         for shard in todo:
-            dest = Path(out_dir) / shard.stem
+            dest = staging.path / shard.stem
             ids = ok_sample_ids(shard)
             meta = _current_meta(dest, enc, ids)
             if meta is None:
@@ -96,7 +111,8 @@ def embed_shards(
             if progress is not None:
                 progress(done, total)
     return EmbedSummary(len(todo), embedded, len(todo) - embedded - subset, pairs, invalid, enc.embed_dim,
-                        time.perf_counter() - started, subset)
+                        time.perf_counter() - started, subset, staging.version_dir, staging.version_id,
+                        staging.resumed)
 
 
 def _chosen(all_shards: list[PoolShard], names: Iterable[str] | None) -> list[PoolShard]:

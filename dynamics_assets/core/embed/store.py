@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from dynamics_assets.core.io.arrays import npy_chunks
+from dynamics_assets.core.io import versions
 
 EMBEDDING_KINDS = ("image", "text")
 
@@ -29,7 +30,7 @@ class EmbeddingStore:
     def __init__(self, emb_dir: str | Path, kind: str = "image") -> None:
         if kind not in EMBEDDING_KINDS:
             raise ValueError(f"kind must be one of {EMBEDDING_KINDS}, got {kind!r}")
-        self.root = Path(emb_dir)
+        self.root = versions.resolve(emb_dir)  # an artefact root reads its current version
         self.kind = kind
         if not self.root.is_dir():
             raise FileNotFoundError(f"{self.root}: embedding directory not found")

@@ -22,6 +22,7 @@ import numpy as np
 matplotlib.use("Agg")
 from matplotlib.figure import Figure  # noqa: E402
 
+from dynamics_assets.core.io import versions  # noqa: E402
 from dynamics_assets.core.io.atomic import atomic_path, write_bytes, write_json  # noqa: E402
 
 METRICS = {"top1": "zero_shot/top1", "mean_per_class": "zero_shot/mean_per_class", "head": "zero_shot/head",
@@ -31,10 +32,14 @@ COMPUTE = {"samples_seen": "compute/samples_seen", "total_flops": "compute/total
 
 
 def collect_reports(root: str | Path) -> list[dict[str, Any]]:
-    """Every ``<root>/<recipe>.s<seed>/<epoch>/metrics.json`` as a flat record."""
+    """The ``metrics.json`` of every ``<root>/<recipe>.s<seed>/<epoch>`` report (the current version
+    of an artefact root, or a plain directory) as a flat record."""
     out = []
-    for path in sorted(Path(root).glob("*/*/metrics.json")):
-        recipe_key, epoch_key = path.parent.parent.name, path.parent.name
+    for report_dir in sorted(Path(root).glob("*/*")):
+        path = versions.resolve(report_dir) / "metrics.json"
+        if not path.is_file():
+            continue
+        recipe_key, epoch_key = report_dir.parent.name, report_dir.name
         name, _, seed = recipe_key.rpartition(".s")
         m = json.loads(path.read_text())
         metrics = m.get("metrics", m)

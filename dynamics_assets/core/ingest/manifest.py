@@ -34,10 +34,13 @@ kept row's ``sample_id`` (img2dataset gives a re-crawled copy its own uid, so co
 id, decides); among the survivors a repeated ``sample_id`` becomes ``duplicate_sample_id``, so
 the ``sample_id`` of ok rows is unique and can key every later stage.
 
-``build_manifest`` writes ``<out_dir>/<shard_stem>.parquet`` per shard (atomic; a shard whose
-manifest records the same source size and mtime is not re-read), runs the duplicate query
-over every manifest in ``out_dir``, rewrites the shards it changes and writes
-``_summary.json``. The pool order of ok rows (``ok_rows``) defines the global sample index
+``build_manifest`` commits one version (``io.versions``) of the artefact root ``out_dir``
+holding ``<shard_stem>.parquet`` per shard and ``_summary.json``: the previous version's
+manifests are hardlinked into the staging directory (a shard whose manifest records the same
+source size and mtime is not re-read), the duplicate query runs over every manifest there, the
+shards it changes are rewritten (a new file renamed over the link: the old version is untouched)
+and the summary written; then the version is committed. Readers are given the version directory,
+so no temporary file of a write in progress is ever next to the manifests they glob. The pool order of ok rows (``ok_rows``) defines the global sample index
 of a valid pair.
 """
 from __future__ import annotations
@@ -57,6 +60,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from dynamics_assets.core.io import versions
 from dynamics_assets.core.io.atomic import write_json, write_parquet
 from dynamics_assets.core.io.webdataset import IMAGE_EXTS, MemberRef, RawSample, ShardReadError, iter_samples
 
@@ -300,19 +304,24 @@ class ManifestSummary:
     read_shards: list[str] = dataclasses.field(default_factory=list)
     reused_shards: list[str] = dataclasses.field(default_factory=list)
     rewritten_shards: list[str] = dataclasses.field(default_factory=list)
+    dropped_shards: list[str] = dataclasses.field(default_factory=list)
+    version_dir: Path | None = None  # the committed manifest version (give this to readers)
+    version_id: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
-        for run_only in ("read_shards", "reused_shards", "rewritten_shards"):
+        for run_only in ("read_shards", "reused_shards", "rewritten_shards", "dropped_shards", "version_dir",
+                         "version_id"):
             del out[run_only]
         return out
 
 
 def manifest_files(manifest_dir: str | Path) -> list[tuple[str, Path]]:
-    """``(shard name, manifest path)`` of every manifest in the directory, in pool order."""
+    """``(shard name, manifest path)`` of every manifest in the directory (a version directory;
+    an artefact root reads its current version), in pool order."""
     found = [
         (manifest_info(p)["shard"], p)
-        for p in Path(manifest_dir).glob("*.parquet")
+        for p in versions.resolve(manifest_dir).glob("*.parquet")
         if not p.name.startswith(".")
     ]
     found.sort()
@@ -451,29 +460,40 @@ def _summarise(per_shard: list[ShardCounts]) -> ManifestSummary:
 
 
 def build_manifest(
-    shard_paths: Iterable[str | Path], out_dir: str | Path, *, verify_images: bool = True
+    shard_paths: Iterable[str | Path], out_dir: str | Path, *, verify_images: bool = True,
+    drop: Iterable[str] = (),
 ) -> ManifestSummary:
-    """Manifest every shard into ``out_dir``, deduplicate the pool, write ``_summary.json``.
+    """Manifest every shard, deduplicate the pool, write ``_summary.json``: a new version of the
+    artefact root ``out_dir`` (see the module docstring); the summary names it (``version_dir``).
 
-    Incremental: an existing manifest whose recorded source size+mtime match is reused.
-    The duplicate pass and the summary cover every manifest in ``out_dir`` (shards added by
-    earlier calls included), so ``out_dir`` is one pool; delete a manifest to drop a shard.
+    Incremental: the current version's manifests are carried over (hardlinks) and one whose
+    recorded source size+mtime match is reused. The duplicate pass and the summary cover every
+    manifest of the version (shards added by earlier calls included), so ``out_dir`` is one pool;
+    ``drop`` (shard names or stems) leaves shards out of the new version.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    read, reused = [], []
-    for shard, target in _manifest_targets(shard_paths, out):
-        if _is_current(target, shard, verify_images):
-            reused.append(shard.name)
-        else:
-            write_parquet(target, read_shard_manifest(shard, verify_images=verify_images))
-            read.append(shard.name)
-    manifests = manifest_files(out)
-    with duckdb.connect() as con:
-        rewritten = _deduplicate_pool(con, manifests) if manifests else []
-        summary = _summarise(_shard_counts(con, manifests))
-    write_json(out / SUMMARY_NAME, summary.to_json())
-    return dataclasses.replace(summary, read_shards=read, reused_shards=reused, rewritten_shards=rewritten)
+    art = versions.Artefact(out_dir, "raw_pairs")
+    read, reused, dropped = [], [], []
+    with art.write(base=art.current()) as staging:
+        out = staging.path
+        for name in drop:
+            target = out / f"{Path(name).stem}.parquet"
+            if target.exists():
+                target.unlink()
+                dropped.append(Path(name).name)
+        for shard, target in _manifest_targets(shard_paths, out):
+            if _is_current(target, shard, verify_images):
+                reused.append(shard.name)
+            else:
+                write_parquet(target, read_shard_manifest(shard, verify_images=verify_images))
+                read.append(shard.name)
+        manifests = manifest_files(out)
+        with duckdb.connect() as con:
+            rewritten = _deduplicate_pool(con, manifests) if manifests else []
+            summary = _summarise(_shard_counts(con, manifests))
+        write_json(out / SUMMARY_NAME, summary.to_json())
+    return dataclasses.replace(summary, read_shards=read, reused_shards=reused, rewritten_shards=rewritten,
+                               dropped_shards=dropped, version_dir=staging.version_dir,
+                               version_id=staging.version_id)
 
 
 _OK_ROWS_SQL = f"""
@@ -506,12 +526,13 @@ def pool_identity(manifest_dir: str | Path) -> str:
     """A hash naming the pool's content: every manifest's source shard (name, size, mtime, format)
     and the pool summary (ok and quarantine counts after the duplicate pass). Any shard added,
     removed or rewritten changes it."""
+    manifest_dir = versions.resolve(manifest_dir)  # once: both reads below see one version
     h = hashlib.sha256()
     for shard, path in manifest_files(manifest_dir):
         info = manifest_info(path)
         h.update(json.dumps([shard, info.get("source_size"), info.get("source_mtime_ns"),
                              info.get("format_version")]).encode())
-    summary = Path(manifest_dir) / SUMMARY_NAME
+    summary = versions.resolve(manifest_dir) / SUMMARY_NAME
     if summary.exists():
         h.update(summary.read_bytes())
     return h.hexdigest()
