@@ -1,6 +1,8 @@
 """Asset checks: each passes on the artefacts of a tiny materialisation and fails on a corrupted
 copy; a failing blocking check stops the downstream asset in the same run."""
 import json
+from dataclasses import replace
+from types import SimpleNamespace
 import shutil
 from pathlib import Path
 
@@ -11,8 +13,7 @@ import torch
 
 from dynamics_assets.core.evaluate.report import evaluate_model
 from dynamics_assets.core.model.clip import EncoderSpec, load_encoder, read_checkpoint
-from dynamics_assets.core.sample import ClusterPool, write_plan
-from dynamics_assets.defs import checks
+from dynamics_assets.core.sample import ClusterPool, sampler_from_spec, write_plan
 from dynamics_assets.defs.cluster import assets as clustering
 from dynamics_assets.defs.embed import assets as embeddings
 from dynamics_assets.defs.evaluate import assets as evaluation
@@ -23,6 +24,21 @@ from dynamics_assets.defs.experiments import EXPERIMENTS
 from dynamics_assets.defs.resources import GpuResource, StorageResource
 from dynamics_assets.defs.tracking import MlflowResource
 from dynamics_assets_tests.conftest import TINY_RUN_CONFIG
+from dynamics_assets.core.cluster.validate import cluster_findings
+from dynamics_assets.core.sample.validate import plan_findings
+from dynamics_assets.core.train.validate import checkpoint_findings
+from dynamics_assets.defs.cluster.checks import every_pair_assigned
+from dynamics_assets.defs.embed.checks import embeddings_finite_unit_norm
+from dynamics_assets.defs.evaluate.checks import metrics_in_unit_range
+from dynamics_assets.defs.sample.checks import plan_is_valid
+from dynamics_assets.defs.train.checks import checkpoint_loads
+
+checks = SimpleNamespace(  # each stage's checks, and the pure findings behind them
+    embeddings_finite_unit_norm=embeddings_finite_unit_norm, every_pair_assigned=every_pair_assigned,
+    plan_is_valid=plan_is_valid, checkpoint_loads=checkpoint_loads, metrics_in_unit_range=metrics_in_unit_range,
+    cluster_findings=cluster_findings, plan_findings=plan_findings, checkpoint_findings=checkpoint_findings,
+    asset_checks=[embeddings_finite_unit_norm, every_pair_assigned, plan_is_valid, checkpoint_loads,
+                  metrics_in_unit_range])
 
 SPINE = [raw_data.raw_shards, raw_data.raw_pairs, embeddings.reference_model, embeddings.pair_embeddings,
          clustering.clusters, clustering.cluster_stats]
@@ -85,7 +101,7 @@ def test_checks_pass_in_the_materialising_runs(pool):
     evals = {e.check_name: e for r in (pool["spine"], pool["plan"]) for e in r.get_asset_check_evaluations()}
     assert set(evals) == {"embeddings_finite_unit_norm", "every_pair_assigned", "plan_is_valid"}
     assert all(e.passed for e in evals.values()), {k: e.description for k, e in evals.items()}
-    assert evals["every_pair_assigned"].metadata["assigned"].value == pool["pair_embeddings"]["n"]
+    assert evals["every_pair_assigned"].metadata["assigned"].value == pool["pair_embeddings"].n
     assert evals["plan_is_valid"].partition == str(plan_key()), "a partitioned check runs for its run's partition"
     check_key = dg.AssetCheckKey(dg.AssetKey("sample_plan"), "plan_is_valid")
     latest = pool["instance"].event_log_storage.get_latest_asset_check_execution_by_key([check_key])
@@ -96,7 +112,7 @@ def test_blocking_check_stops_downstream_in_the_same_run(pool, tmp_path):
     """A NaN row in an embedding shard (kept by the resumable embedding step) fails the
     embeddings check, and clusters is not materialised."""
     root = tmp_path / "data"
-    emb = copied(pool["pair_embeddings"]["embeddings_dir"], root / "artifacts" / "pair_embeddings")
+    emb = copied(pool["pair_embeddings"].embeddings_dir, root / "artifacts" / "pair_embeddings")
     overwrite_npy(first_shard(emb) / "image.npy", lambda a: a.__setitem__((3, 0), np.nan))
     resources = resources_at(root, copied(pool["tmp"] / "io", tmp_path / "io"))
     result = dg.materialize(EVERYTHING, selection=dg.AssetSelection.assets(embeddings.pair_embeddings,
@@ -120,12 +136,12 @@ def test_blocking_check_stops_downstream_in_the_same_run(pool, tmp_path):
 
 
 def embeddings_check(record: dict, emb_dir: Path) -> dg.AssetCheckResult:
-    return checks.embeddings_finite_unit_norm(pair_embeddings={**record, "embeddings_dir": str(emb_dir)})
+    return checks.embeddings_finite_unit_norm(pair_embeddings=replace(record, embeddings_dir=str(emb_dir)))
 
 
 def test_embeddings_check_flags_zero_rows_off_sphere_rows_and_wrong_dims(pool, tmp_path):
     record = pool["pair_embeddings"]
-    emb = copied(record["embeddings_dir"], tmp_path / "emb")
+    emb = copied(record.embeddings_dir, tmp_path / "emb")
     assert embeddings_check(record, emb).passed
     shard = first_shard(emb)
     meta = json.loads((shard / "meta.json").read_text())
@@ -144,7 +160,7 @@ def test_embeddings_check_flags_zero_rows_off_sphere_rows_and_wrong_dims(pool, t
     assert failed.metadata["error/not_unit_norm"].value == 1
     assert "row 7" in failed.metadata["examples"].value["not_unit_norm"][0]
 
-    assert embeddings_check({**record, "dim": record["dim"] * 2}, emb).metadata["error/wrong_shape"].value > 0
+    assert embeddings_check(replace(record, dim=record.dim * 2), emb).metadata["error/wrong_shape"].value > 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,17 +170,16 @@ def test_embeddings_check_flags_zero_rows_off_sphere_rows_and_wrong_dims(pool, t
 
 def test_clusters_check_flags_unaccounted_and_out_of_range_ids(pool, tmp_path):
     record, emb = pool["clusters"], pool["pair_embeddings"]
-    cdir = copied(record["clusters_dir"], tmp_path / "clusters")
-    check = lambda: checks.every_pair_assigned(clusters={**record, "clusters_dir": str(cdir)},  # noqa: E731
-                                               pair_embeddings=emb)
+    cdir = copied(record.clusters_dir, tmp_path / "clusters")
+    check = lambda: checks.every_pair_assigned(clusters=replace(record, clusters_dir=str(cdir)))  # noqa: E731
     assert check().passed
     overwrite_npy(cdir / "cluster_id.npy", lambda a: a.__setitem__(0, -1))  # unassigned, not quarantined
-    overwrite_npy(cdir / "cluster_id.npy", lambda a: a.__setitem__(1, record["k"]))
+    overwrite_npy(cdir / "cluster_id.npy", lambda a: a.__setitem__(1, record.k))
     result = check()
     assert result.severity == ERROR and not result.passed
     assert result.metadata["error/cluster_id_out_of_range"].value == 1
     assert result.metadata["error/unaccounted_samples"].value == 1
-    assert checks.cluster_findings(cdir, record["k"] + 1, emb["embeddings_dir"]).errors == {"unaccounted_samples": 1}
+    assert checks.cluster_findings(cdir, record.k + 1, emb.embeddings_dir).errors == {"unaccounted_samples": 1}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,20 +191,20 @@ def test_clusters_check_flags_unaccounted_and_out_of_range_ids(pool, tmp_path):
 def test_plan_check_passes_on_every_recipes_plan(pool, tmp_path, recipe):
     """Whatever the strategy (compositions judged by their last step), a drawn plan passes."""
     clusters = pool["clusters"]
-    cpool = ClusterPool.from_artifacts(clusters["clusters_dir"], clusters["k"],
-                                       embeddings_dir=pool["pair_embeddings"]["embeddings_dir"])
+    cpool = ClusterPool.from_artifacts(clusters.clusters_dir, clusters.k,
+                                       embeddings_dir=pool["pair_embeddings"].embeddings_dir)
     try:
-        plan = sampling.sampler_for(EXPERIMENTS.recipes[recipe]).draw(cpool, epoch=2, seed=0)
+        plan = sampler_from_spec(EXPERIMENTS.recipes[recipe].sampler).draw(cpool, epoch=2, seed=0)
     except ValueError as e:
         pytest.skip(f"{recipe} cannot draw a plan on the tiny pool: {e}")
-    findings = checks.plan_findings(write_plan(tmp_path / recipe, plan), clusters["clusters_dir"], clusters["k"])
+    findings = checks.plan_findings(write_plan(tmp_path / recipe, plan), clusters.clusters_dir, clusters.k)
     assert findings.passed, findings.summary()
 
 
 def test_plan_check_flags_duplicates_multiplicity_and_starvation(pool, tmp_path):
     record, clusters = pool["sample_plan"], pool["clusters"]
-    plan = copied(record["plan_dir"], tmp_path / "plan")
-    check = lambda: checks.plan_is_valid(sample_plan={**record, "plan_dir": str(plan)}, clusters=clusters)  # noqa: E731
+    plan = copied(record.plan_dir, tmp_path / "plan")
+    check = lambda: checks.plan_is_valid(sample_plan=replace(record, plan_dir=str(plan)), clusters=clusters)  # noqa: E731
     assert check().passed
     overwrite_npy(plan / "indices.npy", lambda a: a.__setitem__(2, a[1]))  # a duplicated index
     overwrite_npy(plan / "multiplicity.npy", lambda a: a.__setitem__(4, 0))
@@ -200,15 +215,15 @@ def test_plan_check_flags_duplicates_multiplicity_and_starvation(pool, tmp_path)
     assert result.metadata["error/size_differs_from_budget"].value == 1
 
     # drop every sample of one cluster from a fresh copy: that cluster is starved
-    plan2 = copied(record["plan_dir"], tmp_path / "plan2")
-    cid = np.load(Path(clusters["clusters_dir"]) / "cluster_id.npy")
+    plan2 = copied(record.plan_dir, tmp_path / "plan2")
+    cid = np.load(Path(clusters.clusters_dir) / "cluster_id.npy")
     idx, mult = np.load(plan2 / "indices.npy"), np.load(plan2 / "multiplicity.npy")
     keep = cid[idx] != cid[idx[0]]
     np.save(plan2 / "indices.npy", idx[keep])
     np.save(plan2 / "multiplicity.npy", mult[keep])
-    starved = checks.plan_findings(plan2, clusters["clusters_dir"], clusters["k"])
+    starved = checks.plan_findings(plan2, clusters.clusters_dir, clusters.k)
     assert starved.errors["starved_clusters"] == 1
-    assert checks.plan_findings(plan2, clusters["clusters_dir"], clusters["k"], "other-pool").errors["stale_pool"] == 1
+    assert checks.plan_findings(plan2, clusters.clusters_dir, clusters.k, "other-pool").errors["stale_pool"] == 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,17 +231,17 @@ def test_plan_check_flags_duplicates_multiplicity_and_starvation(pool, tmp_path)
 # ---------------------------------------------------------------------------------------------
 
 
-def epoch_checkpoint(reference_model: dict, path: Path, last_loss: float) -> dict:
+def epoch_checkpoint(reference_model, path: Path, last_loss: float) -> SimpleNamespace:
     """The tiny pool's trained reference model saved as an epoch checkpoint (extra.last_loss)."""
-    ckpt = read_checkpoint(reference_model["checkpoint"])
+    ckpt = read_checkpoint(reference_model.checkpoint)
     ckpt["extra"]["last_loss"] = last_loss
     torch.save(ckpt, path)
-    return {"checkpoint": str(path), "model_name": reference_model["model_name"]}
+    return SimpleNamespace(checkpoint=str(path), model_name=reference_model.model_name)
 
 
 def test_checkpoint_check_flags_nan_loss_and_unsafe_files(pool, tmp_path):
     ref = pool["reference_model"]
-    good = checks.checkpoint_loads(checkpoint=epoch_checkpoint(ref, tmp_path / "good.pt", ref["final_loss"]))
+    good = checks.checkpoint_loads(checkpoint=epoch_checkpoint(ref, tmp_path / "good.pt", ref.final_loss))
     assert good.passed and good.metadata["tensors"].value > 0, good.description
 
     nan_loss = checks.checkpoint_loads(checkpoint=epoch_checkpoint(ref, tmp_path / "nan.pt", float("nan")))
@@ -235,33 +250,33 @@ def test_checkpoint_check_flags_nan_loss_and_unsafe_files(pool, tmp_path):
 
     ckpt = read_checkpoint(tmp_path / "good.pt")
     torch.save({**ckpt, "extra": {"last_loss": 1.0, "hook": shutil.copytree}}, tmp_path / "unsafe.pt")
-    unsafe = checks.checkpoint_findings(tmp_path / "unsafe.pt", ref["model_name"])
+    unsafe = checks.checkpoint_findings(tmp_path / "unsafe.pt", ref.model_name)
     assert dict(unsafe.errors) == {"unloadable": 1}, "weights_only refuses a pickled function"
     assert "weights_only" in unsafe.examples["unloadable"][0]
 
     ckpt["state_dict"][next(iter(ckpt["state_dict"]))] = torch.full((3,), float("nan"))
     torch.save(ckpt, tmp_path / "broken.pt")
-    broken = checks.checkpoint_findings(tmp_path / "broken.pt", ref["model_name"])
+    broken = checks.checkpoint_findings(tmp_path / "broken.pt", ref.model_name)
     assert dict(broken.errors) == {"non_finite_weights": 1, "open_clip_rejects": 1}
 
 
 @pytest.fixture(scope="module")
 def report_dir(pool, tmp_path_factory):
     ref = pool["reference_model"]
-    enc = load_encoder(EncoderSpec(ref["model_name"], ref["checkpoint"]))
-    report = evaluate_model(enc.model, enc.preprocess, enc.tokenizer, pool["raw_pairs"]["eval_dir"])
+    enc = load_encoder(EncoderSpec(ref.model_name, ref.checkpoint))
+    report = evaluate_model(enc.model, enc.preprocess, enc.tokenizer, pool["raw_pairs"].eval_dir)
     out = tmp_path_factory.mktemp("report")
     report.save(out)
     return out
 
 
 def test_eval_report_check_flags_out_of_range_and_unexplained_nan(report_dir, tmp_path):
-    assert checks.metrics_in_unit_range(eval_report={"report_dir": str(report_dir)}).passed
+    assert checks.metrics_in_unit_range(eval_report=SimpleNamespace(report_dir=str(report_dir))).passed
     bad = copied(str(report_dir), tmp_path / "bad")
     metrics = json.loads((bad / "metrics.json").read_text())
     metrics |= {"zero_shot/top1": 1.5, "zero_shot/tail": None, "compute/train_flops": 1e12}
     (bad / "metrics.json").write_text(json.dumps(metrics))
-    result = checks.metrics_in_unit_range(eval_report={"report_dir": str(bad)})
+    result = checks.metrics_in_unit_range(eval_report=SimpleNamespace(report_dir=str(bad)))
     assert not result.passed and result.severity == ERROR
     assert result.metadata["error/metric_out_of_range"].value == 1, "compute/* is exempt"
     assert result.metadata["error/nan_metric"].value == 1, "the tail bucket has eval images"

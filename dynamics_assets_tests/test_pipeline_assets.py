@@ -35,31 +35,31 @@ def test_spine_accounts_for_every_pair(spine):
     result, root, _ = spine
     pairs = result.output_for_node("raw_pairs")
     shards = result.output_for_node("raw_shards")
-    assert pairs["n_total"] == 480, "one manifest row per generated pair"
-    assert pairs["n_ok"] + sum(pairs["by_reason"].values()) == pairs["n_total"]
-    planted = shards["dirt_counts"]
-    assert pairs["by_reason"].get("corrupt_image", 0) == planted["corrupt_image"]
-    assert pairs["by_reason"].get("empty_caption", 0) + pairs["by_reason"].get("missing_caption", 0) == \
+    assert pairs.n_total == 480, "one manifest row per generated pair"
+    assert pairs.n_ok + sum(pairs.by_reason.values()) == pairs.n_total
+    planted = shards.dirt_counts
+    assert pairs.by_reason.get("corrupt_image", 0) == planted["corrupt_image"]
+    assert pairs.by_reason.get("empty_caption", 0) + pairs.by_reason.get("missing_caption", 0) == \
         planted["empty_caption"] + planted["missing_caption"]
     meta = result.asset_materializations_for_node("raw_pairs")[0].metadata
-    assert meta["ok"].value == pairs["n_ok"]
+    assert meta["ok"].value == pairs.n_ok
 
 
 def test_embeddings_clusters_and_stats_cover_every_valid_pair(spine):
     result, root, _ = spine
-    n_ok = result.output_for_node("raw_pairs")["n_ok"]
+    n_ok = result.output_for_node("raw_pairs").n_ok
     emb = result.output_for_node("pair_embeddings")
-    assert emb["n"] == n_ok
-    ckpt = Path(result.output_for_node("reference_model")["checkpoint"])
+    assert emb.n == n_ok
+    ckpt = Path(result.output_for_node("reference_model").checkpoint)
     assert ckpt.exists()
     clusters = result.output_for_node("clusters")
-    cluster_id = np.load(Path(clusters["clusters_dir"]) / "cluster_id.npy")
-    assert len(cluster_id) == n_ok and cluster_id.max() < clusters["k"]
+    cluster_id = np.load(Path(clusters.clusters_dir) / "cluster_id.npy")
+    assert len(cluster_id) == n_ok and cluster_id.max() < clusters.k
     assert (cluster_id >= 0).all(), "every valid sample is assigned"
     import pyarrow.parquet as pq
 
-    stats = pq.read_table(result.output_for_node("cluster_stats")["stats_path"]).to_pydict()
-    assert sum(stats["size"]) == n_ok and len(stats["size"]) == clusters["k"]
+    stats = pq.read_table(result.output_for_node("cluster_stats").stats_path).to_pydict()
+    assert sum(stats["size"]) == n_ok and len(stats["size"]) == clusters.k
     assert any(w for w in stats["top_words"]), "clusters are described by their caption words"
 
 
@@ -70,19 +70,18 @@ def plan_key(epoch: str, recipe: str = "dynamics-50.s0") -> dg.MultiPartitionKey
 def test_sample_plan_partition_direct_invocation(spine):
     result, root, resources = spine
     clusters = result.output_for_node("clusters")
-    emb = result.output_for_node("pair_embeddings")
     plans = []
     for key in [plan_key("epoch-001"), plan_key("epoch-002"), plan_key("epoch-001", "uniform-100.s0")]:
         ctx = dg.build_asset_context(partition_key=key, resources={"storage": resources["storage"]})
-        plans.append(sample_plan(ctx, clusters=clusters, pair_embeddings=emb, cluster_stats={}))
-    n_ok = result.output_for_node("raw_pairs")["n_ok"]
-    assert plans[0]["realised"] == round(0.5 * n_ok)
-    assert plans[2]["realised"] == n_ok, "uniform-100 plans the whole valid pool"
-    d1, d2 = Path(plans[0]["plan_dir"]), Path(plans[1]["plan_dir"])
+        plans.append(sample_plan(ctx, clusters=clusters, cluster_stats=None))
+    n_ok = result.output_for_node("raw_pairs").n_ok
+    assert plans[0].realised == round(0.5 * n_ok)
+    assert plans[2].realised == n_ok, "uniform-100 plans the whole valid pool"
+    d1, d2 = Path(plans[0].plan_dir), Path(plans[1].plan_dir)
     assert (d1.parent.name, d1.name) == ("dynamics-50.s0", "epoch-001") and d2.name == "epoch-002"
     assert (d1 / "indices.npy").read_bytes() != (d2 / "indices.npy").read_bytes()
     meta = json.loads((d1 / "plan.json").read_text())
-    assert meta["pool_fingerprint"] == clusters["pool_fingerprint"] and meta["epoch"] == 1
+    assert meta["pool_version"] == clusters.pool_version and meta["epoch"] == 1
 
 
 @pytest.mark.parametrize("recipe", sorted({r.name for r in EXPERIMENTS.recipes.values()}))
@@ -101,7 +100,7 @@ def test_every_recipe_plans_through_a_real_instance(spine, tmp_path, recipe):
                                 resources={**resources, **io}, instance=instance)
         assert second.success
         record = second.output_for_node("sample_plan")
-        assert record["epoch"] == 3 and Path(record["plan_dir"]).name == "epoch-003"
-        assert record["recipe"] == f"{recipe}.s1"
+        assert record.epoch == 3 and Path(record.plan_dir).name == "epoch-003"
+        assert record.recipe == f"{recipe}.s1"
         mats = instance.fetch_materializations(dg.AssetKey("sample_plan"), limit=5).records
         assert [m.partition_key for m in mats] == [str(key)]

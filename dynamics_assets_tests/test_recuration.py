@@ -22,8 +22,9 @@ from dynamics_assets.core.ingest.synthetic import generate
 from dynamics_assets.definitions import defs as project_defs
 from dynamics_assets.defs.partitions import raw_shard_partitions
 from dynamics_assets.defs.resources import GpuResource, StorageResource
-from dynamics_assets.defs.schedules import nightly_recuration
-from dynamics_assets.defs.sensors import raw_shard_sensor, replan_after_recuration
+from dynamics_assets.defs.ingest.schedules import nightly_recuration
+from dynamics_assets.defs.ingest.sensors import raw_shard_sensor
+from dynamics_assets.defs.sample.sensors import replan_after_recuration
 from dynamics_assets.defs.tracking import MlflowResource
 from dynamics_assets_tests.conftest import TINY_RUN_CONFIG
 
@@ -221,8 +222,8 @@ def test_coming_epochs_are_replanned_after_a_recuration(world):
     run = world.run("draw_epoch_plan", partition_key=redraws[0].partition_key)
     plan = run.output_for_node("sample_plan")
     clusters = world.instance.get_latest_materialization_event(dg.AssetKey("clusters"))
-    fingerprint = clusters.asset_materialization.metadata["pool_fingerprint"].value
-    assert plan["pool_fingerprint"] == fingerprint, "the coming plan is drawn on the refreshed pool"
+    version = clusters.asset_materialization.metadata["pool_version"].value
+    assert plan.pool_version == version, "the coming plan is drawn on the refreshed pool"
 
 
 def test_nightly_schedule_recurates_with_the_last_configuration(world, tmp_path):

@@ -55,33 +55,33 @@ def trained(tmp_path_factory):
 def test_checkpoints_chain_across_epochs(trained):
     results, _ = trained
     cks = [results[("dynamics-50.s0", k)].output_for_node("checkpoint") for k in epoch_partitions.get_partition_keys()]
-    assert [c["epoch"] for c in cks] == [1, 2, 3]
-    seen = [c["samples_seen"] for c in cks]
-    steps = [c["global_step"] for c in cks]
+    assert [c.epoch for c in cks] == [1, 2, 3]
+    seen = [c.samples_seen for c in cks]
+    steps = [c.global_step for c in cks]
     assert seen == sorted(seen) and seen[0] > 0 and len(set(seen)) == 3, "each epoch adds its plan"
     assert steps == sorted(steps) and len(set(steps)) == 3
-    assert all(np.isfinite(c["final_loss"]) for c in cks)
+    assert all(np.isfinite(c.final_loss) for c in cks)
 
 
 def test_eval_reports_and_learning_curve(trained):
     results, _ = trained
     for key in epoch_partitions.get_partition_keys():
         rep = results[("dynamics-50.s0", key)].output_for_node("eval_report")
-        m = rep["metrics"]
+        m = rep.metrics
         for name in ["zero_shot/top1", "zero_shot/top5", "zero_shot/mean_per_class", "zero_shot/tail",
                      "retrieval/i2t_r1", "retrieval/t2i_r10"]:
             assert 0.0 <= m[name] <= 1.0, name
         assert m["compute/train_flops"] > 0 and m["compute/samples_seen"] > 0
-        assert (Path(rep["report_dir"]) / "accuracy_vs_frequency.png").exists()
+        assert (Path(rep.report_dir) / "accuracy_vs_frequency.png").exists()
     curve = results["reports"].output_for_node("learning_curve")
-    assert curve["reports"] == 6 and (Path(curve["curve_dir"]) / "learning_curve.png").exists()
+    assert curve.entries == 6 and (Path(curve.report_dir) / "learning_curve.png").exists()
     comparison = results["reports"].output_for_node("comparison_report")
-    assert comparison["recipes"] == 2
-    md = (Path(comparison["report_dir"]) / "comparison.md").read_text()
+    assert comparison.entries == 2
+    md = (Path(comparison.report_dir) / "comparison.md").read_text()
     assert "dynamics-50" in md and "uniform-100" in md and "equal compute" in md
     full = results[("uniform-100.s0", "epoch-001")].output_for_node("checkpoint")
     half = results[("dynamics-50.s0", "epoch-001")].output_for_node("checkpoint")
-    assert full["samples_seen"] > 1.8 * half["samples_seen"], "uniform-100 sees twice the samples"
+    assert full.samples_seen > 1.8 * half.samples_seen, "uniform-100 sees twice the samples"
 
 
 def test_mlflow_runs_are_tagged_and_finished(trained):

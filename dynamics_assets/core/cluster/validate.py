@@ -1,15 +1,13 @@
 """Invariants of a cluster assignment: every embedded pair assigned or quarantined, ids below k."""
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 
 from dynamics_assets.core.io.arrays import npy_chunks
-from dynamics_assets.core.io.findings import Findings, flagged
+from dynamics_assets.core.io.findings import Findings
 from dynamics_assets.core.embed.store import EmbeddingStore
 
 CHUNK_ITEMS = 1 << 22  # cluster ids read at a time

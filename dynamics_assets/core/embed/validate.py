@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from dynamics_assets.core.io.arrays import npy_chunks
 from dynamics_assets.core.io.findings import Findings, flagged

@@ -5,11 +5,9 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 
-from dynamics_assets.core.io.arrays import npy_chunks
-from dynamics_assets.core.io.findings import Findings, flagged
+from dynamics_assets.core.io.findings import Findings
 from dynamics_assets.core.evaluate.report import BUCKETS
 
 

@@ -139,13 +139,6 @@ def _local(positions: np.ndarray, counts: np.ndarray | None) -> np.ndarray:
     return positions if counts is None else np.repeat(positions, counts)
 
 
-def iter_pool_records(
-    manifest_dir: str | Path, *, indices: np.ndarray | None = None, counts: np.ndarray | None = None
-) -> Iterator[Record]:
-    """Like ``iter_pool_pairs`` but from the manifests only (no tar is opened)."""
-    return records(pool_shards(manifest_dir), indices, counts)
-
-
 def iter_pool_pairs(
     manifest_dir: str | Path,
     shards_dir: str | Path,

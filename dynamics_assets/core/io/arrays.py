@@ -51,8 +51,3 @@ def npy_chunks(path: str | Path, rows: int, dtype: type | np.dtype | None = None
                 raise ValueError(f"{path}: truncated: {shape} declared, data ends near row {start + got // max(1, row_bytes)}")
             yield start, buf
 
-
-def npy_len(path: str | Path) -> int:
-    """Rows of a .npy file (from its header)."""
-    shape, _, _ = npy_header(path)
-    return shape[0] if shape else 0

@@ -196,11 +196,6 @@ class Plan:
         """Samples seen in the epoch, repeats counted."""
         return int(self.multiplicity.sum(dtype=np.int64))
 
-    def expanded(self) -> np.ndarray:
-        """Every index repeated by its multiplicity (for the training loader)."""
-        return np.repeat(self.indices, self.multiplicity)
-
-
 @runtime_checkable
 class Sampler(Protocol):
     """A curation strategy. ``dynamic`` strategies redraw every epoch; static ones do not."""

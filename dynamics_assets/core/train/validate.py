@@ -1,15 +1,11 @@
 """Invariants of a training checkpoint: loads safely (weights only), finite weights and loss."""
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
-import numpy as np
-import pyarrow.parquet as pq
 
-from dynamics_assets.core.io.arrays import npy_chunks
-from dynamics_assets.core.io.findings import Findings, flagged
+from dynamics_assets.core.io.findings import Findings
 import torch
 
 from dynamics_assets.core.model.clip import create_model, read_checkpoint
