@@ -25,6 +25,7 @@ from dynamics_assets.defs.resources import GpuResource, StorageResource
 from dynamics_assets.defs.tracking import MlflowResource
 from dynamics_assets_tests.conftest import TINY_RUN_CONFIG
 from dynamics_assets.core.cluster.validate import cluster_findings
+from dynamics_assets.core.records import CheckpointRecord, EvalRecord
 from dynamics_assets.core.sample.validate import plan_findings
 from dynamics_assets.core.train.validate import checkpoint_findings
 from dynamics_assets.defs.cluster.checks import every_pair_assigned
@@ -83,7 +84,7 @@ def copied(src: str, dest: Path) -> Path:
 
 
 def first_shard(emb_dir: Path) -> Path:
-    return sorted(p for p in emb_dir.iterdir() if p.is_dir())[0]
+    return sorted(p for p in emb_dir.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))[0]
 
 
 def overwrite_npy(path: Path, edit) -> None:
@@ -112,8 +113,10 @@ def test_blocking_check_stops_downstream_in_the_same_run(pool, tmp_path):
     """A NaN row in an embedding shard (kept by the resumable embedding step) fails the
     embeddings check, and clusters is not materialised."""
     root = tmp_path / "data"
-    emb = copied(pool["pair_embeddings"].embeddings_dir, root / "artifacts" / "pair_embeddings")
-    overwrite_npy(first_shard(emb) / "image.npy", lambda a: a.__setitem__((3, 0), np.nan))
+    version = Path(pool["pair_embeddings"].embeddings_dir)  # <root>/versions/<vid>
+    emb_root = copied(str(version.parents[1]), root / "artifacts" / "pair_embeddings")
+    overwrite_npy(first_shard(emb_root / "versions" / version.name) / "image.npy",
+                  lambda a: a.__setitem__((3, 0), np.nan))
     resources = resources_at(root, copied(pool["tmp"] / "io", tmp_path / "io"))
     result = dg.materialize(EVERYTHING, selection=dg.AssetSelection.assets(embeddings.pair_embeddings,
                                                                            clustering.clusters),
@@ -231,12 +234,14 @@ def test_plan_check_flags_duplicates_multiplicity_and_starvation(pool, tmp_path)
 # ---------------------------------------------------------------------------------------------
 
 
-def epoch_checkpoint(reference_model, path: Path, last_loss: float) -> SimpleNamespace:
+def epoch_checkpoint(reference_model, path: Path, last_loss: float) -> CheckpointRecord:
     """The tiny pool's trained reference model saved as an epoch checkpoint (extra.last_loss)."""
     ckpt = read_checkpoint(reference_model.checkpoint)
     ckpt["extra"]["last_loss"] = last_loss
     torch.save(ckpt, path)
-    return SimpleNamespace(checkpoint=str(path), model_name=reference_model.model_name)
+    return CheckpointRecord(checkpoint=str(path), model_name=reference_model.model_name, recipe="r.s0", epoch=1,
+                            pool_version="p", samples_seen=0, device_seconds=0.0, scoring_flops=0.0, global_step=0,
+                            final_loss=last_loss)
 
 
 def test_checkpoint_check_flags_nan_loss_and_unsafe_files(pool, tmp_path):
@@ -260,23 +265,26 @@ def test_checkpoint_check_flags_nan_loss_and_unsafe_files(pool, tmp_path):
     assert dict(broken.errors) == {"non_finite_weights": 1, "open_clip_rejects": 1}
 
 
+def report_record(report_dir) -> EvalRecord:
+    return EvalRecord(report_dir=str(report_dir), recipe="r.s0", epoch=1, metrics={})
+
+
 @pytest.fixture(scope="module")
 def report_dir(pool, tmp_path_factory):
     ref = pool["reference_model"]
     enc = load_encoder(EncoderSpec(ref.model_name, ref.checkpoint))
     report = evaluate_model(enc.model, enc.preprocess, enc.tokenizer, pool["raw_pairs"].eval_dir)
-    out = tmp_path_factory.mktemp("report")
-    report.save(out)
-    return out
+    files = report.save(tmp_path_factory.mktemp("report"))
+    return next(iter(files.values())).parent  # the committed version
 
 
 def test_eval_report_check_flags_out_of_range_and_unexplained_nan(report_dir, tmp_path):
-    assert checks.metrics_in_unit_range(eval_report=SimpleNamespace(report_dir=str(report_dir))).passed
+    assert checks.metrics_in_unit_range(eval_report=report_record(report_dir)).passed
     bad = copied(str(report_dir), tmp_path / "bad")
     metrics = json.loads((bad / "metrics.json").read_text())
     metrics |= {"zero_shot/top1": 1.5, "zero_shot/tail": None, "compute/train_flops": 1e12}
     (bad / "metrics.json").write_text(json.dumps(metrics))
-    result = checks.metrics_in_unit_range(eval_report=SimpleNamespace(report_dir=str(bad)))
+    result = checks.metrics_in_unit_range(eval_report=report_record(bad))
     assert not result.passed and result.severity == ERROR
     assert result.metadata["error/metric_out_of_range"].value == 1, "compute/* is exempt"
     assert result.metadata["error/nan_metric"].value == 1, "the tail bucket has eval images"

@@ -73,12 +73,14 @@ def test_sample_plan_partition_direct_invocation(spine):
     plans = []
     for key in [plan_key("epoch-001"), plan_key("epoch-002"), plan_key("epoch-001", "uniform-100.s0")]:
         ctx = dg.build_asset_context(partition_key=key, resources={"storage": resources["storage"]})
-        plans.append(sample_plan(ctx, clusters=clusters, cluster_stats=None))
+        plans.append(sample_plan(ctx, clusters=clusters))
     n_ok = result.output_for_node("raw_pairs").n_ok
     assert plans[0].realised == round(0.5 * n_ok)
     assert plans[2].realised == n_ok, "uniform-100 plans the whole valid pool"
     d1, d2 = Path(plans[0].plan_dir), Path(plans[1].plan_dir)
-    assert (d1.parent.name, d1.name) == ("dynamics-50.s0", "epoch-001") and d2.name == "epoch-002"
+    # <data>/artifacts/sample_plan/<recipe>/<epoch>/versions/<vid>: one committed version per draw
+    assert (d1.parents[2].name, d1.parents[1].name) == ("dynamics-50.s0", "epoch-001")
+    assert d2.parents[1].name == "epoch-002"
     assert (d1 / "indices.npy").read_bytes() != (d2 / "indices.npy").read_bytes()
     meta = json.loads((d1 / "plan.json").read_text())
     assert meta["pool_version"] == clusters.pool_version and meta["epoch"] == 1
@@ -100,7 +102,7 @@ def test_every_recipe_plans_through_a_real_instance(spine, tmp_path, recipe):
                                 resources={**resources, **io}, instance=instance)
         assert second.success
         record = second.output_for_node("sample_plan")
-        assert record.epoch == 3 and Path(record.plan_dir).name == "epoch-003"
+        assert record.epoch == 3 and Path(record.plan_dir).parents[1].name == "epoch-003"
         assert record.recipe == f"{recipe}.s1"
         mats = instance.fetch_materializations(dg.AssetKey("sample_plan"), limit=5).records
         assert [m.partition_key for m in mats] == [str(key)]

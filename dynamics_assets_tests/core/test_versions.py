@@ -1,13 +1,11 @@
 """Versioned, immutable artefacts (core/io/versions.py): commit, read, refs, prune, locking, crashes."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np

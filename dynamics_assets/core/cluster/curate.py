@@ -5,7 +5,8 @@ The whole clustering step of a curation or re-curation, for one embeddings direc
      requested mode, the parameters, the encoder and the drift of the rows added since the fit;
   2. retrain: ``kmeans.train_kmeans`` on a sample, then the optional merge of near-duplicate centroids;
   3. ``kmeans.assign``: every row to its nearest centroid, non-finite rows quarantined;
-  4. the fit record (what the centroids were fitted on) is written after a retrain.
+  4. one committed version of the clusters root (``io.versions``) holds the assignment, the
+     centroids and the fit record; its id is the *pool version* every plan indexes.
 """
 from __future__ import annotations
 
@@ -16,9 +17,9 @@ from typing import Any, Literal
 import numpy as np
 
 from dynamics_assets.core.cluster.kmeans import AssignmentSummary, assign, mean_distance, merge_centroids, train_kmeans
-from dynamics_assets.core.cluster.refresh import FIT_NAME, FitRecord, RefreshDecision, decide, encoder_identity
+from dynamics_assets.core.cluster.refresh import FitRecord, RefreshDecision, decide, encoder_identity
 from dynamics_assets.core.embed.store import EmbeddingStore
-from dynamics_assets.core.io.hashing import file_sha256
+from dynamics_assets.core.io import versions
 
 
 @dataclass(frozen=True)
@@ -49,30 +50,32 @@ class ClusteringResult:
     assignment: AssignmentSummary
 
 
-def cluster_pool(embeddings_dir: str | Path, out: str | Path, params: ClusterParams, *,
+def cluster_pool(embeddings_dir: str | Path, manifest_dir: str | Path, root: str | Path, params: ClusterParams, *,
                  refresh: Literal["auto", "assign", "retrain"] = "auto", drift_threshold: float = 0.25,
                  use_gpu: bool | Literal["auto"] = False) -> ClusteringResult:
-    out = Path(out)
+    """Cluster the embeddings version ``embeddings_dir`` of the manifest version ``manifest_dir``
+    into a new version of the clusters artefact ``root``; the previous version (if any) decides
+    between keeping its centroids and fitting anew."""
     store = EmbeddingStore(embeddings_dir, kind=params.embedding)
-    previous = FitRecord.read(out)
+    current = versions.Artefact(root).current()
+    previous = FitRecord.read(current) if current is not None else None
     encoder = encoder_identity(store)
     shards = {s: int(n) for s, n in zip(store.shards, store.counts)}
     decision = decide(refresh, previous, params.fit_params(), encoder, shards,
-                      lambda new: mean_distance(store, np.load(out / "centroids.npy"), new, use_gpu=use_gpu),
+                      lambda new: mean_distance(store, np.load(current / "centroids.npy"), new, use_gpu=use_gpu),
                       drift_threshold)
     if decision.action == "retrain":
-        (out / FIT_NAME).unlink(missing_ok=True)  # a crash before the new record means: retrain again
         centroids = train_kmeans(store, params.k, sample_size=params.sample_size, niter=params.niter,
                                  seed=params.seed, use_gpu=use_gpu)
         k_trained = len(centroids)
         if params.merge_threshold is not None:
             centroids, _ = merge_centroids(centroids, threshold=params.merge_threshold)
+        fit = lambda s: FitRecord(params.fit_params(), encoder, shards, s.mean_distance)  # noqa: E731
     else:
-        centroids = np.load(out / "centroids.npy")
+        centroids = np.load(current / "centroids.npy")
         k_trained = int(previous.params["k"])
-    summary = assign(store, centroids, out, use_gpu=use_gpu)
-    if decision.action == "retrain":
-        FitRecord(params.fit_params(), encoder, shards, summary.mean_distance).write(out)
-    return ClusteringResult(clusters_dir=out, decision=decision, k_trained=k_trained, k=int(len(centroids)),
-                            n=int(len(store)), pool_version=file_sha256(out / "cluster_id.npy")[:16],
+        fit = previous  # the centroids are the same fit: its record goes on
+    summary = assign(store, centroids, root, use_gpu=use_gpu, fit=fit, refs={"manifest": manifest_dir})
+    return ClusteringResult(clusters_dir=Path(summary.version_dir), decision=decision, k_trained=k_trained,
+                            k=int(len(centroids)), n=int(len(store)), pool_version=str(summary.version_id),
                             assignment=summary)

@@ -16,14 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import matplotlib
 import numpy as np
 
-matplotlib.use("Agg")
-from matplotlib.figure import Figure  # noqa: E402
-
-from dynamics_assets.core.io import versions  # noqa: E402
-from dynamics_assets.core.io.atomic import atomic_path, write_bytes, write_json  # noqa: E402
+from dynamics_assets.core.io import versions
+from dynamics_assets.core.io.atomic import write_bytes, write_json
+from dynamics_assets.core.io.plots import figure, save_png
 
 METRICS = {"top1": "zero_shot/top1", "mean_per_class": "zero_shot/mean_per_class", "head": "zero_shot/head",
            "middle": "zero_shot/middle", "tail": "zero_shot/tail", "i2t_r1": "retrieval/i2t_r1"}
@@ -151,9 +148,15 @@ def _markdown(rows, s_star, f_star) -> str:
 
 
 def write_comparison(c: Comparison, out_dir: str | Path) -> dict[str, Path]:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fig = Figure(figsize=(13, 4), dpi=110)
+    """Commit the comparison (PNG, Markdown, JSON) as a new version of the artefact root
+    ``out_dir``; returns the files inside the committed version."""
+    with versions.Artefact(out_dir).write() as staging:
+        _write_comparison(c, staging.path)
+    return {name: staging.version_dir / f"comparison.{ext}" for name, ext in (("png", "png"), ("md", "md"), ("json", "json"))}
+
+
+def _write_comparison(c: Comparison, out_dir: Path) -> None:
+    fig = figure(13, 4)
     for i, metric in enumerate(("top1", "head", "tail")):
         ax = fig.add_subplot(1, 3, i + 1)
         for name, curve in c.curves.items():
@@ -167,12 +170,6 @@ def write_comparison(c: Comparison, out_dir: str | Path) -> dict[str, Path]:
         ax.grid(alpha=0.3)
     fig.axes[0].set_ylabel("zero-shot accuracy")
     fig.axes[-1].legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    png = out_dir / "comparison.png"
-    with atomic_path(png) as tmp:
-        fig.savefig(tmp, format="png")
-    md = out_dir / "comparison.md"
-    write_bytes(md, c.markdown.encode())
-    js = out_dir / "comparison.json"
-    write_json(js, {"s_star": c.s_star, "f_star": c.f_star, "rows": c.rows})
-    return {"png": png, "md": md, "json": js}
+    save_png(fig, out_dir / "comparison.png")
+    write_bytes(out_dir / "comparison.md", c.markdown.encode())
+    write_json(out_dir / "comparison.json", {"s_star": c.s_star, "f_star": c.f_star, "rows": c.rows})

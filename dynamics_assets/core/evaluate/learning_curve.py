@@ -4,12 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-from matplotlib.figure import Figure  # noqa: E402
-
-from dynamics_assets.core.io.atomic import atomic_path, write_json  # noqa: E402
+from dynamics_assets.core.io import versions
+from dynamics_assets.core.io.atomic import write_json
+from dynamics_assets.core.io.plots import figure, save_png
 
 
 def learning_curve_table(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -18,9 +15,15 @@ def learning_curve_table(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def plot_learning_curve(rows: list[dict[str, Any]], out_dir: str | Path) -> dict[str, Path]:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fig = Figure(figsize=(11, 4), dpi=110)
+    """Commit the curves (PNG + JSON) as a new version of the artefact root ``out_dir``; returns
+    the files inside the committed version."""
+    with versions.Artefact(out_dir).write() as staging:
+        _write_learning_curve(rows, staging.path)
+    return {"png": staging.version_dir / "learning_curve.png", "json": staging.version_dir / "learning_curve.json"}
+
+
+def _write_learning_curve(rows: list[dict[str, Any]], out_dir: Path) -> None:
+    fig = figure(11, 4)
     recipes = sorted({r["recipe"] for r in rows})
     for i, metric in enumerate(("top1", "tail")):
         ax = fig.add_subplot(1, 2, i + 1)
@@ -32,10 +35,5 @@ def plot_learning_curve(rows: list[dict[str, Any]], out_dir: str | Path) -> dict
         ax.grid(alpha=0.3)
     fig.axes[0].set_ylabel("zero-shot accuracy")
     fig.axes[-1].legend(fontsize=6, loc="best", ncol=2)
-    fig.tight_layout()
-    png = out_dir / "learning_curve.png"
-    with atomic_path(png) as tmp:
-        fig.savefig(tmp, format="png")
-    js = out_dir / "learning_curve.json"
-    write_json(js, rows)
-    return {"png": png, "json": js}
+    save_png(fig, out_dir / "learning_curve.png")
+    write_json(out_dir / "learning_curve.json", rows)

@@ -46,7 +46,7 @@ from PIL import Image
 
 from dynamics_assets.core.io import versions
 from dynamics_assets.core.io.progress import Progress, bar, offset
-from dynamics_assets.core.io.atomic import atomic_path, write_bytes, write_json, write_parquet
+from dynamics_assets.core.io.atomic import write_bytes, write_json, write_parquet
 from dynamics_assets.core.io.webdataset import IMAGE_EXTS, RawSample, iter_samples
 
 __all__ = [
@@ -506,13 +506,11 @@ _BUCKET_COLOURS = {"head": "tab:blue", "middle": "tab:gray", "tail": "tab:red"}
 def plot_accuracy_vs_frequency(per_concept: pa.Table, path: str | Path) -> None:
     """Scatter of per-concept top-1 accuracy against training frequency (log x), coloured by
     bucket, with each bucket's mean per-class accuracy as a dashed line; written atomically."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from dynamics_assets.core.io.plots import figure, save_png
 
     t = per_concept.filter(pc.greater(per_concept.column("n"), 0)).to_pydict()
     freq, acc, bucket = np.array(t["train_frequency"]), np.array(t["accuracy"]), np.array(t["bucket"])
-    fig = Figure(figsize=(7.5, 4.5), dpi=120)
-    FigureCanvasAgg(fig)
+    fig = figure(7.5, 4.5, dpi=120)
     ax = fig.add_subplot()
     for name in BUCKETS:
         members = bucket == name
@@ -532,9 +530,7 @@ def plot_accuracy_vs_frequency(per_concept: pa.Table, path: str | Path) -> None:
     ax.set_title("Per-concept zero-shot accuracy vs training frequency")
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", metadata={"Software": None})
+    save_png(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,7 +3,6 @@ embedding, and per-cluster statistics in DuckDB. A re-curation keeps the centroi
 data fits them (see core/cluster/refresh.py)."""
 
 import math
-from pathlib import Path
 from typing import Literal, Optional
 
 import dagster as dg
@@ -46,7 +45,7 @@ def clusters(context: dg.AssetExecutionContext, config: ClusteringConfig, raw_pa
 
     params = ClusterParams(k=config.k, sample_size=config.sample_size, niter=config.niter, seed=config.seed,
                            embedding=config.embedding, merge_threshold=config.merge_threshold)
-    result = cluster_pool(pair_embeddings.embeddings_dir, storage.layout.artifact("clusters"), params,
+    result = cluster_pool(pair_embeddings.embeddings_dir, raw_pairs.manifest_dir, storage.layout.artifact("clusters"), params,
                           refresh=config.refresh, drift_threshold=config.drift_threshold,
                           use_gpu="auto" if gpu.resolved_device().startswith("cuda") else False)
     context.log.info(f"clusters: {result.decision.action} ({result.decision.reason})")
@@ -72,12 +71,11 @@ def cluster_stats(context: dg.AssetExecutionContext, clusters: PoolClusters, sto
 
     from dynamics_assets.core.cluster.stats import compute_cluster_stats
 
-    cdir = Path(clusters.clusters_dir)
-    out = storage.layout.artifact("cluster_stats", "cluster_stats.parquet")
-    table = compute_cluster_stats(cdir / "assignments.parquet", np.load(cdir / "centroids.npy"),
-                                  str(Path(clusters.manifest_dir) / "*.parquet"), out,
-                                  spill_dir=storage.layout.artifact("cluster_stats", "spill"))
-    rows = sorted(table.to_pylist(), key=lambda r: -r["size"])
+    result = compute_cluster_stats(clusters.clusters_dir, None, clusters.manifest_dir,
+                                   storage.layout.artifact("cluster_stats"),
+                                   spill_dir=storage.layout.artifact("_spill", "cluster_stats"))
+    out = result.path
+    rows = sorted(result.table.to_pylist(), key=lambda r: -r["size"])
     sizes = np.array([r["size"] for r in rows])
     empty = int((sizes == 0).sum())
     context.add_output_metadata({

@@ -1,6 +1,8 @@
 """Stage 6 — evaluate: a long-tail-aware report per recipe × epoch, learning curves and the
 side-by-side comparison of the recipes."""
 
+from pathlib import Path
+
 import dagster as dg
 
 from dynamics_assets.core.records import CheckpointRecord, EvalRecord, PoolClusters, PoolManifest, ReportRecord
@@ -46,8 +48,9 @@ def eval_report(context: dg.AssetExecutionContext, checkpoint: CheckpointRecord,
                "total_flops": training + checkpoint.scoring_flops,
                "forward_flops_per_pair": int(flops_pair), "epoch": checkpoint.epoch}
     report.metrics.update({f"compute/{k}": v for k, v in compute.items()})
-    out = storage.layout.artifact("eval_report", str(partition_dir(recipe, epoch_key)))
-    files = report.save(out)
+    files = report.save(storage.layout.artifact("eval_report", str(partition_dir(recipe, epoch_key))),
+                        refs={"checkpoint": Path(checkpoint.checkpoint).parent})
+    out = next(iter(files.values())).parent  # the committed version
     with mlflow.start_run(context, run_name=f"eval {recipe.key} {epoch_key}", tags={"recipe": recipe.key}) as run:
         run.log_metrics({k: v for k, v in report.metrics.items() if v == v}, step=checkpoint.epoch)
         for path in files.values():
@@ -88,7 +91,7 @@ def learning_curve(context: dg.AssetExecutionContext, storage: StorageResource, 
         "plot": dg.MetadataValue.path(str(paths["png"])), "reports": len(table),
         "plot_inline": md_image(paths["png"], "learning curves"),
     })
-    return ReportRecord(report_dir=str(out), entries=len(table))
+    return ReportRecord(report_dir=str(paths["png"].parent), entries=len(table))
 
 
 @dg.asset(group_name=GROUP, kinds={"mlflow"}, deps=["eval_report"])
@@ -112,4 +115,4 @@ def comparison_report(context: dg.AssetExecutionContext, storage: StorageResourc
         "plot_inline": md_image(paths["png"], "accuracy against compute per recipe"),
         "recipes": len(comparison.rows), "mlflow_run": run.url_hint,
     })
-    return ReportRecord(report_dir=str(out), entries=len(comparison.rows))
+    return ReportRecord(report_dir=str(paths["png"].parent), entries=len(comparison.rows))

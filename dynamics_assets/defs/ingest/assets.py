@@ -60,18 +60,26 @@ def raw_pairs(context: dg.AssetExecutionContext, raw_shards: RawShards, storage:
     """Parquet manifest of every pair: stable sample id (uid, else content hash), members,
     caption, image size, status; bad pairs quarantined with a reason, exact duplicates found
     across shards with DuckDB. ok + quarantined = every pair read."""
-    from dynamics_assets.core.ingest.manifest import build_manifest
+    from dynamics_assets.core.ingest.manifest import build_manifest, manifest_files
+    from dynamics_assets.core.io.versions import Artefact
 
     shards_dir = Path(raw_shards.shards_dir)
-    out = storage.layout.artifact("raw_pairs")
-    summary = build_manifest([shards_dir / s for s in raw_shards.shards], out)
+    root = storage.layout.artifact("raw_pairs")
+    # The pool follows its source: shards of the previous version that the source no longer has
+    # leave the pool (recorded in the metadata), instead of lingering until training misses them.
+    current = Artefact(root).current()
+    gone = sorted({name for name, _ in manifest_files(current)} - set(raw_shards.shards)) if current else []
+    summary = build_manifest([shards_dir / s for s in raw_shards.shards], root, drop=gone)
+    out = summary.version_dir
     context.log.info(f"manifest: {summary.ok} ok, {summary.quarantined} quarantined "
                      f"({summary.by_reason}); read {len(summary.read_shards)} shard(s), "
-                     f"reused {len(summary.reused_shards)}")
+                     f"reused {len(summary.reused_shards)}, dropped {len(summary.dropped_shards)} gone from the source")
     context.add_output_metadata({
         "pairs": summary.total, "ok": summary.ok, "quarantined": summary.quarantined,
         "quarantine_reasons": md_table(["reason", "pairs"], sorted(summary.by_reason.items())),
         "empty_shards": len(summary.empty_shards),
+        "shards_gone_from_source": dg.MetadataValue.json(list(summary.dropped_shards)),
+        "manifest_version": str(summary.version_id),
         "manifest_dir": dg.MetadataValue.path(str(out)),
         "dagster/row_count": summary.total,
     })

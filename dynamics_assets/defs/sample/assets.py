@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from dynamics_assets.core.records import ClusterStats, PlanRecord, PoolClusters
+from dynamics_assets.core.records import PlanRecord, PoolClusters
 from dynamics_assets.defs.experiments import partition_dir, recipe_and_epoch, recipe_epoch_partitions
 from dynamics_assets.defs.metadata import md_image, md_table
 from dynamics_assets.defs.partitions import epoch_of
@@ -11,9 +11,9 @@ from dynamics_assets.defs.resources import StorageResource
 GROUP = "sampling"
 
 
-@dg.asset(group_name=GROUP, partitions_def=recipe_epoch_partitions, kinds={"numpy"})
-def sample_plan(context: dg.AssetExecutionContext, clusters: PoolClusters, cluster_stats: ClusterStats,
-                storage: StorageResource) -> PlanRecord:
+# After cluster_stats: a re-curation's new statistics are what the replan sensor waits for.
+@dg.asset(group_name=GROUP, partitions_def=recipe_epoch_partitions, kinds={"numpy"}, deps=["cluster_stats"])
+def sample_plan(context: dg.AssetExecutionContext, clusters: PoolClusters, storage: StorageResource) -> PlanRecord:
     """The samples one recipe trains on in one epoch: sorted indices with multiplicity, and the
     per-cluster summary (size, expected, realised). Dynamic strategies redraw every epoch."""
     import numpy as np
@@ -27,11 +27,12 @@ def sample_plan(context: dg.AssetExecutionContext, clusters: PoolClusters, clust
                                       fingerprint=clusters.pool_version)
     sampler = sampler_from_spec(recipe.sampler, cache_dir=storage.layout.artifact("sample_plan", "_survivors"))
     plan = sampler.draw(pool, epoch=epoch, seed=recipe.seed)
-    plan.meta.update(pool_version=clusters.pool_version, recipe=recipe.key)
-    out = write_plan(storage.layout.artifact("sample_plan", str(partition_dir(recipe, epoch_key))), plan)
-    plot = plot_cluster_scaling(plan.cluster_size, plan.cluster_realised,
-                                storage.layout.artifact("sample_plan", "_plots", recipe.key, f"{epoch_key}.png"),
-                                title=f"{recipe.key} {epoch_key}")
+    plan.meta.update(recipe=recipe.key)
+    out = write_plan(storage.layout.artifact("sample_plan", str(partition_dir(recipe, epoch_key))), plan,
+                     pool_version=clusters.clusters_dir,
+                     extras=lambda d: plot_cluster_scaling(plan.cluster_size, plan.cluster_realised,
+                                                           d / "cluster_scaling.png", title=f"{recipe.key} {epoch_key}"))
+    plot = out / "cluster_scaling.png"
     order = np.argsort(-plan.cluster_size, kind="stable")
     nonempty = plan.cluster_size > 0
     head = order[:max(1, len(order) // 10)]

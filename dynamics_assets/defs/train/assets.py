@@ -49,17 +49,18 @@ def checkpoint(context: dg.AssetExecutionContext, config: TrainingConfig, sample
                gpu: GpuResource, mlflow: MlflowResource) -> CheckpointRecord:
     """An open_clip checkpoint after epoch e of a recipe: trained on exactly that plan's samples,
     from the recipe's checkpoint of epoch e−1; carries the optimizer state and the samples seen."""
+    from dynamics_assets.core.io.versions import StalePlanError
     from dynamics_assets.core.train.epoch import EpochJob, run_epoch
     from dynamics_assets.core.train.launch import LaunchError, run_under_torchrun
 
     recipe, epoch_key = recipe_and_epoch(context)
     settings = TrainSettings(**config.model_dump()).with_overrides(recipe.training, source=f"recipe {recipe.name}")
     settings = dataclasses.replace(settings, seed=settings.seed + 1000 * recipe.seed)
-    out = storage.layout.artifact("checkpoint", str(partition_dir(recipe, epoch_key)) + ".pt")
+    out = storage.layout.artifact("checkpoint", str(partition_dir(recipe, epoch_key)))
     job = EpochJob(
         **dataclasses.asdict(settings) | {"n_epochs": settings.n_epochs or N_EPOCHS},
         plan_dir=sample_plan.plan_dir, manifest_dir=clusters.manifest_dir, shards_dir=clusters.shards_dir,
-        out_checkpoint=str(out), epoch=epoch_of(epoch_key),
+        out_checkpoint=str(out), epoch=epoch_of(epoch_key), pool_version=clusters.pool_version,
         previous_checkpoint=previous_checkpoint.checkpoint if previous_checkpoint else None,
         device=gpu.resolved_device(), precision=gpu.resolved_precision(),
         reference_checkpoint=reference_model.checkpoint if settings.selection else None)
@@ -71,16 +72,19 @@ def checkpoint(context: dg.AssetExecutionContext, config: TrainingConfig, sample
             except LaunchError as e:
                 raise dg.Failure(str(e), metadata={"stderr": e.stderr}) from e
         else:
-            metrics = run_epoch(job, on_step=lambda step, m: run.log_metrics(m, step=step))
+            try:
+                metrics = run_epoch(job, on_step=lambda step, m: run.log_metrics(m, step=step))
+            except StalePlanError as e:
+                raise dg.Failure(str(e)) from e
         run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
     context.add_output_metadata({
-        "checkpoint": dg.MetadataValue.path(str(out)),
+        "checkpoint": dg.MetadataValue.path(str(metrics["checkpoint"])),
         **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str))},
         "mlflow_run": run.url_hint,
     })
     before = previous_checkpoint
     return CheckpointRecord(
-        checkpoint=str(out), model_name=job.model_name, recipe=recipe.key, epoch=job.epoch,
+        checkpoint=str(metrics["checkpoint"]), model_name=job.model_name, recipe=recipe.key, epoch=job.epoch,
         pool_version=sample_plan.pool_version, samples_seen=int(metrics["samples_seen"]),
         device_seconds=(before.device_seconds if before else 0.0) + float(metrics["device_seconds"]),
         scoring_flops=(before.scoring_flops if before else 0.0) + float(metrics.get("scoring_flops", 0.0)),
