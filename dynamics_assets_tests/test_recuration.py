@@ -18,6 +18,8 @@ import dagster as dg
 import numpy as np
 import pytest
 
+from dynamics_assets.core.io.versions import Artefact
+
 from dynamics_assets.core.ingest.synthetic import generate
 from dynamics_assets.definitions import defs as project_defs
 from dynamics_assets.defs.partitions import raw_shard_partitions
@@ -119,8 +121,13 @@ def test_half_written_shard_waits_then_is_ingested_alone_then_recurated(world):
     data = world.new_shard_bytes
     target = world.shards_dir / NEW_SHARD
     target.write_bytes(data[: len(data) // 2 + 100])  # a writer half-way through
-    embeddings_dir = world.root / "artifacts" / "pair_embeddings"
-    before = {d.name: (d / "image.npy").stat().st_mtime_ns for d in embeddings_dir.iterdir() if d.is_dir()}
+    embeddings = Artefact(world.root / "artifacts" / "pair_embeddings")
+
+    def shard_files() -> dict[str, int]:  # shard -> inode of its image embeddings in the current version
+        current = embeddings.current()
+        return {d.name: (d / "image.npy").stat().st_ino for d in current.iterdir() if d.is_dir()}
+
+    before = shard_files()
 
     for _ in range(3):  # first sight, then (unchanged but incomplete) twice
         result = world.tick()
@@ -140,11 +147,12 @@ def test_half_written_shard_waits_then_is_ingested_alone_then_recurated(world):
     meta = run.asset_materializations_for_node("shard_embeddings")[0].metadata
     assert meta["pairs"].value == 160 and meta["ok"].value + meta["quarantined"].value == 160
     assert meta["pairs_embedded"].value == meta["ok"].value > 0
-    after = {d.name: (d / "image.npy").stat().st_mtime_ns for d in embeddings_dir.iterdir() if d.is_dir()}
-    assert {k: after[k] for k in before} == before, "old shards are not re-embedded"
+    after = shard_files()
+    assert {k: after[k] for k in before} == before, "old shards are not re-embedded: the new version links their files"
     assert set(after) - set(before) == {Path(NEW_SHARD).stem}
 
-    old_ids = np.load(world.root / "artifacts" / "clusters" / "cluster_id.npy")
+    clusters = Artefact(world.root / "artifacts" / "clusters")
+    old_ids = np.load(clusters.current() / "cluster_id.npy")
     result = world.tick()
     [recurate] = requests(result)
     assert recurate.job_name == "recurate_pool"
@@ -161,7 +169,7 @@ def test_half_written_shard_waits_then_is_ingested_alone_then_recurated(world):
     materialized = {e.asset_key.to_user_string() for e in run.get_asset_materialization_events()}
     assert materialized == {"raw_shards", "raw_pairs", "pair_embeddings", "clusters", "cluster_stats"}, \
         "the encoder is not re-trained"
-    new_ids = np.load(world.root / "artifacts" / "clusters" / "cluster_id.npy")
+    new_ids = np.load(clusters.current() / "cluster_id.npy")
     assert len(new_ids) == len(old_ids) + meta["ok"].value
     if clusters_meta["refresh"].value == "assign":
         assert np.array_equal(new_ids[: len(old_ids)], old_ids), "kept centroids: old rows keep their cluster"

@@ -30,7 +30,15 @@ def pool_shards_dir(instance: dg.DagsterInstance) -> Path | None:
 
 
 def pool_embeddings_dir(instance: dg.DagsterInstance) -> Path | None:
-    return _latest_path_metadata(instance, "pair_embeddings", "embeddings_dir")
+    """The pool's current embeddings version (a landed shard's ingestion commits newer versions
+    than the one the last ``pair_embeddings`` materialisation recorded)."""
+    from dynamics_assets.core.io import versions
+
+    recorded = _latest_path_metadata(instance, "pair_embeddings", "embeddings_dir")
+    if recorded is None:
+        return None
+    root = recorded.parents[1] if versions.is_version_dir(recorded) else recorded
+    return versions.Artefact(root).current() or recorded
 
 
 def last_curation_config(instance: dg.DagsterInstance) -> dict[str, Any]:
