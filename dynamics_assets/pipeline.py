@@ -17,6 +17,7 @@ Dagster's own event log lines and its beta / preview / deprecation warnings show
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -62,12 +63,18 @@ def configure_output(verbose: bool, progress: bool = True) -> None:
             warnings.filterwarnings("ignore", category=category)
         # dagster_shared.utils.warnings.deprecation_warning's wording
         warnings.filterwarnings("ignore", message=r".*is deprecated and will be removed in", category=DeprecationWarning)
+        # open_clip's notice (on the root logger) when a model starts from random weights, as epoch 1 does here
+        logging.getLogger().addFilter(_drop_random_init_notice)
     from dynamics_assets.core.io import progress as bars
 
     if not progress:
         bars.enable(False)
     elif bars.ENV not in os.environ:  # DYNAMICS_PROGRESS=always (or 0) set by the caller wins
         bars.enable(True)
+
+
+def _drop_random_init_notice(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("No pretrained weights loaded for model")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -175,7 +182,7 @@ class StepReporter:
             if step.checks_failed:
                 parts.append(f"checks failed: {', '.join(step.checks_failed)}")
             elif step.checks_passed:
-                parts.append(f"{step.checks_passed} checks ok")
+                parts.append(f"{step.checks_passed} check{'s' if step.checks_passed > 1 else ''} passed")
             if kind == "STEP_FAILURE":
                 parts.insert(0, "FAILED" + (f": {cause}" if (cause := _root_cause(event.step_failure_data.error)) else ""))
             self.emit(f"{self.indent}{_label(event.step_key)} {format_seconds(seconds):>10}   {'; '.join(parts)}")

@@ -3,6 +3,7 @@ command's options and output switches (without running the pipeline), the progre
 from __future__ import annotations
 
 import io
+import logging
 import os
 import subprocess
 import sys
@@ -122,6 +123,8 @@ def test_quiet_hides_dagster_warnings(monkeypatch):
         warnings.warn("Function `f` is deprecated and will be removed in 2.0.", DeprecationWarning)
         warnings.warn("ours", UserWarning)
     assert [str(w.message) for w in caught] == ["ours"]
+    assert not pipeline._drop_random_init_notice(logging.makeLogRecord(
+        {"msg": "No pretrained weights loaded for model 'dynamics-tiny-32'. Model initialized randomly."}))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         pipeline.configure_output(verbose=True)
