@@ -227,7 +227,7 @@ def _job(pool, epoch=1, name="ck", **kw) -> EpochJob:
 
 
 def test_epoch_job_validates_selection(pool):
-    with pytest.raises(ValueError, match="not in"):
+    with pytest.raises(ValueError, match="selection must be one of"):
         _job(pool, selection="random")
     with pytest.raises(ValueError, match="reference_checkpoint"):
         _job(pool, reference_checkpoint=None)
