@@ -6,5 +6,6 @@ bash scripts/bootstrap.sh
 export DYNAMICS_DATA_DIR="${DYNAMICS_DATA_DIR:-$ROOT/data}"
 export DAGSTER_HOME="${DAGSTER_HOME:-$DYNAMICS_DATA_DIR/dagster_home}"
 mkdir -p "$DAGSTER_HOME"
-cmp -s dagster.yaml "$DAGSTER_HOME/dagster.yaml" || cp dagster.yaml "$DAGSTER_HOME/dagster.yaml"
+cfg="${DAGSTER_YAML:-dagster.yaml}"  # deploy/dagster.postgres.yaml for a Postgres instance
+cmp -s "$cfg" "$DAGSTER_HOME/dagster.yaml" || cp "$cfg" "$DAGSTER_HOME/dagster.yaml"
 export PATH="$ROOT/.venv/bin:$PATH"

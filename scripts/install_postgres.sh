@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Debian's PostgreSQL server binaries for the Postgres instance test (dynamics_assets_tests/
+# test_postgres.py starts its own throwaway server with initdb/pg_ctl; no service is enabled).
+# Idempotent: a no-op once initdb is found on PATH or under /usr/lib/postgresql/*/bin.
+set -euo pipefail
+command -v initdb >/dev/null 2>&1 && exit 0
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && exit 0
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+echo "install_postgres: $(ls -d /usr/lib/postgresql/*/bin/initdb)"
