@@ -1,6 +1,10 @@
 """Shared fixtures: tiny run configs and resources on a temporary data root."""
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
 import pytest
 
 from dynamics_assets.defs.resources import GpuResource, StorageResource
@@ -18,3 +22,47 @@ TINY_RUN_CONFIG = {
 @pytest.fixture
 def resources(tmp_path):
     return {"storage": StorageResource(root=str(tmp_path / "data")), "gpu": GpuResource(device="cpu")}
+
+
+# ---------------------------------------------------------------------------------------------
+# The fault suite's table (dynamics_assets_tests/faults/ and the crash / concurrency probes elsewhere)
+# ---------------------------------------------------------------------------------------------
+
+_ROWS: list["Row"] = []
+
+
+@dataclass(frozen=True)
+class Row:
+    area: str
+    probe: str
+    outcome: str
+
+
+class Recorder:
+    def __init__(self, area: str, probe: str) -> None:
+        self.area, self.probe = area, probe
+
+    def __call__(self, outcome: str) -> None:
+        """Record the outcome the probe just asserted (call it after the asserts)."""
+        _ROWS.append(Row(self.area, self.probe, outcome))
+
+
+@pytest.fixture
+def record(request) -> Recorder:
+    """``record("quarantined: link_member")`` after a probe's asserts; area = the test module."""
+    area = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_").replace("_", " ")
+    doc = (request.function.__doc__ or request.node.name).strip().splitlines()[0]
+    probe = doc + (f" [{request.node.callspec.id}]" if hasattr(request.node, "callspec") else "")
+    return Recorder(area, probe)
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    if not _ROWS:
+        return
+    default = Path(session.config.cache.makedir("faults")) / "faults.md" if session.config.cache else None
+    target = Path(os.environ.get("DYNAMICS_FAULT_TABLE") or default)
+    lines = ["| area | probe | outcome |", "|---|---|---|"]
+    for r in sorted(_ROWS, key=lambda r: (r.area, r.probe)):
+        lines.append(f"| {r.area} | {r.probe} | {r.outcome} |".replace("\n", " "))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text("\n".join(lines) + f"\n\n{len(_ROWS)} probes.\n")

@@ -72,3 +72,16 @@ def test_assets_pass_typed_records_not_dicts():
         assets_def = defs.resolve_assets_def(spec_key)
         out_type = assets_def.op.outs["result"].dagster_type
         assert out_type.typing_type is not dict and "dict" not in str(out_type.typing_type).lower(), spec_key
+
+
+def test_sampler_settings_know_every_strategy_parameter():
+    """sample.spec checks recipes without importing the strategies: its table must match them."""
+    import dataclasses
+
+    from dynamics_assets.core.sample import SAMPLERS
+    from dynamics_assets.core.sample.spec import STRATEGIES
+
+    assert set(STRATEGIES) == set(SAMPLERS)
+    for name, cls in SAMPLERS.items():
+        fields = {f.name for f in dataclasses.fields(cls)} - {"name", "dynamic", "cache_dir"}
+        assert set(STRATEGIES[name]) == fields, name

@@ -14,6 +14,8 @@ import dagster as dg
 import yaml
 from dagster._utils.schedules import is_valid_cron_string  # no public equivalent in dagster 1.13
 
+from dynamics_assets.core.sample.spec import normalise_sampler_spec
+from dynamics_assets.core.train.settings import TrainSettings
 from dynamics_assets.defs.partitions import epoch_partitions
 
 DEFAULT_PATH = Path(__file__).resolve().parents[2] / "data" / "experiments.yaml"
@@ -66,8 +68,11 @@ def load_experiments(path: str | os.PathLike | None = None) -> Experiments:
             raise ValueError(f"{path}: recipe name {name!r} may not contain '.', '|' or ','")
         if "sampler" not in body or "strategy" not in body["sampler"]:
             raise ValueError(f"{path}: recipe {name!r} needs sampler.strategy")
+        sampler = normalise_sampler_spec(body["sampler"], f"{path}: recipe {name!r}: sampler")
+        training = dict(body.get("training") or {})
+        TrainSettings().with_overrides(training, source=f"{path}: recipe {name!r}: training")
         for seed in seeds:
-            r = Recipe(name, seed, dict(body["sampler"]), dict(body.get("training", {})))
+            r = Recipe(name, seed, sampler, training)
             recipes[r.key] = r
     default = spec.get("default_recipe", next(iter(spec["recipes"])))
     if default not in spec["recipes"]:

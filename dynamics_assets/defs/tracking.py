@@ -9,23 +9,20 @@ Default store: SQLite under ``<data root>/mlflow/`` with artifacts next to it; s
 from __future__ import annotations
 
 import contextlib
+import re
 import json
 from pathlib import Path
 from typing import Any, Iterator, Optional
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import dagster as dg
 
 
 def redact(uri: str) -> str:
-    """A tracking URI without credentials, fit for logs and metadata."""
-    parts = urlsplit(uri)
-    if parts.password or parts.username:
-        netloc = parts.hostname or ""
-        if parts.port:
-            netloc += f":{parts.port}"
-        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-    return uri
+    """A tracking URI fit for logs, metadata and the UI: no user, no password, no query string or
+    fragment (where tokens, passwords and signatures travel: ``?token=…``, ``?password=…``)."""
+    bare = uri.split("#", 1)[0].split("?", 1)[0]
+    return re.sub(r"^([A-Za-z][\w+.-]*://)[^/@]*@", r"\1", bare)
 
 
 class TrackedRun:

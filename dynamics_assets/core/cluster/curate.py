@@ -57,6 +57,9 @@ def cluster_pool(embeddings_dir: str | Path, manifest_dir: str | Path, root: str
     into a new version of the clusters artefact ``root``; the previous version (if any) decides
     between keeping its centroids and fitting anew."""
     store = EmbeddingStore(embeddings_dir, kind=params.embedding)
+    if not 1 <= params.k <= len(store):
+        raise ValueError(f"clusters.k = {params.k} does not fit the pool's {len(store)} embedded pairs "
+                         f"(allowed: 1 ≤ k ≤ {len(store)}; faiss wants ≥ 39 points per centroid, k ≤ {len(store) // 39})")
     current = versions.Artefact(root).current()
     previous = FitRecord.read(current) if current is not None else None
     encoder = encoder_identity(store)

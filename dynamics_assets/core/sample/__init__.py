@@ -1,27 +1,43 @@
-"""Samplers: interchangeable curation strategies behind one small interface (``Sampler``)."""
-from dynamics_assets.core.sample.base import ClusterPool, Plan, Sampler, resolve_budget
-from dynamics_assets.core.sample.strategies.clip_score import ClipScoreFilter
-from dynamics_assets.core.sample.strategies.compose import Compose
-from dynamics_assets.core.sample.strategies.dbp import DBPPruning
-from dynamics_assets.core.sample.strategies.dynamics import DynamicsSampler, cluster_targets
-from dynamics_assets.core.sample.strategies.flatten import FlattenSampler
-from dynamics_assets.core.sample.plan_io import read_plan, write_plan
-from dynamics_assets.core.sample.strategies.semdedup import SemDeDup
-from dynamics_assets.core.sample.strategies.ssp import SSPPruning
-from dynamics_assets.core.sample.strategies.uniform import UniformSampler
+"""Samplers: interchangeable curation strategies behind one small interface (``Sampler``).
 
-SAMPLERS = {"uniform": UniformSampler, "dynamics": DynamicsSampler, "flatten": FlattenSampler,
-            "semdedup": SemDeDup, "ssp": SSPPruning, "dbp": DBPPruning, "clip_score": ClipScoreFilter,
-            "compose": Compose}
+The package imports its strategies on first use (PEP 562 ``__getattr__``), so light modules such
+as ``sample.spec`` can be imported without numpy-heavy strategy code (the Dagster code location
+reads recipes through ``sample.spec`` when it loads).
+"""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dynamics_assets.core.sample.base import Sampler
+
+_LAZY = {
+    "ClusterPool": "base", "Plan": "base", "Sampler": "base", "resolve_budget": "base",
+    "ClipScoreFilter": "strategies.clip_score", "Compose": "strategies.compose", "DBPPruning": "strategies.dbp",
+    "DynamicsSampler": "strategies.dynamics", "cluster_targets": "strategies.dynamics",
+    "FlattenSampler": "strategies.flatten", "SemDeDup": "strategies.semdedup", "SSPPruning": "strategies.ssp",
+    "UniformSampler": "strategies.uniform", "read_plan": "plan_io", "write_plan": "plan_io",
+}
+_STRATEGY_CLASSES = {"uniform": "UniformSampler", "dynamics": "DynamicsSampler", "flatten": "FlattenSampler",
+                     "semdedup": "SemDeDup", "ssp": "SSPPruning", "dbp": "DBPPruning", "clip_score": "ClipScoreFilter",
+                     "compose": "Compose"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    if name == "SAMPLERS":
+        return {k: __getattr__(v) for k, v in _STRATEGY_CLASSES.items()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def make_sampler(strategy: str, **params) -> Sampler:
     """Build a sampler by name, e.g. ``make_sampler("dynamics", budget=0.5, alpha=0.2)``; a
     composition from step dicts: ``make_sampler("compose", steps=[{"strategy": "semdedup"}, ...])``."""
-    try:
-        cls = SAMPLERS[strategy]
-    except KeyError:
-        raise ValueError(f"unknown strategy {strategy!r}; known: {sorted(SAMPLERS)}") from None
+    if strategy not in _STRATEGY_CLASSES:
+        raise ValueError(f"unknown strategy {strategy!r}; known: {sorted(_STRATEGY_CLASSES)}")
+    cls = __getattr__(_STRATEGY_CLASSES[strategy])
     try:
         return cls(**params)
     except TypeError as e:  # an unknown or missing parameter: name the strategy and its parameters
@@ -35,7 +51,8 @@ def sampler_from_spec(spec: dict, *, cache_dir: str | None = None) -> Sampler:
     its pruners' survivors there, so later epochs do not re-run the pruners)."""
     params = dict(spec)
     strategy = params.pop("strategy")
-    if cache_dir is not None and "cache_dir" in getattr(SAMPLERS.get(strategy), "__dataclass_fields__", {}):
+    cls = __getattr__(_STRATEGY_CLASSES[strategy]) if strategy in _STRATEGY_CLASSES else None
+    if cache_dir is not None and "cache_dir" in getattr(cls, "__dataclass_fields__", {}):
         params["cache_dir"] = str(cache_dir)
     return make_sampler(strategy, **params)
 

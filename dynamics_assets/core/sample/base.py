@@ -220,8 +220,11 @@ def guarantees(*, exact_budget: bool, max_multiplicity: int, every_cluster_drawn
             "every_cluster_drawn": bool(every_cluster_drawn)}
 
 
-def resolve_budget(budget: float | int, n: int) -> int:
-    """A fraction in (0, 1] of the valid pool (a float), or an absolute count (an int)."""
+def resolve_budget(budget: float | int, n: int, *, most: int | None = None) -> int:
+    """A fraction in (0, 1] of the valid pool (a float), or an absolute count (an int; settings
+    files write it ``{count: N}``, see ``sample.spec``). ``most``: the largest budget the strategy
+    can realise (e.g. the pool itself for sampling without repeats); above it is refused, naming
+    the budget and the allowed range."""
     if isinstance(budget, bool):
         raise TypeError("budget must be a fraction or a count")
     if isinstance(budget, float) or (isinstance(budget, (np.floating,))):
@@ -230,6 +233,9 @@ def resolve_budget(budget: float | int, n: int) -> int:
         return int(round(budget * n))
     if int(budget) < 0:
         raise ValueError(f"budget must be ≥ 0; got {budget}")
+    if most is not None and int(budget) > most:
+        raise ValueError(f"budget {{count: {int(budget)}}} exceeds what this strategy can draw from the pool "
+                         f"(allowed: 1 ≤ count ≤ {most}, or a fraction in (0, 1])")
     return int(budget)
 
 

@@ -61,13 +61,23 @@ def write_plan(path: str | Path, plan: Plan, *, pool_version: str | Path | None 
     return tmp.version_dir
 
 
-def read_plan(path: str | Path, *, mmap: bool = False) -> Plan:
-    """The plan in a version directory (an artefact root reads its current version)."""
+class InvalidPlanError(ValueError):
+    """A plan whose files break the plan format (named with the first offending entries)."""
+
+
+def read_plan(path: str | Path, *, mmap: bool = False, validate: bool = True) -> Plan:
+    """The plan in a version directory (an artefact root reads its current version).
+
+    ``validate``: the format is checked as it is read, chunk by chunk — integer indices strictly
+    increasing (compared as int64: uint32 differences would wrap around and hide a step back),
+    multiplicities ≥ 1 and aligned with them, and their sum equal to ``plan.json``'s ``realised``
+    — so a damaged or hand-edited plan is refused by whatever reads it (training, exports), with
+    an ``InvalidPlanError`` naming the file and the first bad entries."""
     path = versions.resolve(path)
     mode = "r" if mmap else None
     clusters = pq.read_table(path / "clusters.parquet")
     meta = json.loads((path / "plan.json").read_text())
-    return Plan(
+    plan = Plan(
         indices=np.load(path / "indices.npy", mmap_mode=mode),
         multiplicity=np.load(path / "multiplicity.npy", mmap_mode=mode),
         cluster_size=clusters["size"].to_numpy(),
@@ -75,6 +85,39 @@ def read_plan(path: str | Path, *, mmap: bool = False) -> Plan:
         cluster_realised=clusters["realised"].to_numpy(),
         meta=meta,
     )
+    if validate:
+        check_plan_format(plan, path)
+    return plan
+
+
+def check_plan_format(plan: Plan, where: str | Path, chunk: int = 1 << 22) -> None:
+    idx, mult = plan.indices, plan.multiplicity
+    problems = []
+    if idx.ndim != 1 or mult.ndim != 1 or len(idx) != len(mult):
+        problems.append(f"indices {idx.shape} and multiplicity {mult.shape} are not two aligned 1-d arrays")
+    elif not np.issubdtype(idx.dtype, np.integer) or not np.issubdtype(mult.dtype, np.integer):
+        problems.append(f"indices ({idx.dtype}) and multiplicity ({mult.dtype}) must be integers")
+    else:
+        previous, total = -1, 0
+        for s in range(0, len(idx), chunk):
+            i = np.asarray(idx[s:s + chunk]).astype(np.int64)
+            m = np.asarray(mult[s:s + chunk]).astype(np.int64)
+            steps = np.diff(np.concatenate([[previous], i]))
+            if (bad := np.flatnonzero(steps <= 0)).size:
+                problems.append(f"indices not strictly increasing at entries {(bad[:3] + s).tolist()}")
+                break
+            if (i < 0).any():
+                problems.append("negative indices")
+                break
+            if (bad := np.flatnonzero(m < 1)).size:
+                problems.append(f"multiplicity < 1 at entries {(bad[:3] + s).tolist()}")
+                break
+            previous, total = int(i[-1]), total + int(m.sum())
+        else:
+            if "realised" in plan.meta and total != int(plan.meta["realised"]):
+                problems.append(f"multiplicities sum to {total}, plan.json says realised {plan.meta['realised']}")
+    if problems:
+        raise InvalidPlanError(f"plan {where} is not a valid plan: " + "; ".join(problems))
 
 
 def _plain(x):

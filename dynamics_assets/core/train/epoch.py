@@ -97,12 +97,25 @@ def plan_share(indices: np.ndarray, counts: np.ndarray, rank: int, world: int) -
     return np.asarray(indices[rank::world]), np.asarray(counts[rank::world])
 
 
-def steps_per_epoch(plan_size: int, batch_size: int, world: int) -> int:
+def keeps_last_batch(job: EpochJob, world: int) -> bool:
+    """Whether the epoch trains the samples left after the last full batch (see steps_per_epoch)."""
+    return world == 1 and job.selection is None
+
+
+def steps_per_epoch(plan_size: int, batch_size: int, world: int, keep_last: bool = True) -> int:
+    """Steps of an epoch (for the schedule). One process trains the whole plan: the samples left
+    after the last full batch form a smaller last batch (open_clip drops them; here samples seen =
+    plan size, so recipes are compared on exactly what they planned). Under DDP every rank must
+    contribute equal-sized batches to the gathered contrastive loss, and online selection scores
+    whole super-batches, so there the remainder (fewer than world × batch samples) is dropped;
+    ``samples_seen`` counts what was trained."""
+    if world == 1 and keep_last:
+        return -(-plan_size // batch_size)
     return plan_size // (batch_size * world)
 
 
 def train_config(job: EpochJob, plan_size: int, world: int, device: str) -> TrainConfig:
-    per_epoch = max(1, steps_per_epoch(plan_size, job.loader_batch_size, world))
+    per_epoch = max(1, steps_per_epoch(plan_size, job.loader_batch_size, world, keeps_last_batch(job, world)))
     total = per_epoch * job.n_epochs
     return TrainConfig(lr=job.lr, weight_decay=job.weight_decay, warmup_steps=min(total - 1, int(job.warmup_fraction * total)),
                        total_steps=total, grad_clip_norm=job.grad_clip_norm, batch_size=job.batch_size,
@@ -186,14 +199,16 @@ def _run_epoch(job: EpochJob, work_dir: Path, *, on_step: Callable[[int, dict[st
     cfg = train_config(job, plan.size, world, device)
     indices, counts = plan_share(plan.indices, plan.multiplicity, rank, world)
     batches = PairBatches(Path(job.manifest_dir), Path(job.shards_dir), (job.seed, job.epoch, rank),
-                          job.loader_batch_size, job.buffer_size, indices=indices, counts=counts)
+                          job.loader_batch_size, job.buffer_size, indices=indices, counts=counts,
+                          keep_last=keeps_last_batch(job, world))
     n_batches = batches.num_batches()
     if world > 1:  # every rank must take the same number of steps
         t = torch.tensor([n_batches], dtype=torch.int64)
         torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
         n_batches = int(t.item())
     if n_batches == 0:
-        raise ValueError(f"plan {job.plan_dir} has fewer samples per process than one batch of {job.loader_batch_size}")
+        raise ValueError(f"plan {job.plan_dir} has no sample to train on"
+                         + (f" ({world} processes need at least {job.loader_batch_size} each)" if world > 1 else ""))
 
     model, preprocess, state = _initial_state(job, device)
     if world > 1:

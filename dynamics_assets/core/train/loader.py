@@ -63,6 +63,23 @@ class ShuffleBatcher(Generic[T]):
                 return batch
         return None
 
+    def drain_rest(self) -> list[T] | None:
+        """After ``drain``: the next of the last, smaller batches made of what is still held (the
+        incomplete batch, then the items deferred because their id was in it), ids distinct within
+        each; None when nothing is held. Keeps its state on the batcher, like ``drain``."""
+        pending = self.batch + self.deferred
+        if not pending:
+            return None
+        batch, ids, later = [], set(), []
+        for x in pending:
+            if x.sample_id in ids or len(batch) == self.batch_size:
+                later.append(x)
+            else:
+                batch.append(x)
+                ids.add(x.sample_id)
+        self.batch, self.deferred, self._batch_ids = [], later, set()
+        return batch
+
     def held(self) -> list[T]:
         """Items taken from the stream and not yet emitted (after ``drain``: the dropped rest)."""
         return self.buffer + self.batch + self.deferred
@@ -100,12 +117,16 @@ class ShuffleBatcher(Generic[T]):
         return min(int(u * n), n - 1)
 
 
-def batch_stream(batcher: ShuffleBatcher[T], items: Iterable[T]) -> Iterator[list[T]]:
-    """Every complete batch of ``items`` (an incomplete last batch is dropped, as in open_clip)."""
+def batch_stream(batcher: ShuffleBatcher[T], items: Iterable[T], *, keep_last: bool = False) -> Iterator[list[T]]:
+    """Every complete batch of ``items``; then, with ``keep_last``, the rest as smaller last
+    batches (``drain_rest``), so every item is in a batch; without it the rest is dropped, as in
+    open_clip."""
     for item in items:
         if (batch := batcher.push(item)) is not None:
             yield batch
     while (batch := batcher.drain()) is not None:
+        yield batch
+    while keep_last and (batch := batcher.drain_rest()) is not None:
         yield batch
 
 
@@ -124,6 +145,7 @@ class PairBatches:
     buffer_size: int = 4096
     indices: np.ndarray | None = None
     counts: np.ndarray | None = None
+    keep_last: bool = False  # the items left after the last full batch make smaller last batches
 
     def __iter__(self) -> Iterator[list[Pair]]:
         return self.batches()
@@ -131,7 +153,7 @@ class PairBatches:
     def num_batches(self) -> int:
         """The number of batches of the pass (replayed from the manifests)."""
         stream = records(pool_shards(self.manifest_dir), self.indices, self.counts)
-        return sum(1 for _ in batch_stream(self._batcher(), stream))
+        return sum(1 for _ in batch_stream(self._batcher(), stream, keep_last=self.keep_last))
 
     def batches(self, skip: int = 0) -> Iterator[list[Pair]]:
         shards = pool_shards(self.manifest_dir)
@@ -144,7 +166,7 @@ class PairBatches:
                 pulled += 1
                 yield record
 
-        replay = batch_stream(batcher, counted())
+        replay = batch_stream(batcher, counted(), keep_last=self.keep_last)
         for done in range(skip):
             if next(replay, None) is None:
                 raise ValueError(f"cannot skip {skip} batches: the pass has {done}")
@@ -153,7 +175,8 @@ class PairBatches:
             wanted = np.unique([r.sample_index for r in held])
             found = {p.sample_index: p for p in pairs_of(shards, self.shards_dir, wanted, None, 0)}
             batcher.map_held(lambda r: found[r.sample_index])
-        yield from batch_stream(batcher, pairs_of(shards, self.shards_dir, self.indices, self.counts, pulled))
+        yield from batch_stream(batcher, pairs_of(shards, self.shards_dir, self.indices, self.counts, pulled),
+                                keep_last=self.keep_last)
 
     def _batcher(self) -> ShuffleBatcher:
         return ShuffleBatcher(self.seed, self.batch_size, self.buffer_size)

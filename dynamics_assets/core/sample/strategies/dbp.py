@@ -75,7 +75,7 @@ class DBPPruning(DataclassParams):
         return mean_distance(pool) * d_inter(pool.centroids, self.l_nearest)
 
     def quotas(self, pool: ClusterPool) -> tuple[np.ndarray, np.ndarray]:
-        T = resolve_budget(self.budget, pool.budget_base)
+        T = resolve_budget(self.budget, pool.budget_base, most=pool.n_valid)
         return dbp_quotas(pool.sizes, self.complexity(pool), T, self.tau)
 
     def keep_mask(self, pool: ClusterPool, *, seed: int) -> np.ndarray:

@@ -89,7 +89,8 @@ class DynamicsSampler(DataclassParams):
             plan.meta.update(strategy=self.name, params=self.params(), reduced_to="uniform")  # keeps uniform's guarantees
             return plan
         sizes = pool.sizes
-        T = resolve_budget(self.budget, pool.n_valid)
+        T = resolve_budget(self.budget, pool.n_valid,
+                           most=pool.n_valid * (self.max_repeat if self.mode == "upsample" else 1))
         if self.mode == "bernoulli":
             p = reference_probabilities(sizes, T, self.alpha)
             idx, realised = selection.bernoulli(pool, p, seed=seed, epoch=epoch, stream=STREAM)

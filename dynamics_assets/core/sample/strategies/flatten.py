@@ -47,7 +47,7 @@ class FlattenSampler(DataclassParams):
 
     def draw(self, pool: ClusterPool, *, epoch: int, seed: int) -> Plan:
         sizes = pool.sizes
-        T = None if self.budget is None else resolve_budget(self.budget, pool.budget_base)
+        T = None if self.budget is None else resolve_budget(self.budget, pool.budget_base, most=pool.n_valid)
         targets, expected = flat_targets(sizes, t=None if self.t is None else int(self.t), budget=T)
         idx, mult, realised = selection.exact(pool, targets, seed=seed, epoch=epoch, stream=STREAM)
         return Plan(

@@ -38,7 +38,7 @@ class SSPPruning(DataclassParams):
 
     def quotas(self, pool: ClusterPool) -> np.ndarray:
         """Per-cluster quotas (balanced) or the single global quota [T]."""
-        T = resolve_budget(self.budget, pool.budget_base)
+        T = resolve_budget(self.budget, pool.budget_base, most=pool.n_valid)
         if self.balanced:
             return flat_targets(pool.sizes, budget=T)[0]
         if T > pool.n_valid:
