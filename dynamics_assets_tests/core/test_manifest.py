@@ -20,8 +20,8 @@ from dynamics_assets.core.io.webdataset import ShardReadError, iter_samples
 
 SPEC_COLUMNS = [
     "sample_id", "shard", "key", "row", "image_member", "text_member", "json_member", "caption",
-    "width", "height", "image_sha256", "meta_json", "status", "reason", "duplicate_of",
-    "image_offset", "image_size",
+    "width", "height", "pixels", "image_sha256", "meta_json", "status", "reason", "duplicate_of",
+    "image_offset", "image_size", "detail",
 ]
 
 

@@ -9,6 +9,13 @@ shard is taken only when both hold:
 2. it is *settled*: its size and mtime are the same as at the previous look (``advance``), so a
    writer that happens to stop at a block of zeros is not mistaken for a finished one.
 
+Compressed shards (gzip, bzip2 or xz, recognised by their magic bytes whatever the name) follow
+the one rule of ``io.webdataset`` that the manifest applies too: they are accepted, and complete
+when the decompressed tar reaches its end-of-archive marker (every member read through) and the
+compressed stream then ends properly (gzip: CRC and length trailer). A member name that is not
+valid UTF-8 does not make a shard incomplete: the manifest quarantines that sample
+(``bad_member_name``).
+
 ``advance`` is the pure step of the landing sensor: it takes the last cursor, what is in the folder
 now and which shards are registered already, and says which shards are ready, which wait (and
 why), and the next cursor. Registered shards are never offered again; a shard that landed while
@@ -24,6 +31,8 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
+
+from dynamics_assets.core.io.webdataset import STREAM_ERRORS, ShardReadError, compression, drain, ended_cleanly, tar_stream
 
 BLOCK = 512
 END_OF_ARCHIVE = 2 * BLOCK
@@ -41,11 +50,15 @@ def local_folder(uri: str | os.PathLike) -> Path:
 
 
 def tar_problem(path: str | os.PathLike) -> str | None:
-    """Why ``path`` is not (yet) a complete uncompressed tar, or None if it is one."""
+    """Why ``path`` is not (yet) a complete tar (uncompressed, or compressed as the module docstring
+    says), or None if it is one."""
     path = Path(path)
     size = path.stat().st_size
     if size == 0:
         return "empty file"
+    kind = compression(path)
+    if kind is not None:
+        return _compressed_problem(path, kind)
     if size % BLOCK:
         return f"size {size} is not a whole number of {BLOCK}-byte tar blocks (cut mid-block)"
     if size < END_OF_ARCHIVE:
@@ -63,6 +76,27 @@ def tar_problem(path: str | os.PathLike) -> str | None:
         return f"tar headers unreadable: {err}"
     if end > size - END_OF_ARCHIVE:
         return f"last member ends at byte {end}, past the end-of-archive marker at {size - END_OF_ARCHIVE}"
+    return None
+
+
+def _compressed_problem(path: Path, kind: str) -> str | None:
+    """Read the whole compressed stream: the tar must reach its end-of-archive marker and the
+    compressed stream must end properly after it."""
+    try:
+        with tar_stream(path) as (tar, stream):
+            try:
+                while tar.next() is not None:  # stream mode: reads through each member's data
+                    tar.members.clear()
+            except STREAM_ERRORS as err:
+                return f"{kind}-compressed tar unreadable: {err}"
+            clean = ended_cleanly(tar)
+            error = drain(stream)
+    except ShardReadError as err:
+        return f"{kind}-compressed tar unreadable: {err}"
+    if error is not None:
+        return f"{kind}-compressed stream cut or corrupt ({type(error).__name__}: {error}): still being written?"
+    if not clean:
+        return f"{kind}-compressed tar ends without its end-of-archive marker: still being written?"
     return None
 
 

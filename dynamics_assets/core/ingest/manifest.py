@@ -6,14 +6,21 @@ image with Pillow, and returns one row per sample key (``MANIFEST_SCHEMA``) with
 ``REASONS`` (the first that applies, in that order):
 
 =========================  =================================================================
-unreadable_shard           the file is not a readable tar at all; the shard's only row,
+unreadable_shard           the file is not a readable tar at all, or reading it failed in an
+                           unexpected way (``detail`` has the error); the shard's only row,
                            ``key`` null (one bad file must not kill a run over 1000 shards)
 truncated_tar              tail record: the tar is cut short / corrupt here; its samples
                            after this point are lost (``key`` null if none was started)
+bad_member_name            a member name is not valid UTF-8 (names are stored escaped)
+link_member                a member is a symbolic or hard link (never extracted or followed)
+special_member             a member is a device or a fifo
 non_consecutive_members    the key's members are split by another key's (webdataset order)
 duplicate_member           the key has the same extension twice
 missing_image              no jpg/jpeg/png/webp member
 multiple_images            more than one image member
+too_large                  the image header says more pixels than ``max_pixels`` (refused
+                           before decoding; default ``images.MAX_PIXELS``, 64 Mi px)
+decompression_bomb         Pillow refuses it as a decompression bomb (its warning made an error)
 corrupt_image              Pillow cannot open or fully decode the image
 missing_caption            no txt member
 bad_caption                the caption is not UTF-8
@@ -22,6 +29,11 @@ bad_json                   the json member is not a UTF-8 JSON object
 exact_duplicate            same image bytes and caption as an earlier ok row
 duplicate_sample_id        a different pair with the ``sample_id`` of an earlier ok row
 =========================  =================================================================
+
+Per-shard failures never stop other shards: an unexpected exception while reading one shard
+becomes that shard's ``unreadable_shard`` row (the error in ``detail``; the manifest is marked so
+that the next build reads the shard again). ``detail`` also says why for ``too_large``,
+``decompression_bomb`` and ``corrupt_image``. Compressed shards follow ``webdataset``'s one rule.
 
 ``sample_id`` is the sample's json ``uid`` when it is 32 hex characters (lowercased), else
 ``sha256(image bytes + b"\\0" + stripped caption UTF-8)[:32]`` — independent of the key and
@@ -47,7 +59,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import re
 from collections import Counter
@@ -58,8 +69,9 @@ from typing import Any, Iterable, Iterator
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
 
+from dynamics_assets.core.ingest import images
+from dynamics_assets.core.ingest.images import MAX_PIXELS
 from dynamics_assets.core.io import versions
 from dynamics_assets.core.io.atomic import write_json, write_parquet
 from dynamics_assets.core.io.webdataset import IMAGE_EXTS, MemberRef, RawSample, ShardReadError, iter_samples
@@ -68,10 +80,15 @@ OK, QUARANTINED = "ok", "quarantined"
 REASONS = (
     "unreadable_shard",
     "truncated_tar",
+    "bad_member_name",
+    "link_member",
+    "special_member",
     "non_consecutive_members",
     "duplicate_member",
     "missing_image",
     "multiple_images",
+    "too_large",
+    "decompression_bomb",
     "corrupt_image",
     "missing_caption",
     "bad_caption",
@@ -93,6 +110,7 @@ MANIFEST_SCHEMA = pa.schema(
         pa.field("caption", pa.string()),
         pa.field("width", pa.int32()),
         pa.field("height", pa.int32()),
+        pa.field("pixels", pa.int64()),  # width * height from the header (also when refused)
         pa.field("image_sha256", pa.string()),
         pa.field("meta_json", pa.string()),
         pa.field("status", pa.string(), nullable=False),
@@ -100,11 +118,12 @@ MANIFEST_SCHEMA = pa.schema(
         pa.field("duplicate_of", pa.string()),
         pa.field("image_offset", pa.int64()),  # byte offset / size of the image data in the tar
         pa.field("image_size", pa.int64()),    # (uncompressed tars): loaders seek straight to it
+        pa.field("detail", pa.string()),  # why, for some reasons (error text, pixel count)
     ]
 )
 OK_ROW_COLUMNS = ("sample_id", "shard", "row", "key", "image_member", "caption")
 METADATA_KEY = b"dynamics_assets.manifest"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 SUMMARY_NAME = "_summary.json"
 
 _UID = re.compile(r"[0-9a-fA-F]{32}")
@@ -116,17 +135,6 @@ _UID = re.compile(r"[0-9a-fA-F]{32}")
 def content_sample_id(image: bytes, caption: str) -> str:
     """First 32 hex chars of sha256(image bytes + b"\\0" + caption UTF-8)."""
     return hashlib.sha256(image + b"\0" + caption.encode("utf-8")).hexdigest()[:32]
-
-
-def _image_size(data: bytes, verify: bool) -> tuple[int, int] | None:
-    """(width, height), or None if Pillow cannot open it (or, with ``verify``, decode it)."""
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            if verify:
-                im.load()
-            return im.size
-    except Exception:  # Pillow raises many types (OSError, SyntaxError, ValueError, ...)
-        return None
 
 
 def _caption(member: MemberRef | None) -> tuple[str | None, str | None]:
@@ -165,24 +173,25 @@ def _name(member: MemberRef | None) -> str | None:
     return None if member is None else member.name
 
 
-def _describe(sample: RawSample, shard: str, verify_images: bool) -> dict[str, Any]:
+def _describe(sample: RawSample, shard: str, verify_images: bool, max_pixels: int | None) -> dict[str, Any]:
     """One manifest row for one sample."""
     problems = list(sample.problems)
-    images = [m for ext, m in sample.members.items() if ext in IMAGE_EXTS]
-    image = images[0] if images else None
-    if not images:
+    found = [m for ext, m in sample.members.items() if ext in IMAGE_EXTS]
+    image = found[0] if found else None
+    if not found:
         problems.append("missing_image")
-    elif len(images) > 1:
+    elif len(found) > 1:
         problems.append("multiple_images")
-    size = _image_size(image.data, verify_images) if image else None
-    if image and size is None:
-        problems.append("corrupt_image")
+    facts = images.inspect(image.data, verify=verify_images, max_pixels=max_pixels) if image else None
+    if facts and facts.problem:
+        problems.append(facts.problem)
     caption, caption_problem = _caption(sample.members.get("txt"))
     meta_json, uid, meta_problem = _meta(sample.members.get("json"))
     problems += [p for p in (caption_problem, meta_problem) if p]
     if uid is None and image is not None and caption is not None:
         uid = content_sample_id(image.data, caption)
     reason = _first_reason(problems)
+    detail = facts.detail if facts and reason == facts.problem else None
     return {
         "sample_id": uid,
         "shard": shard,
@@ -192,8 +201,9 @@ def _describe(sample: RawSample, shard: str, verify_images: bool) -> dict[str, A
         "text_member": _name(sample.members.get("txt")),
         "json_member": _name(sample.members.get("json")),
         "caption": caption,
-        "width": size[0] if size else None,
-        "height": size[1] if size else None,
+        "width": facts.width if facts else None,
+        "height": facts.height if facts else None,
+        "pixels": facts.pixels if facts else None,
         "image_sha256": hashlib.sha256(image.data).hexdigest() if image else None,
         "image_offset": image.offset if image else None,
         "image_size": len(image.data) if image and image.offset is not None else None,
@@ -201,19 +211,23 @@ def _describe(sample: RawSample, shard: str, verify_images: bool) -> dict[str, A
         "status": QUARANTINED if reason else OK,
         "reason": reason,
         "duplicate_of": None,
+        "detail": detail,
     }
 
 
 def _quarantine(row: dict[str, Any], problems: Iterable[str]) -> None:
     """Add problems to an existing row; its reason becomes the first applicable one."""
-    row["reason"] = _first_reason([*problems, *([row["reason"]] if row["reason"] else [])])
-    row["status"] = QUARANTINED
+    reason = _first_reason([*problems, *([row["reason"]] if row["reason"] else [])])
+    if reason != row["reason"]:
+        row["detail"] = None  # the detail explained the reason it had
+    row["reason"], row["status"] = reason, QUARANTINED
 
 
 # ----------------------------------------------------------------------------- one shard
 
 
-def _source_metadata(path: Path, verify_images: bool) -> dict[bytes, bytes]:
+def _source_metadata(path: Path, verify_images: bool, max_pixels: int | None,
+                     unexpected_error: bool = False) -> dict[bytes, bytes]:
     st = path.stat()
     info = {
         "format_version": FORMAT_VERSION,
@@ -221,34 +235,51 @@ def _source_metadata(path: Path, verify_images: bool) -> dict[bytes, bytes]:
         "source_size": st.st_size,
         "source_mtime_ns": st.st_mtime_ns,
         "verify_images": verify_images,
+        "max_pixels": max_pixels,
     }
+    if unexpected_error:
+        info["unexpected_error"] = True  # never reused: the next build reads the shard again
     return {METADATA_KEY: json.dumps(info, sort_keys=True).encode()}
 
 
-def _unreadable_row(shard: str) -> dict[str, Any]:
+def _unreadable_row(shard: str, detail: str) -> dict[str, Any]:
     row = {name: None for name in MANIFEST_SCHEMA.names}
-    row.update(shard=shard, row=0, status=QUARANTINED, reason="unreadable_shard")
+    row.update(shard=shard, row=0, status=QUARANTINED, reason="unreadable_shard", detail=detail)
     return row
 
 
-def read_shard_manifest(shard_path: str | Path, *, verify_images: bool = True) -> pa.Table:
+def _read_rows(path: Path, verify_images: bool, max_pixels: int | None) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for sample in iter_samples(path):
+        if sample.row < len(rows):  # a non-consecutive key seen again: still one row
+            _quarantine(rows[sample.row], sample.problems)
+        else:
+            rows.append(_describe(sample, path.name, verify_images, max_pixels))
+    return rows
+
+
+def read_shard_manifest(shard_path: str | Path, *, verify_images: bool = True,
+                        max_pixels: int | None = MAX_PIXELS) -> pa.Table:
     """Manifest of one shard: one row per sample key (plus a truncated tail record).
 
     The source size and mtime (taken before reading) are stored in the schema metadata
-    under ``METADATA_KEY``. A file that is not a tar gives one ``unreadable_shard`` row.
+    under ``METADATA_KEY``. A file that is not a tar, or whose reading fails unexpectedly,
+    gives one ``unreadable_shard`` row with the error in ``detail``; images with more than
+    ``max_pixels`` pixels (None: no cap) are ``too_large``.
     """
     path = Path(shard_path)
-    metadata = _source_metadata(path, verify_images)
-    rows: list[dict[str, Any]] = []
+    metadata = _source_metadata(path, verify_images, max_pixels)
     try:
-        for sample in iter_samples(path):
-            if sample.row < len(rows):  # a non-consecutive key seen again: still one row
-                _quarantine(rows[sample.row], sample.problems)
-            else:
-                rows.append(_describe(sample, path.name, verify_images))
-    except ShardReadError:
-        rows = [_unreadable_row(path.name)]
-    table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA.with_metadata(metadata))
+        rows = _read_rows(path, verify_images, max_pixels)
+        table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA.with_metadata(metadata))
+    except ShardReadError as err:
+        table = pa.Table.from_pylist([_unreadable_row(path.name, str(err))],
+                                     schema=MANIFEST_SCHEMA.with_metadata(metadata))
+    except Exception as err:  # one shard's failure must not stop the others: record it, name it
+        metadata = _source_metadata(path, verify_images, max_pixels, unexpected_error=True)
+        detail = f"{path}: {type(err).__name__}: {err}"
+        table = pa.Table.from_pylist([_unreadable_row(path.name, detail)],
+                                     schema=MANIFEST_SCHEMA.with_metadata(metadata))
     with duckdb.connect() as con:
         con.register("manifest", table)
         changes = _duplicate_changes(con).get(path.name, {})
@@ -263,7 +294,7 @@ def manifest_info(manifest_path: str | Path) -> dict[str, Any]:
     return json.loads(metadata[METADATA_KEY])
 
 
-def _is_current(manifest: Path, shard: Path, verify_images: bool) -> bool:
+def _is_current(manifest: Path, shard: Path, verify_images: bool, max_pixels: int | None) -> bool:
     if not manifest.exists():
         return False
     try:
@@ -277,6 +308,8 @@ def _is_current(manifest: Path, shard: Path, verify_images: bool) -> bool:
         and info.get("source_size") == st.st_size
         and info.get("source_mtime_ns") == st.st_mtime_ns
         and bool(info.get("verify_images") or not verify_images)
+        and info.get("max_pixels") == max_pixels
+        and not info.get("unexpected_error")
     )
 
 
@@ -461,7 +494,7 @@ def _summarise(per_shard: list[ShardCounts]) -> ManifestSummary:
 
 def build_manifest(
     shard_paths: Iterable[str | Path], out_dir: str | Path, *, verify_images: bool = True,
-    drop: Iterable[str] = (),
+    drop: Iterable[str] = (), max_pixels: int | None = MAX_PIXELS,
 ) -> ManifestSummary:
     """Manifest every shard, deduplicate the pool, write ``_summary.json``: a new version of the
     artefact root ``out_dir`` (see the module docstring); the summary names it (``version_dir``).
@@ -469,7 +502,8 @@ def build_manifest(
     Incremental: the current version's manifests are carried over (hardlinks) and one whose
     recorded source size+mtime match is reused. The duplicate pass and the summary cover every
     manifest of the version (shards added by earlier calls included), so ``out_dir`` is one pool;
-    ``drop`` (shard names or stems) leaves shards out of the new version.
+    ``drop`` (shard names or stems) leaves shards out of the new version. ``max_pixels`` is the
+    pixel cap (``too_large``); a manifest made under another cap is read again.
     """
     art = versions.Artefact(out_dir, "raw_pairs")
     read, reused, dropped = [], [], []
@@ -481,10 +515,10 @@ def build_manifest(
                 target.unlink()
                 dropped.append(Path(name).name)
         for shard, target in _manifest_targets(shard_paths, out):
-            if _is_current(target, shard, verify_images):
+            if _is_current(target, shard, verify_images, max_pixels):
                 reused.append(shard.name)
             else:
-                write_parquet(target, read_shard_manifest(shard, verify_images=verify_images))
+                write_parquet(target, read_shard_manifest(shard, verify_images=verify_images, max_pixels=max_pixels))
                 read.append(shard.name)
         manifests = manifest_files(out)
         with duckdb.connect() as con:

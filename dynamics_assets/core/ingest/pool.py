@@ -8,6 +8,12 @@ A selection (sorted global indices, optionally with a parallel multiplicity arra
 sample plan) is mapped onto shards with one vectorised ``np.searchsorted`` of the shard offsets:
 shards without a requested index are never opened, and an opened shard is read in one pass.
 Batching for training lives in ``train.loader``.
+
+A ``Pair`` holds its image undecoded (``Image.open`` reads only the header). ``collate`` decodes
+the images of a batch one by one (``images.decode_bounded``): each is checked against the pixel cap
+from its header, decoded reduced to at most about ``DECODE_SCALE`` times the model's input side
+(JPEG at a reduced DCT scale), preprocessed and released before the next is decoded, so a batch
+never holds more than one full-size image (``bench/bench_large_images.py`` measures the peak).
 """
 from __future__ import annotations
 
@@ -24,10 +30,12 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
+from dynamics_assets.core.ingest.images import MAX_PIXELS, check_pixels, decode_bounded
 from dynamics_assets.core.ingest.manifest import OK, manifest_files
 from dynamics_assets.core.io.webdataset import read_members, read_ranges
 
 _SAMPLE_ID = re.compile("[0-9a-fA-F]{32}")
+DECODE_SCALE = 2  # images are decoded down to no less than this multiple of the model's input side
 
 
 @dataclass(frozen=True)
@@ -197,22 +205,50 @@ def _open_image(data: bytes, tar_path: Path, member: str) -> Image.Image:
     """The image, decoded lazily (on first pixel access): a buffer of pairs holds encoded bytes."""
     try:
         return Image.open(io.BytesIO(data))
-    except (OSError, ValueError) as e:  # PIL.UnidentifiedImageError is an OSError
+    except (OSError, ValueError, Image.DecompressionBombError) as e:  # UnidentifiedImageError is an OSError
         raise ValueError(f"{tar_path}: member {member} is not a decodable image ({e})") from e
+
+
+def input_side(preprocess: Callable[[Image.Image], torch.Tensor]) -> int | None:
+    """The model's input side as a torchvision ``Compose`` (open_clip's preprocess) states it: the
+    largest ``size`` of its transforms; None if it states none."""
+    sizes = []
+    for transform in getattr(preprocess, "transforms", ()):
+        size = getattr(transform, "size", None)
+        values = [size] if isinstance(size, int) else list(size) if isinstance(size, (tuple, list)) else []
+        sizes += [v for v in values if isinstance(v, int)]
+    return max(sizes) if sizes else None
 
 
 def collate(
     pairs: Sequence[Pair],
     preprocess: Callable[[Image.Image], torch.Tensor],
     tokenizer: Callable[[list[str]], torch.Tensor],
+    *,
+    max_pixels: int | None = MAX_PIXELS,
+    min_side: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(images [B,3,H,W], tokens [B,L])`` for a batch of pairs."""
-    return torch.stack([_preprocess(preprocess, p) for p in pairs]), tokenizer([p.caption for p in pairs])
+    """``(images [B,3,H,W], tokens [B,L])`` for a batch of pairs, decoding one image at a time.
+
+    An image whose header says more than ``max_pixels`` is refused (``ValueError`` naming the
+    sample). Each image is decoded reduced while its shorter side stays >= ``min_side`` (default
+    ``DECODE_SCALE`` x the input side of ``preprocess``; full size if that is unknown)."""
+    if min_side is None and (side := input_side(preprocess)) is not None:
+        min_side = DECODE_SCALE * side
+    images = torch.stack([_preprocess(preprocess, p, max_pixels, min_side) for p in pairs])
+    return images, tokenizer([p.caption for p in pairs])
 
 
-def _preprocess(preprocess: Callable[[Image.Image], torch.Tensor], pair: Pair) -> torch.Tensor:
+def _preprocess(preprocess: Callable[[Image.Image], torch.Tensor], pair: Pair, max_pixels: int | None,
+                min_side: int | None) -> torch.Tensor:
+    where = f"sample {pair.sample_id} (index {pair.sample_index})"
+    check_pixels(pair.image, max_pixels, where)
     try:
-        return preprocess(pair.image)
-    except OSError as e:  # pixel data that does not decode (e.g. a truncated file)
-        where = f"sample {pair.sample_id} (index {pair.sample_index})"
+        image = decode_bounded(pair.image, min_side)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:  # e.g. a truncated file
         raise ValueError(f"{where}: image does not decode ({e})") from e
+    try:
+        return preprocess(image)
+    finally:
+        if image is not pair.image:
+            image.close()  # release its pixels before the next image is decoded

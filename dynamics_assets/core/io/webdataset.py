@@ -19,12 +19,28 @@ per sample, no seek). It never drops anything silently:
   again, with its original ``row``, flagged ``non_consecutive_members``;
 * a key with the same extension twice keeps the first member and is flagged
   ``duplicate_member``;
-* non-file members (directories, links, devices) are skipped; members with unknown
-  extensions are kept in ``RawSample.members`` for the caller to ignore.
+* a member name that is not valid UTF-8 is kept escaped (``safe_name``: undecodable bytes as
+  ``\\xNN``) and its sample flagged ``bad_member_name``;
+* a symbolic or hard link member flags its sample ``link_member`` and a device or fifo member
+  ``special_member``: nothing is ever extracted or followed, the sample is still yielded;
+* directory members are skipped (structure, not data); members with unknown extensions are kept
+  in ``RawSample.members`` for the caller to ignore.
+
+Compressed shards (gzip, bzip2, xz: recognised by their magic bytes, whatever the file name) are
+accepted everywhere under one rule (``tar_stream``, shared with the landing sensor): the stream is
+decompressed with the standard library (which checks the CRC and the end of the compressed
+stream), the tar inside must reach its end-of-archive marker, and the compressed stream is read to
+its end; a compressed stream cut or corrupt after the archive's end flags the last sample
+``truncated_tar`` (its data may be intact, but the shard is not what its writer finished).
 """
 from __future__ import annotations
 
+import bz2
+import contextlib
+import gzip
+import lzma
 import tarfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -35,6 +51,15 @@ IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 TRUNCATED_TAR = "truncated_tar"
 NON_CONSECUTIVE_MEMBERS = "non_consecutive_members"
 DUPLICATE_MEMBER = "duplicate_member"
+BAD_MEMBER_NAME = "bad_member_name"
+LINK_MEMBER = "link_member"
+SPECIAL_MEMBER = "special_member"
+
+# Compressed shards, recognised by their first bytes (as ``tarfile``'s "r|*" does).
+_MAGIC = ((b"\x1f\x8b", "gz"), (b"BZh", "bz2"), (b"\xfd7zXZ\x00", "xz"))
+_DECOMPRESSORS = {"gz": lambda raw: gzip.GzipFile(fileobj=raw, mode="rb"), "bz2": bz2.BZ2File, "xz": lzma.LZMAFile}
+# What reading a cut or corrupt (possibly compressed) stream raises.
+STREAM_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError)
 
 
 class ShardReadError(Exception):
@@ -64,6 +89,30 @@ class RawSample:
         return TRUNCATED_TAR in self.problems
 
 
+def safe_name(name: str) -> tuple[str, bool]:
+    """``(name, True)`` for a valid UTF-8 member name; else the name with its undecodable bytes
+    escaped (``b"caf\\xe9.jpg"`` -> ``"caf\\\\xe9.jpg"``) and False. ``tarfile`` decodes names with
+    ``surrogateescape``, so a non-UTF-8 name arrives holding lone surrogates that no UTF-8 writer
+    (parquet, JSON) accepts."""
+    try:
+        name.encode("utf-8")
+        return name, True
+    except UnicodeEncodeError:
+        pass
+    try:
+        raw = name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that is not an escaped byte
+        return name.encode("utf-8", "backslashreplace").decode("utf-8"), False
+    return raw.decode("utf-8", "backslashreplace"), False
+
+
+def compression(path: str | Path) -> str | None:
+    """"gz", "bz2" or "xz" when the file starts with that format's magic bytes, else None."""
+    with open(path, "rb") as f:
+        head = f.read(6)
+    return next((kind for magic, kind in _MAGIC if head.startswith(magic)), None)
+
+
 def split_member_name(name: str) -> tuple[str, str]:
     """``"dir/000123.Url.TXT"`` -> ``("dir/000123", "url.txt")``."""
     folder, slash, base = name.rpartition("/")
@@ -80,7 +129,7 @@ def read_members(shard_path: str | Path, names: Iterable[str]) -> dict[str, byte
     out: dict[str, bytes] = {}
     if not wanted:
         return out
-    with tarfile.open(shard_path, mode="r:*") as tar:
+    with tar_stream(shard_path) as (tar, _):
         for info in tar:
             if info.name in wanted and info.isfile():
                 f = tar.extractfile(info)
@@ -110,14 +159,54 @@ class _EndTrackingTarInfo(tarfile.TarInfo):
             raise
 
 
-def _open_stream(shard_path: str | Path) -> tarfile.TarFile:
-    try:
-        return tarfile.open(shard_path, mode="r|*", tarinfo=_EndTrackingTarInfo)
-    except tarfile.TarError as e:
-        raise ShardReadError(shard_path, e) from e
+class Decompressed:
+    """A decompressing reader for ``tarfile``: a compressed stream that is cut or corrupt reads as
+    the end of the data (so the tar reader yields what came before, as for a cut uncompressed tar)
+    and the error is kept in ``error``. ``read1`` returns what one step decompresses, so no data
+    decompressed before the error is lost."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.error: BaseException | None = None
+
+    def read(self, size: int = -1) -> bytes:
+        if self.error is not None:
+            return b""
+        try:
+            return self.inner.read1(size if size and size > 0 else 1 << 20)
+        except STREAM_ERRORS as e:
+            self.error = e
+            return b""
 
 
-def _ended_cleanly(tar: tarfile.TarFile) -> bool:
+@contextlib.contextmanager
+def tar_stream(shard_path: str | Path) -> Iterator[tuple[tarfile.TarFile, Decompressed | None]]:
+    """``(tar in stream mode, the decompressed reader or None)`` of one shard, compressed or not
+    (the one rule of the module docstring); ``ShardReadError`` if no first header can be read."""
+    with contextlib.ExitStack() as stack:
+        kind = compression(shard_path)  # a missing file raises FileNotFoundError, as open() does
+        raw = stack.enter_context(open(shard_path, "rb"))
+        stream = Decompressed(stack.enter_context(_DECOMPRESSORS[kind](raw))) if kind else None
+        try:
+            tar = tarfile.open(fileobj=stream or raw, mode="r|", tarinfo=_EndTrackingTarInfo)
+        except STREAM_ERRORS as e:
+            cause = stream.error if stream is not None and stream.error is not None else e
+            raise ShardReadError(shard_path, cause) from e
+        stack.enter_context(tar)
+        yield tar, stream
+
+
+def drain(stream: Decompressed | None) -> BaseException | None:
+    """Read a decompressed stream to its end; the error if it is cut or corrupt anywhere (the
+    decompressor checks the stream's end: gzip its CRC and length), else None."""
+    if stream is None:
+        return None
+    while stream.read(1 << 20):
+        pass
+    return stream.error
+
+
+def ended_cleanly(tar: tarfile.TarFile) -> bool:
     return isinstance(getattr(tar, "end_header_error", None), tarfile.EOFHeaderError)
 
 
@@ -128,10 +217,14 @@ def _start_group(key: str, rows: dict[str, int]) -> RawSample:
     return RawSample(key, rows[key])
 
 
+def _flag(sample: RawSample, problem: str) -> None:
+    if problem not in sample.problems:
+        sample.problems.append(problem)
+
+
 def _add_member(sample: RawSample, ext: str, member: MemberRef) -> None:
     if ext in sample.members:
-        if DUPLICATE_MEMBER not in sample.problems:
-            sample.problems.append(DUPLICATE_MEMBER)
+        _flag(sample, DUPLICATE_MEMBER)
         return
     sample.members[ext] = member
 
@@ -141,29 +234,37 @@ def iter_samples(shard_path: str | Path) -> Iterator[RawSample]:
     rows: dict[str, int] = {}
     current: RawSample | None = None
     complete = False
-    with _open_stream(shard_path) as tar:
-        seekable = getattr(tar.fileobj, "comptype", "tar") == "tar"  # offsets are file offsets
+    with tar_stream(shard_path) as (tar, stream):
+        seekable = stream is None  # offsets are file offsets only in an uncompressed tar
         while True:
             try:
                 info = tar.next()
-            except tarfile.TarError:
+            except STREAM_ERRORS:
                 break
             if info is None:
-                complete = _ended_cleanly(tar)
+                complete = ended_cleanly(tar)
                 break
             tar.members.clear()  # stream mode would otherwise keep every TarInfo of the shard
-            if not info.isfile():
+            if info.isdir():
                 continue
-            key, ext = split_member_name(info.name)
+            name, name_ok = safe_name(info.name)
+            key, ext = split_member_name(name)
             if current is None or key != current.key:
                 if current is not None:
                     yield current
                 current = _start_group(key, rows)
+            if not name_ok:
+                _flag(current, BAD_MEMBER_NAME)
+            if not info.isfile():  # never extracted, never followed
+                _flag(current, LINK_MEMBER if info.issym() or info.islnk() else SPECIAL_MEMBER)
+                continue
             try:
                 data = tar.extractfile(info).read()  # type: ignore[union-attr]
-            except tarfile.TarError:
+            except STREAM_ERRORS:
                 break
-            _add_member(current, ext, MemberRef(info.name, data, info.offset_data if seekable else None))
+            _add_member(current, ext, MemberRef(name, data, info.offset_data if seekable else None))
+        if complete and drain(stream) is not None:
+            complete = False
     if complete:
         if current is not None:
             yield current
