@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,7 +60,8 @@ def record(request) -> Recorder:
 def pytest_sessionfinish(session, exitstatus) -> None:
     if not _ROWS:
         return
-    default = Path(session.config.cache.makedir("faults")) / "faults.md" if session.config.cache else None
+    cache = getattr(session.config, "cache", None)
+    default = (Path(cache.makedir("faults")) if cache is not None else Path(tempfile.gettempdir())) / "faults.md"
     target = Path(os.environ.get("DYNAMICS_FAULT_TABLE") or default)
     lines = ["| area | probe | outcome |", "|---|---|---|"]
     for r in sorted(_ROWS, key=lambda r: (r.area, r.probe)):

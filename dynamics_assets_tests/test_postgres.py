@@ -198,7 +198,7 @@ def _sql(pg_home, query: str, *params):
 
 # --- the tests --------------------------------------------------------------------------------
 
-def test_postgres_instance_stores_runs_and_events(pg_home):
+def test_postgres_instance_stores_runs_and_events(pg_home, record):
     import psycopg2
 
     with pytest.raises(psycopg2.OperationalError, match="password"):  # the env password matters
@@ -226,6 +226,7 @@ def test_postgres_instance_stores_runs_and_events(pg_home):
     (n_mat,), = _sql(pg_home, "SELECT count(*) FROM event_logs WHERE run_id = %s AND "
                               "dagster_event_type = 'ASSET_MATERIALIZATION'", result.run_id)
     assert n_mat == 1
+    record("runs and event logs stored in a real PostgreSQL, read back with SQL; a wrong password refused")
 
 
 def _submit(instance, workspace_file: Path, jobs_and_tags):
@@ -285,7 +286,7 @@ def _no_overlap(intervals) -> bool:
     return all(a_end <= b_start for (_, a_end), (b_start, _) in zip(intervals, intervals[1:]))
 
 
-def test_run_queue_serialises_gpu_pool_and_same_partition(pg_home):
+def test_run_queue_serialises_gpu_pool_and_same_partition(pg_home, record):
     """Five runs queued at once, then one real daemon dequeues them (max 4 in progress):
     two pool_job runs meet at `rendezvous` (so they are in progress together) and their
     `gpu_step`s take turns on the 1-slot `gpu` pool; part_job p1 twice and p2 once: the second p1
@@ -348,5 +349,7 @@ def test_run_queue_serialises_gpu_pool_and_same_partition(pg_home):
     assert _no_overlap([part_iv[p1_a], part_iv[p1_b]]), part_iv
     # another partition is not held back: p2 (queued after both p1 runs) started before p1's second
     assert records[p2].start_time < second.start_time
+    record("two runs in flight, their gpu steps never overlapped; the second run of one partition queued "
+           "until the first ended; another partition not held back")
     print(f"run queue test: {elapsed:.1f} s; gpu {sorted(gpu_iv.values())}; "
           f"p1 runs {[(first.start_time, first.end_time), (second.start_time, second.end_time)]}")
