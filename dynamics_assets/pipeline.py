@@ -65,6 +65,8 @@ def configure_output(verbose: bool, progress: bool = True) -> None:
         warnings.filterwarnings("ignore", message=r".*is deprecated and will be removed in", category=DeprecationWarning)
         # open_clip's notice (on the root logger) when a model starts from random weights, as epoch 1 does here
         logging.getLogger().addFilter(_drop_random_init_notice)
+        # MLflow's own INFO lines (creating its SQLite tables on the first run)
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
     from dynamics_assets.core.io import progress as bars
 
     if not progress:
