@@ -65,8 +65,9 @@ def configure_output(verbose: bool, progress: bool = True) -> None:
         warnings.filterwarnings("ignore", message=r".*is deprecated and will be removed in", category=DeprecationWarning)
         # open_clip's notice (on the root logger) when a model starts from random weights, as epoch 1 does here
         logging.getLogger().addFilter(_drop_random_init_notice)
-        # MLflow's own INFO lines (creating its SQLite tables on the first run)
-        logging.getLogger("mlflow").setLevel(logging.WARNING)
+        # MLflow's own INFO lines (creating its SQLite tables on the first run); mlflow reads this
+        # when it is imported (inside the asset bodies)
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     from dynamics_assets.core.io import progress as bars
 
     if not progress:
