@@ -33,13 +33,20 @@ def reference_model(context: dg.AssetExecutionContext, config: ReferenceModelCon
     """A small open_clip model trained on all valid raw pairs: the offline default encoder (no
     pretrained weights can be downloaded here) and the reference model of the baselines.
     Its checkpoint loads with ``open_clip.create_model_and_transforms(model_name, pretrained=path)``."""
+    from dynamics_assets.core.io.versions import Artefact
     from dynamics_assets.core.train.loop import train_reference_model
 
-    out = storage.layout.artifact("reference_model", f"{config.model_name}.pt")
-    metrics = train_reference_model(
-        raw_pairs.manifest_dir, raw_pairs.shards_dir, out, model_name=config.model_name,
-        epochs=config.epochs, batch_size=config.batch_size, seed=config.seed, device=gpu.resolved_device(),
-        reuse=not config.retrain)
+    # A new version of the artefact, starting from links to the current one (so an unchanged pool
+    # and settings reuse the checkpoint); a crash keeps the staging directory and its step
+    # checkpoints, and the next run resumes from them.
+    artefact = Artefact(storage.layout.artifact("reference_model"))
+    with artefact.write(base=artefact.current(), resume=True, keep_on_error=True,
+                        refs={"manifest": raw_pairs.manifest_dir}) as staging:
+        metrics = train_reference_model(
+            raw_pairs.manifest_dir, raw_pairs.shards_dir, staging / f"{config.model_name}.pt",
+            model_name=config.model_name, epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
+            device=gpu.resolved_device(), reuse=not config.retrain)
+    out = staging.version_dir / f"{config.model_name}.pt"
     context.add_output_metadata({
         "checkpoint": dg.MetadataValue.path(str(out)), "model_name": config.model_name,
         **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str))},
