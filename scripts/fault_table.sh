@@ -4,7 +4,7 @@ source "$(dirname "$0")/env.sh"
 export DAGSTER_HOME="$(mktemp -d)"
 cp dagster.yaml "$DAGSTER_HOME/"
 export DYNAMICS_FAULT_TABLE="$ROOT/docs/faults.md"
-python -m pytest dynamics_assets_tests/faults dynamics_assets_tests/test_postgres.py -q -p no:warnings "$@"
+python -m pytest dynamics_assets_tests/faults dynamics_assets_tests/test_postgres.py dynamics_assets_tests/test_pool_encoder.py -q -p no:warnings "$@"
 python - "$DYNAMICS_FAULT_TABLE" README.md <<'PY'
 import sys
 from pathlib import Path
