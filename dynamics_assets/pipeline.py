@@ -36,9 +36,17 @@ QUIET_RUN_CONFIG: dict[str, Any] = {"loggers": {"console": {"config": {"log_leve
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m dynamics_assets.pipeline", description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", nargs="*", help="epoch partition keys (default: all)")
-    parser.add_argument("--recipes", nargs="*", help="recipe partition keys, or 'all' "
-                        "(default: the default recipe of data/experiments.yaml, first seed)")
+    parser.add_argument("--source", help="the pool: a folder of webdataset .tar shards (img2dataset layout) as a "
+                        "path, a file:// URI or an fsspec URI (s3://, gs://, memory://, …); default: the "
+                        "embedded synthetic pool. The same as raw_shards' `source` in the Dagster run config")
+    parser.add_argument("--eval", dest="eval_set", help="a labelled evaluation set: an ImageFolder (one folder per "
+                        "class) or a clip_benchmark webdataset folder; without one a user's pool is evaluated "
+                        "by retrieval only")
+    parser.add_argument("--epochs", nargs="*", help="a number of epochs N (epoch-001 … epoch-N), or epoch "
+                        "partition keys (default: every epoch partition, DYNAMICS_EPOCHS)")
+    parser.add_argument("--recipes", "--recipe", nargs="*", help="recipe names or recipe partition keys "
+                        "(dynamics-50 or dynamics-50.s0), or 'all' (default: the default recipe of "
+                        "data/experiments.yaml, first seed)")
     parser.add_argument("--skip-existing", action="store_true",
                         help="curate_pool: materialise only its assets that have never been materialised "
                              "(and what depends on them); skip recipe × epoch partitions whose eval_report "
@@ -49,9 +57,52 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run_config(verbose: bool) -> dict[str, Any]:
-    """The run config given to every job: Dagster's default console logging when verbose, else WARNING."""
-    return {} if verbose else {k: dict(v) for k, v in QUIET_RUN_CONFIG.items()}
+def run_config(verbose: bool, ops: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The run config given to every job: Dagster's default console logging when verbose, else
+    WARNING; ``ops``: per-asset config (e.g. raw_shards' source)."""
+    config = {} if verbose else {k: dict(v) for k, v in QUIET_RUN_CONFIG.items()}
+    if ops:
+        config["ops"] = {name: {"config": dict(values)} for name, values in ops.items()}
+    return config
+
+
+def pool_config(source: str | None, eval_set: str | None) -> dict[str, dict[str, Any]]:
+    """raw_shards' config for ``--source`` / ``--eval`` (nothing when neither is given)."""
+    values = {k: v for k, v in (("source", source), ("eval", eval_set)) if v}
+    return {"raw_shards": values} if values else {}
+
+
+def epoch_keys(requested: Sequence[str] | None, available: Sequence[str]) -> list[str]:
+    """``--epochs``: one integer N → the first N epoch keys; keys → themselves, checked."""
+    if not requested:
+        return list(available)
+    if len(requested) == 1 and requested[0].isdigit():
+        n = int(requested[0])
+        if not 1 <= n <= len(available):
+            sys.exit(f"--epochs {n}: this code location has epochs 1 … {len(available)} (DYNAMICS_EPOCHS)")
+        return list(available[:n])
+    if unknown := [e for e in requested if e not in available]:
+        sys.exit(f"unknown epoch(s) {unknown}; known: {list(available)}")
+    return list(requested)
+
+
+def recipe_keys(requested: Sequence[str] | None, experiments) -> list[str]:
+    """``--recipes``: 'all' (seed-major), names (their first seed) or partition keys."""
+    recipes = experiments.recipes
+    if requested == ["all"]:  # seed-major: every recipe's first seed before any second seed
+        return sorted(recipes, key=lambda k: (recipes[k].seed, list(recipes).index(k)))
+    if not requested:
+        return experiments.default_keys
+    keys = []
+    for r in requested:
+        if r in recipes:
+            keys.append(r)
+        elif named := [k for k, v in recipes.items() if v.name == r]:
+            keys.append(named[0])
+        else:
+            sys.exit(f"unknown recipe {r!r}; known: {sorted({v.name for v in recipes.values()})} "
+                     f"or their partition keys {sorted(recipes)}")
+    return keys
 
 
 def configure_output(verbose: bool, progress: bool = True) -> None:
@@ -216,13 +267,13 @@ def _root_cause(error: Any) -> str:
 
 def execute(job: "dg.JobDefinition", instance: "dg.DagsterInstance", *, verbose: bool, title: str,
             out: TextIO = sys.stdout, seen: dict[str, dict[str, Any]] | None = None,
-            **kwargs: Any) -> "dg.ExecuteInProcessResult":
+            ops: Mapping[str, Any] | None = None, **kwargs: Any) -> "dg.ExecuteInProcessResult":
     """``job.execute_in_process`` in ``instance``, a title line, then one line per finished step
     (``seen`` collects each materialised asset's metadata)."""
     print(title, file=out, flush=True)
     run_id = str(uuid.uuid4())
     instance.add_event_listener(run_id, StepReporter(out, seen=seen))
-    return job.execute_in_process(run_config=run_config(verbose), instance=instance, raise_on_error=False,
+    return job.execute_in_process(run_config=run_config(verbose, ops), instance=instance, raise_on_error=False,
                                   run_id=run_id, **kwargs)
 
 
@@ -251,6 +302,9 @@ def _missing_curation(defs: "dg.Definitions", job: "dg.JobDefinition", instance:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.epochs and len(args.epochs) == 1 and args.epochs[0].isdigit():
+        # the epoch partitions (and the cosine schedule's span) are defined when the code location loads
+        os.environ["DYNAMICS_EPOCHS"] = args.epochs[0]
     if "DAGSTER_HOME" not in os.environ:
         sys.exit("DAGSTER_HOME is not set: run `bash scripts/pipeline.sh`, which sets it to data/dagster_home")
     configure_output(args.verbose, progress=not args.no_progress)
@@ -266,26 +320,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = lambda job, title, **kw: execute(job, instance, verbose=args.verbose, title=title, seen=seen, **kw)  # noqa: E731
 
     curation = defs.resolve_job_def("curate_pool")
+    pool_ops = pool_config(args.source, args.eval_set)
     selection = _missing_curation(defs, curation, instance) if args.skip_existing else None
     if selection == []:
         print("curate_pool: every asset already materialised (--skip-existing)", flush=True)
     else:
         title = "curate_pool" if selection is None else \
             f"curate_pool (--skip-existing: {', '.join(k.to_user_string() for k in selection)})"
-        result = run(curation, title, asset_selection=selection)
+        result = run(curation, title, asset_selection=selection, ops=pool_ops)
         if not result.success:
             print(f"curate_pool failed (run {result.run_id})", file=sys.stderr)
             return 1
     epoch_job = defs.resolve_job_def("train_epoch")
-    epochs = args.epochs or epoch_job.partitions_def.get_partitions_def_for_dimension("epoch").get_partition_keys()
-    recipe_defs = experiments.recipes
-    if args.recipes == ["all"]:  # seed-major: every recipe's first seed before any second seed
-        recipes = sorted(recipe_defs, key=lambda k: (recipe_defs[k].seed, list(recipe_defs).index(k)))
-    else:
-        recipes = args.recipes or experiments.default_keys
-    unknown = set(recipes) - set(recipe_defs)
-    if unknown:
-        sys.exit(f"unknown recipe partition(s) {sorted(unknown)}; known: {sorted(recipe_defs)}")
+    epochs = epoch_keys(args.epochs, epoch_job.partitions_def.get_partitions_def_for_dimension("epoch").get_partition_keys())
+    recipes = recipe_keys(args.recipes, experiments)
     for recipe in recipes:
         for epoch in epochs:
             key = dg.MultiPartitionKey({"recipe": recipe, "epoch": epoch})

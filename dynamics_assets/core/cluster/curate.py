@@ -22,6 +22,26 @@ from dynamics_assets.core.embed.store import EmbeddingStore
 from dynamics_assets.core.io import versions
 
 
+MIN_POINTS_PER_CENTROID = 39  # faiss warns below this many training points per centroid
+
+
+def k_for(n: int) -> int:
+    """k for a pool of ``n`` embedded pairs when none is set: round(0.73·√n), at most n/39 (faiss's
+    minimum of 39 training points per centroid), at least 1. The default pool's 18,900 pairs → 100;
+    782 → 20; 10⁶ → 730; 10⁸ → 7,300 (√n growth keeps clusters' mean size ~1.4·√n)."""
+    import math
+
+    return max(1, min(round(0.73 * math.sqrt(n)), n // MIN_POINTS_PER_CENTROID))
+
+
+def k_warning(k: int, n: int) -> str | None:
+    if k > n // MIN_POINTS_PER_CENTROID:
+        return (f"k = {k} is above N/{MIN_POINTS_PER_CENTROID} = {n // MIN_POINTS_PER_CENTROID} for this pool of "
+                f"{n} pairs: faiss fits each centroid on fewer than {MIN_POINTS_PER_CENTROID} points and the "
+                f"clusters are noise; the rule for this pool would give k = {k_for(n)}")
+    return None
+
+
 @dataclass(frozen=True)
 class ClusterParams:
     """k centroids fitted on ``sample_size`` rows of the ``embedding`` kind ("image" or "text");

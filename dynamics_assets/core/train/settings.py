@@ -65,3 +65,34 @@ class TrainSettings:
     def settings(self) -> "TrainSettings":
         """The bare settings (an ``EpochJob`` without its paths)."""
         return TrainSettings(**{f.name: getattr(self, f.name) for f in dataclasses.fields(TrainSettings)})
+
+
+# ---------------------------------------------------------------------------------------------
+# Defaults that fit the pool (used when a setting is left unset)
+# ---------------------------------------------------------------------------------------------
+
+MAX_BATCH = 256
+MIN_BATCH = 16
+REFERENCE_MIN_STEPS = 140  # what the default 20k-pair pool gets in 2 epochs of 256
+
+
+def batch_for(n_pairs: int) -> int:
+    """Batch size for a pool of ``n_pairs``: the largest power of two ≤ n/32 (at least 32 batches
+    per epoch), between 16 and 256. 20,000 pairs → 256; 782 → 16."""
+    target = max(1, n_pairs // 32)
+    power = 1 << (target.bit_length() - 1)
+    return max(MIN_BATCH, min(MAX_BATCH, power))
+
+
+def reference_epochs_for(n_pairs: int, batch_size: int) -> int:
+    """Epochs of the reference model so that it takes at least ``REFERENCE_MIN_STEPS`` optimiser
+    steps (and at least 2 epochs): 20,000 pairs at 256 → 2 epochs (146 steps); 782 at 16 → 3."""
+    per_epoch = max(1, n_pairs // batch_size)
+    return max(2, -(-REFERENCE_MIN_STEPS // per_epoch))
+
+
+def near_chance(final_loss: float, batch_size: int) -> bool:
+    """A CLIP loss still within 10% of chance (ln of the batch size): the model learnt nothing."""
+    import math
+
+    return not final_loss < 0.9 * math.log(max(2, batch_size))

@@ -26,7 +26,7 @@ class ClusteringConfig(dg.Config):
     ``drift_threshold`` (relative), or the parameters or encoder changed; "assign" always keeps
     them; "retrain" always fits anew."""
 
-    k: int = 100
+    k: Optional[int] = None  # empty: round(0.73·√N), at most N/39 (core/cluster/curate.k_for)
     sample_size: int = 100_000
     niter: int = 20
     seed: int = 0
@@ -41,9 +41,13 @@ def clusters(context: dg.AssetExecutionContext, config: ClusteringConfig, raw_pa
              pair_embeddings: PoolEmbeddings, storage: StorageResource, gpu: GpuResource) -> PoolClusters:
     """Cluster id and cosine distance to the centroid of every embedded pair, and the centroids.
     On re-curation the centroids are kept, or re-trained when the new data drifts from them."""
-    from dynamics_assets.core.cluster.curate import ClusterParams, cluster_pool
+    from dynamics_assets.core.cluster.curate import ClusterParams, cluster_pool, k_for, k_warning
 
-    params = ClusterParams(k=config.k, sample_size=config.sample_size, niter=config.niter, seed=config.seed,
+    k = config.k if config.k is not None else k_for(pair_embeddings.n)
+    warnings = [w for w in [k_warning(k, pair_embeddings.n)] if w]
+    for w in warnings:
+        context.log.warning(w)
+    params = ClusterParams(k=k, sample_size=config.sample_size, niter=config.niter, seed=config.seed,
                            embedding=config.embedding, merge_threshold=config.merge_threshold)
     result = cluster_pool(pair_embeddings.embeddings_dir, raw_pairs.manifest_dir, storage.layout.artifact("clusters"), params,
                           refresh=config.refresh, drift_threshold=config.drift_threshold,
@@ -53,6 +57,8 @@ def clusters(context: dg.AssetExecutionContext, config: ClusteringConfig, raw_pa
     context.add_output_metadata({
         **result.decision.metadata(),
         "k_trained": result.k_trained, "k": result.k, "merged": result.k_trained - result.k,
+        "k_rule": "set" if config.k is not None else f"round(0.73·√N) capped at N/39 for N = {pair_embeddings.n}",
+        "warnings": dg.MetadataValue.md("\n".join(f"- ⚠ {w}" for w in warnings) or "none"),
         **{k: v for k, v in info.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
            and not (isinstance(v, float) and math.isnan(v))},
         "clusters_dir": dg.MetadataValue.path(str(result.clusters_dir)), "pool_version": result.pool_version,

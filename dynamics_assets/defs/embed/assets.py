@@ -21,8 +21,8 @@ class ReferenceModelConfig(dg.Config):
     settings (by default it is reused, so re-curating an unchanged pool keeps its encoder)."""
 
     model_name: str = "dynamics-tiny-32"
-    epochs: int = 2
-    batch_size: int = 256
+    epochs: Optional[int] = None  # empty: enough for ≥ 140 steps, at least 2 (train.settings.reference_epochs_for)
+    batch_size: Optional[int] = None  # empty: a power of two ≤ N/32 in [16, 256] (train.settings.batch_for)
     seed: int = 0
     retrain: bool = False
 
@@ -35,6 +35,10 @@ def reference_model(context: dg.AssetExecutionContext, config: ReferenceModelCon
     Its checkpoint loads with ``open_clip.create_model_and_transforms(model_name, pretrained=path)``."""
     from dynamics_assets.core.io.versions import Artefact
     from dynamics_assets.core.train.loop import train_reference_model
+    from dynamics_assets.core.train.settings import batch_for, near_chance, reference_epochs_for
+
+    batch = config.batch_size or batch_for(raw_pairs.n_ok)
+    epochs = config.epochs or reference_epochs_for(raw_pairs.n_ok, batch)
 
     # A new version of the artefact, starting from links to the current one (so an unchanged pool
     # and settings reuse the checkpoint); a crash keeps the staging directory and its step
@@ -44,11 +48,21 @@ def reference_model(context: dg.AssetExecutionContext, config: ReferenceModelCon
                         refs={"manifest": raw_pairs.manifest_dir}) as staging:
         metrics = train_reference_model(
             raw_pairs.manifest_dir, raw_pairs.shards_dir, staging / f"{config.model_name}.pt",
-            model_name=config.model_name, epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
+            model_name=config.model_name, epochs=epochs, batch_size=batch, seed=config.seed,
             device=gpu.resolved_device(), reuse=not config.retrain)
     out = staging.version_dir / f"{config.model_name}.pt"
+    warnings = []
+    if near_chance(float(metrics["final_loss"]), batch):
+        warnings.append(f"the reference model ended at loss {float(metrics['final_loss']):.3f}, within 10% of chance "
+                        f"(ln {batch} = {__import__('math').log(batch):.3f}): it learnt nothing, and the embeddings "
+                        "and clusters made with it will not follow the content; train longer or configure a "
+                        "pretrained encoder for pair_embeddings")
+    for w in warnings:
+        context.log.warning(w)
     context.add_output_metadata({
         "checkpoint": dg.MetadataValue.path(str(out)), "model_name": config.model_name,
+        "epochs": epochs, "batch_size": batch,
+        "warnings": dg.MetadataValue.md("\n".join(f"- ⚠ {w}" for w in warnings) or "none"),
         **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str))},
     })
     return ReferenceModel(checkpoint=str(out), model_name=config.model_name, steps=int(metrics["steps"]),

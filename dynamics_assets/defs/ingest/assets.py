@@ -1,6 +1,7 @@
 """Stage 1 — ingest: locate (or generate) the webdataset shards, and manifest every pair."""
 
 from pathlib import Path
+from typing import Optional
 
 import dagster as dg
 
@@ -13,9 +14,13 @@ GROUP = "raw_data"
 
 class RawShardsConfig(dg.Config):
     """``source``: "synthetic" (the embedded default pool, generated deterministically), or a
-    folder of webdataset ``.tar`` shards (img2dataset layout)."""
+    folder of webdataset ``.tar`` shards (img2dataset layout): a path, a ``file://`` URI, or an
+    fsspec URI (``s3://``, ``gs://``, ``memory://``, …; staged into ``data/raw/remote/`` file by
+    file). ``eval``: a labelled evaluation set (an ImageFolder or a clip_benchmark webdataset
+    folder); empty for a user's pool: evaluation by retrieval only."""
 
     source: str = "synthetic"
+    eval: Optional[str] = None
     pairs: int = 20_000
     seed: int = 0
     samples_per_shard: int = 2_000
@@ -36,12 +41,13 @@ def raw_shards(context: dg.AssetExecutionContext, config: RawShardsConfig, stora
         extra = {"eval_dir": str(ds.eval_dir), "ground_truth": str(ds.ground_truth_path),
                  "dirt_counts": dict(ds.dirt_counts)}
     else:
-        from dynamics_assets.core.ingest.landing import local_folder
+        from dynamics_assets.core.ingest.sources import resolve_source
 
-        shards_dir = local_folder(config.source).expanduser().resolve()
-        if not shards_dir.is_dir():
-            raise dg.Failure(f"raw shard folder {shards_dir} does not exist")
-        extra = {}
+        try:
+            shards_dir = resolve_source(config.source, layout.root / "raw" / "remote")
+        except (FileNotFoundError, OSError, ValueError) as e:
+            raise dg.Failure(f"raw_shards source {config.source!r}: {e}") from e
+        extra = {"eval_dir": config.eval} if config.eval else {}
     shards = tuple(sorted(p.name for p in shards_dir.glob("*.tar")))
     if not shards:
         raise dg.Failure(f"no .tar shards in {shards_dir}")
@@ -61,6 +67,7 @@ def raw_pairs(context: dg.AssetExecutionContext, raw_shards: RawShards, storage:
     caption, image size, status; bad pairs quarantined with a reason, exact duplicates found
     across shards with DuckDB. ok + quarantined = every pair read."""
     from dynamics_assets.core.ingest.manifest import build_manifest, manifest_files
+    from dynamics_assets.core.ingest.sources import img2dataset_stats, stats_mismatches
     from dynamics_assets.core.io.versions import Artefact
 
     shards_dir = Path(raw_shards.shards_dir)
@@ -71,6 +78,10 @@ def raw_pairs(context: dg.AssetExecutionContext, raw_shards: RawShards, storage:
     gone = sorted({name for name, _ in manifest_files(current)} - set(raw_shards.shards)) if current else []
     summary = build_manifest([shards_dir / s for s in raw_shards.shards], root, drop=gone)
     out = summary.version_dir
+    stats = img2dataset_stats(shards_dir)
+    mismatches = stats_mismatches(stats, {c.shard: c.rows for c in summary.per_shard}, raw_shards.shards)
+    for m in mismatches:
+        context.log.warning(f"{m.shard}: {m.note}")
     context.log.info(f"manifest: {summary.ok} ok, {summary.quarantined} quarantined "
                      f"({summary.by_reason}); read {len(summary.read_shards)} shard(s), "
                      f"reused {len(summary.reused_shards)}, dropped {len(summary.dropped_shards)} gone from the source")
@@ -79,6 +90,11 @@ def raw_pairs(context: dg.AssetExecutionContext, raw_shards: RawShards, storage:
         "quarantine_reasons": md_table(["reason", "pairs"], sorted(summary.by_reason.items())),
         "empty_shards": len(summary.empty_shards),
         "shards_gone_from_source": dg.MetadataValue.json(list(summary.dropped_shards)),
+        "img2dataset_stats": ("no _stats.json files" if not stats else
+                              f"{len(stats)} stats files, {len(mismatches)} shard(s) disagree"),
+        **({"img2dataset_mismatches": md_table(["shard", "img2dataset successes", "manifest rows", "note"],
+                                               [(m.shard, m.stated, m.read, m.note) for m in mismatches])}
+           if mismatches else {}),
         "manifest_version": str(summary.version_id),
         "manifest_dir": dg.MetadataValue.path(str(out)),
         "dagster/row_count": summary.total,

@@ -54,7 +54,11 @@ def checkpoint(context: dg.AssetExecutionContext, config: TrainingConfig, sample
     from dynamics_assets.core.train.launch import LaunchError, run_under_torchrun
 
     recipe, epoch_key = recipe_and_epoch(context)
+    from dynamics_assets.core.train.settings import batch_for
+
     settings = TrainSettings(**config.model_dump()).with_overrides(recipe.training, source=f"recipe {recipe.name}")
+    if "batch_size" not in config.model_fields_set and "batch_size" not in recipe.training:
+        settings = dataclasses.replace(settings, batch_size=batch_for(clusters.n))  # the rule for this pool size
     settings = dataclasses.replace(settings, seed=settings.seed + 1000 * recipe.seed)
     out = storage.layout.artifact("checkpoint", str(partition_dir(recipe, epoch_key)))
     job = EpochJob(
