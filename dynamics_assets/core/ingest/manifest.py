@@ -28,6 +28,10 @@ empty_caption              the caption is empty after stripping whitespace
 bad_json                   the json member is not a UTF-8 JSON object
 exact_duplicate            same image bytes and caption as an earlier ok row
 duplicate_sample_id        a different pair with the ``sample_id`` of an earlier ok row
+unreadable_part            (precomputed pools) the part's embeddings are missing, unreadable or
+                           not row-aligned with its metadata (``detail`` says which)
+bad_uid                    (precomputed pools) the uid is missing or not 32 hex characters
+invalid_embedding          (precomputed pools) a non-finite or zero image or text embedding
 =========================  =================================================================
 
 Per-shard failures never stop other shards: an unexpected exception while reading one shard
@@ -96,6 +100,10 @@ REASONS = (
     "bad_json",
     "exact_duplicate",
     "duplicate_sample_id",
+    # Pools that ship precomputed embeddings (``ingest.precomputed``) only:
+    "unreadable_part",
+    "bad_uid",
+    "invalid_embedding",
 )
 
 MANIFEST_SCHEMA = pa.schema(
