@@ -53,3 +53,20 @@ def test_d_inter_uses_the_l_nearest_other_centroids():
     np.testing.assert_allclose(got[0], 1 - np.cos(0.1), atol=1e-6)
     np.testing.assert_allclose(got[2], 1 - np.cos(np.pi / 2 - 0.1), atol=1e-6)
     np.testing.assert_allclose(d_inter(c, l=3, block=2), d_inter(c, l=3), atol=1e-7)
+
+
+def test_top_words_are_unicode_words_without_english_stop_words(tmp_path):
+    import unicodedata
+
+    captions = ["Café naïve can only one", "café NAÏVE, one can only", unicodedata.normalize("NFD", "naïve café"),
+                "the only one 2024 x café"]
+    ids = [f"{i:032x}" for i in range(len(captions))]
+    pq.write_table(pa.table({"sample_id": ids, "cluster_id": np.zeros(4, np.int32),
+                             "distance": np.zeros(4, np.float32)}), tmp_path / "assignments.parquet")
+    (tmp_path / "manifest").mkdir()
+    pq.write_table(pa.table({"sample_id": ids, "caption": captions, "status": ["ok"] * 4}),
+                   tmp_path / "manifest" / "shard-0.parquet")
+    stats = compute_cluster_stats(tmp_path / "assignments.parquet", np.eye(1, 4, dtype=np.float32),
+                                  tmp_path / "manifest", tmp_path / "stats")
+    # accented words whole (NFC and NFD spellings counted as one), no stop words, no numbers, no 1-letter words
+    assert stats.table.to_pydict()["top_words"] == ["café (4), naïve (3)"]

@@ -7,7 +7,8 @@ For cluster c with L2-normalised centroid μ_c and members x_i (cosine distance 
   d_inter     mean over the l nearest other centroids of 1 − cos(μ_c, μ_k)   (DBP, l = 20)
   complexity  d_intra · d_inter               (DBP: Abbas et al., "Effective pruning of web-scale
                                                datasets based on complexity of concept clusters")
-  top_words   the most frequent caption words of the cluster, so a person can read what it is.
+  top_words   the most frequent caption words of the cluster, so a person can read what it is
+              (Unicode words; English stop words removed: ``cluster.stopwords``).
 
 The per-sample aggregation and the word counts run in DuckDB with a memory limit and a spill
 directory; only the K×D centroids are held in memory (d_inter is a blocked nearest-centroid search).
@@ -26,15 +27,16 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from dynamics_assets.core.cluster.stopwords import STOPWORDS
 from dynamics_assets.core.io import versions
 from dynamics_assets.core.io.atomic import write_parquet
 
 STATS_NAME = "cluster_stats.parquet"
 
-STOPWORDS = (
-    "a an the of on in at to and or with my our your this that is are was for from by it its "
-    "photo picture image drawing rendering close up shot view some there here very small big"
-).split()
+# Words of a caption: runs of letters, combining marks and digits (Unicode-aware, RE2 classes), after
+# NFC normalisation and lower-casing ("Café" and a decomposed "café" are one word); a word counts if
+# it has at least 2 characters, at least one letter (numbers are dropped) and is no stop word.
+WORD_SEPARATOR = r"[^\p{L}\p{M}\p{N}]+"
 
 
 def d_inter(centroids: np.ndarray, l: int = 20, block: int = 4096) -> np.ndarray:
@@ -113,12 +115,13 @@ def compute_cluster_stats(assignments: str | Path, centroids: np.ndarray | None,
         words_cte = f"""
         WITH words AS (
             SELECT a.cluster_id,
-                   unnest(string_split(regexp_replace(lower(m.caption), '[^a-z0-9]+', ' ', 'g'), ' ')) AS word
+                   unnest(regexp_split_to_array(lower(nfc_normalize(m.caption)), '{WORD_SEPARATOR}')) AS word
             FROM {assign} a JOIN read_parquet({manifest_sql}) m USING (sample_id)
             WHERE a.cluster_id >= 0 AND m.status = 'ok'
         ), counted AS (
             SELECT cluster_id, word, count(*) AS n FROM words
-            WHERE length(word) > 1 AND word NOT IN (SELECT word FROM stopwords)
+            WHERE length(word) > 1 AND regexp_matches(word, '\\p{{L}}')
+              AND word NOT IN (SELECT word FROM stopwords)
             GROUP BY ALL
         ), ranked AS (
             SELECT *, row_number() OVER (PARTITION BY cluster_id ORDER BY n DESC, word) AS r FROM counted
