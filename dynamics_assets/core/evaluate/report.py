@@ -18,7 +18,12 @@ relevant when it has the query's concept label, because many eval images share a
 their texts are interchangeable. Recall@k is the fraction of queries with at least one relevant
 item among the k most similar. The texts are the eval set's per-image captions when it has them
 (label = the image's concept); otherwise one text per (concept present in the eval set, prompt
-name), written with the first template.
+name), written with the first template. When ``evaluate_model`` is given the pool's held-out pairs
+(``holdout``), ``retrieval/*`` is instance-level recall on those pairs instead and the eval set's
+class-aware recall is reported as ``class_retrieval/*``; without a labelled set (``eval_dir=None``)
+the report holds retrieval only and notes ``zero_shot: "no labelled set"`` (``EvalReport.notes``).
+A user's labelled set (ImageFolder, clip_benchmark layout) is read by ``labelled``; its classes'
+frequency in the pool's captions by ``frequency``.
 
 **Ties** are broken deterministically everywhere, as a stable sort on descending score would:
 among equal scores the lower class / item index ranks first.
@@ -33,9 +38,9 @@ import contextlib
 import io
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -48,6 +53,9 @@ from dynamics_assets.core.io import versions
 from dynamics_assets.core.io.progress import Progress, bar, offset
 from dynamics_assets.core.io.atomic import write_bytes, write_json, write_parquet
 from dynamics_assets.core.io.webdataset import IMAGE_EXTS, RawSample, iter_samples
+
+if TYPE_CHECKING:
+    from dynamics_assets.core.evaluate.holdout import HeldOutPairs
 
 __all__ = [
     "BUCKETS",
@@ -442,6 +450,13 @@ class EvalReport:
     per_frequency_bin: pa.Table  # log2_bin, min_frequency, max_frequency, n_concepts, n_images, accuracy
     per_cluster: pa.Table | None  # cluster, n, accuracy (top-1), when the caller assigned clusters
     n_images: int
+    # What was (not) evaluated and on what, e.g. {"zero_shot": "no labelled set", "retrieval":
+    # "held-out pool slice: 5000 pairs"}; written to notes.json and the report when not empty.
+    notes: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def has_zero_shot(self) -> bool:
+        return "zero_shot/top1" in self.metrics
 
     def _bucket_rows(self) -> list[list[Any]]:
         t = self.per_concept.to_pydict()
@@ -460,10 +475,17 @@ class EvalReport:
         bins = self.per_frequency_bin.to_pydict()
         bin_rows = [[f"{lo}–{hi}", c, n, _fmt(a)] for lo, hi, c, n, a in zip(
             bins["min_frequency"], bins["max_frequency"], bins["n_concepts"], bins["n_images"], bins["accuracy"])]
+        notes = ["", "## Notes", "", *(f"- **{k}**: {v}" for k, v in self.notes.items())] if self.notes else []
         lines = [
             "# Evaluation report", "",
             f"{self.n_images} eval images, {sum(n > 0 for n in self.per_concept.column('n').to_pylist())} concepts.",
-            "", "## Headline metrics", "", *_markdown_table(["metric", "value"], headline),
+            *notes, "", "## Headline metrics", "", *_markdown_table(["metric", "value"], headline),
+        ]
+        if not self.has_zero_shot:
+            lines += ["", "## Zero-shot classification", "",
+                      f"Not evaluated: {self.notes.get('zero_shot', 'no labelled set')}."]
+            return "\n".join(lines) + "\n"
+        lines += [
             "", f"## Long tail (tail = {TAIL_FRACTION:.0%} least frequent concepts, head = {HEAD_FRACTION:.0%} most)",
             "", *_markdown_table(["bucket", "concepts", "images", "train frequency", "mean per-class top-1"],
                                  self._bucket_rows()),
@@ -497,6 +519,9 @@ class EvalReport:
         write_bytes(paths["report.md"], self.to_markdown().encode())
         plot_accuracy_vs_frequency(self.per_concept, paths["accuracy_vs_frequency.png"])
         write_json(paths["metrics.json"], {k: None if math.isnan(v) else v for k, v in self.metrics.items()})
+        if self.notes:
+            paths["notes.json"] = out_dir / "notes.json"
+            write_json(paths["notes.json"], dict(self.notes))
         return paths
 
 
@@ -512,6 +537,12 @@ def plot_accuracy_vs_frequency(per_concept: pa.Table, path: str | Path) -> None:
     freq, acc, bucket = np.array(t["train_frequency"]), np.array(t["accuracy"]), np.array(t["bucket"])
     fig = figure(7.5, 4.5, dpi=120)
     ax = fig.add_subplot()
+    if not len(freq):  # no labelled set (retrieval only): say so instead of an empty scatter
+        ax.text(0.5, 0.5, "no zero-shot evaluation (no labelled set)", ha="center", va="center",
+                transform=ax.transAxes)
+        ax.set_axis_off()
+        save_png(fig, path)
+        return
     for name in BUCKETS:
         members = bucket == name
         if not members.any():
@@ -567,23 +598,75 @@ def _flat_metrics(zs: dict[str, Any], retrieval: dict[str, float], per_cluster: 
     return metrics | {f"retrieval/{k}": v for k, v in retrieval.items()}
 
 
-def evaluate_model(model, preprocess: Callable, tokenizer: Callable, eval_dir: str | Path | EvalSet, *,
+def _empty_per_concept() -> pa.Table:
+    return pa.table({"concept_id": pa.array([], pa.int64()), "concept": pa.array([], pa.string()),
+                     "train_frequency": pa.array([], pa.int64()), "bucket": pa.array([], pa.string()),
+                     "n": pa.array([], pa.int64()), "accuracy": pa.array([], pa.float64())})
+
+
+def _empty_per_frequency_bin() -> pa.Table:
+    return pa.table({name: pa.array([], pa.int64()) for name in
+                     ("log2_bin", "min_frequency", "max_frequency", "n_concepts", "n_images")}
+                    | {"accuracy": pa.array([], pa.float64())})
+
+
+def _held_out_metrics(model, preprocess: Callable, tokenizer: Callable, held_out: "HeldOutPairs | None",
+                      device: str, batch_size: int, progress: Progress | None, notes: dict[str, str]) -> dict[str, float]:
+    """``retrieval/*`` on the pool's held-out pairs (empty, with a note, when there are none)."""
+    if held_out is None:
+        return {}
+    if not len(held_out):
+        notes["retrieval"] = "the pool's held-out slice is empty (pool too small): no held-out retrieval"
+        return {}
+    from dynamics_assets.core.evaluate.holdout import held_out_retrieval
+
+    recall = held_out_retrieval(model, preprocess, tokenizer, held_out, device=device, batch_size=batch_size,
+                                progress=progress)
+    notes["retrieval"] = (f"instance-level image-text recall on {len(held_out)} held-out pool pairs "
+                          "(never in any sample plan)")
+    return {f"retrieval/{k}": v for k, v in recall.items()}
+
+
+def evaluate_model(model, preprocess: Callable, tokenizer: Callable, eval_dir: str | Path | EvalSet | None, *,
                    device: str = "cpu", batch_size: int = 256,
-                   cluster_of_image: np.ndarray | None = None, progress: Progress | None = None) -> EvalReport:
+                   cluster_of_image: np.ndarray | None = None, progress: Progress | None = None,
+                   held_out: "HeldOutPairs | None" = None, notes: Mapping[str, str] | None = None) -> EvalReport:
     """Zero-shot + retrieval evaluation of an open_clip-style model on an eval set.
 
-    ``eval_dir`` is a directory in the generator's layout or an already loaded ``EvalSet``;
+    ``eval_dir`` is a directory in the generator's layout or an already loaded ``EvalSet`` (e.g. a
+    user's labelled set, ``labelled.load_labelled_set``), or None when there is no labelled set;
     ``cluster_of_image`` (n,), aligned with ``load_eval_set(eval_dir).keys``, gives each eval
     image's pool cluster for the per-cluster table. The model runs in eval mode (its training
     flag is restored afterwards) on ``device``, which the caller has moved it to. ``progress``
     gets ``(items encoded, images + class prompts + retrieval texts)`` (default: ``io.progress.bar``).
+
+    ``held_out`` (``holdout.HeldOutPairs``, the pool's held-out slice): when given and not empty,
+    ``retrieval/*`` is instance-level image↔text recall on those pairs and the eval set's
+    class-aware retrieval is reported as ``class_retrieval/*``. With ``eval_dir=None`` the report
+    has retrieval only, no ``zero_shot/*`` metric, an empty per-concept table and the note
+    ``zero_shot: "no labelled set"``; it never fails for want of a labelled set. ``notes`` are
+    added to the report's notes (e.g. where the labelled set and its frequencies came from).
     """
+    notes_out = dict(notes or {})
+    if eval_dir is None:
+        if cluster_of_image is not None:
+            raise ValueError("cluster_of_image needs a labelled set")
+        notes_out.setdefault("zero_shot", "no labelled set")
+        if held_out is None:
+            notes_out.setdefault("retrieval", "no held-out pool pairs given")
+        held_progress = progress if progress is not None else bar("evaluate held-out pairs", "pair")
+        metrics = _held_out_metrics(model, preprocess, tokenizer, held_out, device, batch_size, held_progress,
+                                    notes_out)
+        return EvalReport(metrics=metrics, per_concept=_empty_per_concept(),
+                          per_frequency_bin=_empty_per_frequency_bin(), per_cluster=None, n_images=0,
+                          notes=notes_out)
     eval_set = eval_dir if isinstance(eval_dir, EvalSet) else load_eval_set(eval_dir)
     if cluster_of_image is not None and len(cluster_of_image) != len(eval_set):
         raise ValueError(f"cluster_of_image has {len(cluster_of_image)} entries for {len(eval_set)} eval images")
     texts, text_labels = _retrieval_texts(eval_set)
     n_prompts = sum(len(names) for names in eval_set.prompt_names) * len(eval_set.templates)
     total = len(eval_set) + n_prompts + len(texts)
+    default_progress = progress is None
     progress = progress if progress is not None else bar("evaluate", "item")
     image_emb = embed_eval_images(model, preprocess, eval_set, device, batch_size, progress=offset(progress, 0, total))
     class_emb = class_embeddings(model, tokenizer, eval_set.prompt_names, eval_set.templates, device, batch_size)
@@ -596,6 +679,13 @@ def evaluate_model(model, preprocess: Callable, tokenizer: Callable, eval_dir: s
         progress(total, total)
     retrieval = retrieval_recall(image_emb, text_emb, eval_set.labels, text_labels)
     per_cluster = None if cluster_of_image is None else _per_cluster_table(zs["correct"], np.asarray(cluster_of_image))
-    return EvalReport(metrics=_flat_metrics(zs, retrieval, per_cluster), per_concept=_per_concept_table(eval_set, zs),
+    metrics = _flat_metrics(zs, retrieval, per_cluster)
+    held_progress = bar("evaluate held-out pairs", "pair") if default_progress else None
+    pool_retrieval = _held_out_metrics(model, preprocess, tokenizer, held_out, device, batch_size, held_progress,
+                                       notes_out)
+    if pool_retrieval:
+        metrics = {("class_" + k if k.startswith("retrieval/") else k): v for k, v in metrics.items()}
+        metrics |= pool_retrieval
+    return EvalReport(metrics=metrics, per_concept=_per_concept_table(eval_set, zs),
                       per_frequency_bin=pa.table(zs["frequency_bins"]), per_cluster=per_cluster,
-                      n_images=len(eval_set))
+                      n_images=len(eval_set), notes=notes_out)

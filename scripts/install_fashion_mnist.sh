@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Debian's Fashion-MNIST (dataset-fashion-mnist: the IDX files under /usr/share/datasets/fashion-mnist/),
+# read by scripts/fashion_mnist_imagefolder.py and its test (dynamics_assets_tests/core/test_labelled_eval.py).
+# Idempotent: a no-op once the t10k files are there.
+set -euo pipefail
+DIR=/usr/share/datasets/fashion-mnist
+[ -f "$DIR/t10k-images-idx3-ubyte.gz" ] && [ -f "$DIR/t10k-labels-idx1-ubyte.gz" ] && exit 0
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends dataset-fashion-mnist >/dev/null
+echo "install_fashion_mnist: $(ls "$DIR")"
