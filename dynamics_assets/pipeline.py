@@ -152,7 +152,10 @@ FIGURES: dict[str, list[tuple[str, str | Callable[[Any], str]]]] = {
     "cluster_stats": [("clusters", "{:,} clusters"), ("empty_clusters", "{:,} empty"), ("largest", "largest {:,}")],
     "sample_plan": [("realised", "plan {:,} pairs"), ("distinct", "{:,} distinct"), ("strategy", "{}")],
     "checkpoint": [("final_loss", "loss {:.3f}"), ("steps", "{:,} steps"), ("samples_seen", "{:,} samples seen")],
-    "eval_report": [("top1", "top-1 {:.3f}"), ("head", "head {:.3f}"), ("tail", "tail {:.3f}")],
+    "eval_report": [("top1", "top-1 {:.3f}"), ("head", "head {:.3f}"), ("tail", "tail {:.3f}"),
+                    ("i2t_r1", "i→t R@1 {:.3f}")],
+    "datacomp_subset": [("rows", "subset {:,} uids"), ("distinct", "{:,} distinct")],
+    "webdataset_export": [("samples", "{:,} samples"), ("shards", "{:,} shards")],
     "learning_curve": [("reports", "{:,} reports")],
     "comparison_report": [("recipes", "{:,} recipes")],
 }
@@ -331,19 +334,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not result.success:
             print(f"curate_pool failed (run {result.run_id})", file=sys.stderr)
             return 1
-    epoch_job = defs.resolve_job_def("train_epoch")
+    # A pool that ships embeddings without images is planned and exported, not trained on.
+    images = _pool_has_images(instance)
+    epoch_job = defs.resolve_job_def("train_epoch" if images else "plan_epoch")
     epochs = epoch_keys(args.epochs, epoch_job.partitions_def.get_partitions_def_for_dimension("epoch").get_partition_keys())
     recipes = recipe_keys(args.recipes, experiments)
     for recipe in recipes:
         for epoch in epochs:
             key = dg.MultiPartitionKey({"recipe": recipe, "epoch": epoch})
-            if args.skip_existing and _materialized(instance, "eval_report", key):
+            if args.skip_existing and _materialized(instance, "eval_report" if images else "datacomp_subset", key):
                 print(f"train_epoch {recipe} {epoch}: eval_report already materialised (--skip-existing)", flush=True)
                 continue
-            r = run(epoch_job, f"train_epoch {recipe} {epoch}", partition_key=key)
+            r = run(epoch_job, f"{epoch_job.name} {recipe} {epoch}", partition_key=key)
             if not r.success:
                 print(f"train_epoch {key} failed (run {r.run_id})", file=sys.stderr)
                 return 1
+    if not images:
+        print(f"\nDone in {format_seconds(time.perf_counter() - started)}: curate_pool, {len(recipes)} recipe(s) × "
+              f"{len(epochs)} epoch(s) planned and exported (the pool ships embeddings without images: nothing "
+              f"to train on).")
+        subset = seen.get("datacomp_subset", {}).get("subset")
+        print(f"  last subset file: {getattr(subset, 'path', subset)}")
+        return 0
     report = run(defs.resolve_job_def("report_recipes"), "report_recipes")
     if not report.success:
         print(f"report_recipes failed (run {report.run_id})", file=sys.stderr)
@@ -372,6 +384,15 @@ def summary_lines(seen: Mapping[str, Mapping[str, Any]], root: Path) -> list[str
         f"  MLflow UI:   .venv/bin/mlflow ui --backend-store-uri sqlite:///{root / 'mlflow' / 'mlflow.db'} "
         "--host 127.0.0.1 --port 5000",
     ]
+
+
+def _pool_has_images(instance: "dg.DagsterInstance") -> bool:
+    """False when the last raw_pairs materialisation was a pool of embeddings without images."""
+    import dagster as dg
+
+    event = instance.get_latest_materialization_event(dg.AssetKey("raw_pairs"))
+    images = event.asset_materialization.metadata.get("images") if event and event.asset_materialization else None
+    return getattr(images, "value", True) is not False
 
 
 def _materialized(instance: "dg.DagsterInstance", asset: str, key: "dg.MultiPartitionKey") -> bool:

@@ -3,6 +3,7 @@
 source "$(dirname "$0")/env.sh"
 bash scripts/install_browser.sh  # Debian's chromium for the UI test (no-op when present)
 bash scripts/install_postgres.sh  # Debian's PostgreSQL for test_postgres.py (no-op when present)
+bash scripts/install_fashion_mnist.sh  # Debian's Fashion-MNIST for the labelled-evaluation test (no-op when present)
 export DAGSTER_HOME="$(mktemp -d)"  # tests use ephemeral instances; never the project's own
 cp dagster.yaml "$DAGSTER_HOME/"
 exec python -m pytest "$@"

@@ -10,6 +10,8 @@
     sample_plan      → PlanRecord       one recipe × epoch plan, with the pool version it was drawn on
     checkpoint       → CheckpointRecord one recipe × epoch checkpoint, with cumulative compute
     eval_report      → EvalRecord       one recipe × epoch report and its metrics
+    webdataset_export → ExportRecord    one recipe × epoch plan as webdataset shards for open_clip_train
+    datacomp_subset  → SubsetRecord     one recipe × epoch plan as a DataComp subset file
     learning_curve / comparison_report → ReportRecord
 
 Records import nothing heavy (no torch, faiss or dagster), so the Dagster code location loads fast
@@ -26,11 +28,14 @@ from dynamics_assets.core.model.spec import EncoderSpec
 @dataclass(frozen=True)
 class RawShards:
     source: str
-    shards_dir: str
+    shards_dir: str  # the shards' folder; for a pool that ships embeddings, its folder
     shards: tuple[str, ...]
-    eval_dir: Optional[str] = None  # a held-out labelled set that came with the source, if any
+    eval_dir: Optional[str] = None  # the synthetic pool's held-out set, or the user's labelled set
+    eval_kind: Optional[str] = None  # "synthetic" | "labelled" | None (retrieval on the pool's held-out slice only)
     ground_truth: Optional[str] = None  # synthetic pool: the generator's concept of every pair
     dirt_counts: Mapping[str, int] = field(default_factory=dict)  # synthetic pool: the planted dirt
+    layout: str = "webdataset"  # webdataset shards, or a pool that ships embeddings: "datacomp" | "laion"
+    embedding: Optional[str] = None  # datacomp: which embeddings ("b32" | "l14")
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,10 @@ class PoolManifest:
     n_total: int
     by_reason: Mapping[str, int]
     eval_dir: Optional[str] = None
+    eval_kind: Optional[str] = None
+    has_images: bool = True  # False for a pool that ships embeddings only
+    embeddings_dir: Optional[str] = None  # set when the pool ships its embeddings (committed with the manifest)
+    encoder: Optional[EncoderSpec] = None  # ... and the encoder they came from
 
     @property
     def n_quarantined(self) -> int:
@@ -49,7 +58,7 @@ class PoolManifest:
 
 @dataclass(frozen=True)
 class ReferenceModel:
-    checkpoint: str
+    checkpoint: Optional[str]  # None: not trained (the pool ships its embeddings and has no images)
     model_name: str
     steps: int
     final_loss: float
@@ -86,6 +95,7 @@ class PoolClusters:
     shards_dir: str
     embeddings_dir: str
     encoder: EncoderSpec
+    has_images: bool = True
 
 
 @dataclass(frozen=True)
@@ -130,3 +140,26 @@ class EvalRecord:
 class ReportRecord:
     report_dir: str
     entries: int
+
+
+@dataclass(frozen=True)
+class ExportRecord:
+    export_dir: str  # the committed version directory
+    recipe: str
+    epoch: int
+    samples: int  # repeats counted: the plan's realised size
+    distinct: int
+    shards: int
+    train_data: str  # the shards' brace pattern
+    command: str  # the open_clip_train command line that trains on them
+    pool_version: str
+
+
+@dataclass(frozen=True)
+class SubsetRecord:
+    subset_path: str  # the sorted (u0, u1) .npy, a uid repeated k times for multiplicity k
+    recipe: str
+    epoch: int
+    rows: int
+    distinct: int
+    pool_version: str

@@ -29,12 +29,19 @@ epoch_plan_job = dg.define_asset_job(
     description="One recipe's sample plan for one epoch (partition recipe × epoch).")
 
 train_epoch_job = dg.define_asset_job(
-    "train_epoch", selection=dg.AssetSelection.assets("sample_plan", "checkpoint", "eval_report"),
-    description="One recipe × epoch: its plan, the checkpoint trained on it (from the recipe's previous "
-                "epoch), its eval report.")
+    "train_epoch", selection=dg.AssetSelection.assets("sample_plan", "datacomp_subset", "webdataset_export",
+                                                      "checkpoint", "eval_report"),
+    description="One recipe × epoch: its plan, its exports (DataComp subset file, webdataset shards for "
+                "open_clip_train), the checkpoint trained on it (from the recipe's previous epoch), its eval report.")
+
+plan_epoch_job = dg.define_asset_job(
+    "plan_epoch", selection=dg.AssetSelection.assets("sample_plan", "datacomp_subset"),
+    description="One recipe × epoch of a pool that ships embeddings without images: its plan and its "
+                "DataComp subset file (nothing to train on).")
 
 report_job = dg.define_asset_job(
     "report_recipes", selection=dg.AssetSelection.assets("learning_curve", "comparison_report"),
     description="Learning curves and the side-by-side comparison of every evaluated recipe.")
 
-jobs = [curate_pool_job, ingest_shard_job, recurate_pool_job, epoch_plan_job, train_epoch_job, report_job]
+jobs = [curate_pool_job, ingest_shard_job, recurate_pool_job, epoch_plan_job, train_epoch_job, plan_epoch_job,
+        report_job]

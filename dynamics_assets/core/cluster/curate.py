@@ -72,10 +72,11 @@ class ClusteringResult:
 
 def cluster_pool(embeddings_dir: str | Path, manifest_dir: str | Path, root: str | Path, params: ClusterParams, *,
                  refresh: Literal["auto", "assign", "retrain"] = "auto", drift_threshold: float = 0.25,
-                 use_gpu: bool | Literal["auto"] = False) -> ClusteringResult:
+                 use_gpu: bool | Literal["auto"] = False, hold_out: bool = False) -> ClusteringResult:
     """Cluster the embeddings version ``embeddings_dir`` of the manifest version ``manifest_dir``
     into a new version of the clusters artefact ``root``; the previous version (if any) decides
-    between keeping its centroids and fitting anew."""
+    between keeping its centroids and fitting anew. ``hold_out``: keep evaluation's held-out slice
+    (``evaluate.holdout``) out of every plan: cluster -1, quarantine reason ``held_out``."""
     store = EmbeddingStore(embeddings_dir, kind=params.embedding)
     if not 1 <= params.k <= len(store):
         raise ValueError(f"clusters.k = {params.k} does not fit the pool's {len(store)} embedded pairs "
@@ -98,7 +99,10 @@ def cluster_pool(embeddings_dir: str | Path, manifest_dir: str | Path, root: str
         centroids = np.load(current / "centroids.npy")
         k_trained = int(previous.params["k"])
         fit = previous  # the centroids are the same fit: its record goes on
-    summary = assign(store, centroids, root, use_gpu=use_gpu, fit=fit, refs={"manifest": manifest_dir})
+    mask = None
+    if hold_out:
+        from dynamics_assets.core.evaluate.holdout import is_held_out as mask
+    summary = assign(store, centroids, root, use_gpu=use_gpu, fit=fit, refs={"manifest": manifest_dir}, hold_out=mask)
     return ClusteringResult(clusters_dir=Path(summary.version_dir), decision=decision, k_trained=k_trained,
                             k=int(len(centroids)), n=int(len(store)), pool_version=str(summary.version_id),
                             assignment=summary)

@@ -49,6 +49,7 @@ _FAISS_INIT = {
 
 NON_FINITE = "non_finite_embedding"
 ZERO_NORM = "zero_norm_embedding"
+HELD_OUT = "held_out"  # evaluation's held-out slice of the pool (evaluate/holdout.py): in no plan
 
 ASSIGNMENT_SCHEMA = pa.schema(
     [
@@ -224,6 +225,7 @@ class AssignmentSummary:
     seconds: float
     rows_per_s: float
     mean_distance: float  # mean 1 - cos to the nearest centroid over the assigned rows (NaN if none)
+    n_held_out: int = 0  # rows kept out of every plan for evaluation (quarantine reason "held_out")
     version_dir: Path | None = None  # the committed clusters version = the pool version
     version_id: str | None = None
 
@@ -239,10 +241,12 @@ class _BatchResult(NamedTuple):
     distance: np.ndarray  # float32 1 - cos, NaN where quarantined
     non_finite: np.ndarray
     zero_norm: np.ndarray
+    held_out: np.ndarray | None = None  # kept out of every plan (evaluation's held-out slice)
 
     @property
     def valid(self) -> np.ndarray:
-        return ~(self.non_finite | self.zero_norm)
+        bad = self.non_finite | self.zero_norm
+        return ~(bad | self.held_out) if self.held_out is not None else ~bad
 
 
 def _assign_batch(index: faiss.Index, embeddings: np.ndarray) -> _BatchResult:
@@ -263,6 +267,8 @@ def _assignment_table(sample_index: np.ndarray, sample_ids: pa.Array, shard: str
 def _quarantine_table(sample_index: np.ndarray, sample_ids: pa.Array, result: _BatchResult) -> pa.Table:
     bad = ~result.valid
     reasons = np.where(result.non_finite[bad], NON_FINITE, ZERO_NORM)
+    if result.held_out is not None:
+        reasons = np.where(result.held_out[bad] & ~result.non_finite[bad] & ~result.zero_norm[bad], HELD_OUT, reasons)
     return pa.table([sample_index[bad], sample_ids.filter(bad), reasons], schema=QUARANTINE_SCHEMA)
 
 
@@ -275,6 +281,7 @@ def assign(
     use_gpu: UseGpu = "auto",
     fit: Any | Callable[[AssignmentSummary], Any] | None = None,
     refs: Mapping[str, str | Path] | None = None,
+    hold_out: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> AssignmentSummary:
     """Assign every embedding to its nearest centroid (inner product on unit vectors), streaming.
 
@@ -294,7 +301,7 @@ def assign(
         raise ValueError(f"centroids do not fit {store.kind} embeddings in {store.root}: {err}") from err
     index = _centroid_index(c, _resolve_gpu(use_gpu))
     sizes = np.zeros(len(c), dtype=np.int64)
-    n_non_finite = n_zero_norm = 0
+    n_non_finite = n_zero_norm = n_held = 0
     distance_sum = 0.0
     t0 = time.perf_counter()
     all_refs = {**versions.pinned(embeddings=store.root), **versions.pinned(**dict(refs or {}))}
@@ -313,6 +320,12 @@ def assign(
             n = len(result.cluster_id)
             sample_index = np.arange(batch.start, batch.start + n, dtype=np.int64)
             sample_ids = store.sample_ids(batch.shard, batch.local_start, batch.local_start + n)
+            if hold_out is not None:  # ``hold_out(ids)``: the rows kept out of every plan (cluster -1)
+                held = np.asarray(hold_out(np.asarray(sample_ids.to_pylist(), dtype=object)), dtype=bool)
+                result = result._replace(cluster_id=np.where(held, -1, result.cluster_id).astype(np.int32),
+                                         distance=np.where(held, np.nan, result.distance).astype(np.float32),
+                                         held_out=held)
+                n_held += int((held & ~result.non_finite & ~result.zero_norm).sum())
             assignments.write_table(_assignment_table(sample_index, sample_ids, batch.shard, result))
             if not result.valid.all():
                 quarantine.write_table(_quarantine_table(sample_index, sample_ids, result))
@@ -324,7 +337,8 @@ def assign(
         save_npy(out / "centroids.npy", c)
         seconds = time.perf_counter() - t0
         summary = AssignmentSummary(
-            n=len(store), k=len(c), n_quarantined=n_non_finite + n_zero_norm, n_non_finite=n_non_finite,
+            n=len(store), k=len(c), n_quarantined=n_non_finite + n_zero_norm + n_held, n_non_finite=n_non_finite,
+            n_held_out=n_held,
             n_zero_norm=n_zero_norm, n_empty_clusters=int((sizes == 0).sum()), seconds=seconds,
             rows_per_s=len(store) / seconds if seconds > 0 else 0.0,
             mean_distance=distance_sum / n_valid if (n_valid := int(sizes.sum())) else float("nan"),

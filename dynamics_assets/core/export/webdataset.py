@@ -76,20 +76,6 @@ class ExportSample:
     meta: dict
 
 
-@dataclass(frozen=True)
-class ExportRecord:
-    """What the ``webdataset_export`` asset hands on (light: paths and counts; a candidate for
-    ``core/records.py``)."""
-
-    export_dir: str  # the committed version directory
-    recipe: str
-    epoch: int
-    samples: int  # repeats counted: the plan's realised size
-    distinct: int
-    shards: int
-    train_data: str  # the shards' brace pattern
-    command: str  # the open_clip_train command line that trains on them
-    pool_version: str
 
 
 @dataclass(frozen=True)

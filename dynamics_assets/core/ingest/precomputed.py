@@ -48,7 +48,6 @@ not wired).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import re

@@ -51,7 +51,10 @@ def clusters(context: dg.AssetExecutionContext, config: ClusteringConfig, raw_pa
                            embedding=config.embedding, merge_threshold=config.merge_threshold)
     result = cluster_pool(pair_embeddings.embeddings_dir, raw_pairs.manifest_dir, storage.layout.artifact("clusters"), params,
                           refresh=config.refresh, drift_threshold=config.drift_threshold,
-                          use_gpu="auto" if gpu.resolved_device().startswith("cuda") else False)
+                          use_gpu="auto" if gpu.resolved_device().startswith("cuda") else False,
+                          # a user's pool keeps a slice out of every plan for retrieval evaluation; the
+                          # synthetic pool has its own held-out set
+                          hold_out=raw_pairs.eval_kind != "synthetic")
     context.log.info(f"clusters: {result.decision.action} ({result.decision.reason})")
     info = vars(result.assignment)
     context.add_output_metadata({
@@ -66,7 +69,8 @@ def clusters(context: dg.AssetExecutionContext, config: ClusteringConfig, raw_pa
     return PoolClusters(clusters_dir=str(result.clusters_dir), k=result.k, n=result.n,
                         pool_version=result.pool_version, manifest_dir=raw_pairs.manifest_dir,
                         shards_dir=raw_pairs.shards_dir,
-                        embeddings_dir=pair_embeddings.embeddings_dir, encoder=pair_embeddings.encoder)
+                        embeddings_dir=pair_embeddings.embeddings_dir, encoder=pair_embeddings.encoder,
+                        has_images=raw_pairs.has_images)
 
 
 @dg.asset(group_name=GROUP, kinds={"duckdb", "parquet"})

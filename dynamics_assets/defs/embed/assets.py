@@ -37,6 +37,11 @@ def reference_model(context: dg.AssetExecutionContext, config: ReferenceModelCon
     from dynamics_assets.core.train.loop import train_reference_model
     from dynamics_assets.core.train.settings import batch_for, near_chance, reference_epochs_for
 
+    if not raw_pairs.has_images:
+        context.add_output_metadata({"skipped": "the pool ships its embeddings and has no images to train on"})
+        return ReferenceModel(checkpoint=None, model_name=config.model_name, steps=0, final_loss=float("nan"),
+                              reused=False)
+
     batch = config.batch_size or batch_for(raw_pairs.n_ok)
     epochs = config.epochs or reference_epochs_for(raw_pairs.n_ok, batch)
 
@@ -85,6 +90,17 @@ def pair_embeddings(context: dg.AssetExecutionContext, config: EmbeddingConfig, 
     shard with the sample ids; a crash resumes at the first shard not yet written."""
     from dynamics_assets.core.embed.encode import embed_shards
 
+    if raw_pairs.embeddings_dir is not None:  # the pool shipped its embeddings: committed with the manifest
+        from dynamics_assets.core.embed.store import EmbeddingStore
+
+        store = EmbeddingStore(raw_pairs.embeddings_dir)
+        context.add_output_metadata({"embeddings_dir": dg.MetadataValue.path(raw_pairs.embeddings_dir),
+                                     "encoder": raw_pairs.encoder.model_name, "dim": store.dim,
+                                     "source": "precomputed (shipped with the pool)", "dagster/row_count": len(store)})
+        return PoolEmbeddings(embeddings_dir=raw_pairs.embeddings_dir, encoder=raw_pairs.encoder, n=len(store),
+                              dim=store.dim)
+    if reference_model.checkpoint is None and not config.model_name:
+        raise dg.Failure("no encoder: the reference model was not trained and no pair_embeddings.model_name is set")
     if config.model_name:
         spec = EncoderSpec(config.model_name, config.pretrained, precision=gpu.resolved_precision())
     else:

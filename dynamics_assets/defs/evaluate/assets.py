@@ -21,7 +21,7 @@ def eval_report(context: dg.AssetExecutionContext, checkpoint: CheckpointRecord,
     """Zero-shot top-1/top-5, mean per-class accuracy, head / middle / tail buckets by training
     frequency (tail = the 20% least frequent concepts), retrieval recall@1/5/10 both ways,
     accuracy per cluster, samples seen and compute spent."""
-    from dynamics_assets.core.evaluate.report import evaluate_model, load_eval_set, pool_clusters_of_images
+    from dynamics_assets.core.evaluate.report import evaluate_model, pool_clusters_of_images
     from dynamics_assets.core.model.clip import EncoderSpec, load_encoder
     from dynamics_assets.core.model.flops import forward_flops_per_pair, train_flops
 
@@ -30,16 +30,15 @@ def eval_report(context: dg.AssetExecutionContext, checkpoint: CheckpointRecord,
         raise dg.Failure(f"checkpoint {checkpoint.checkpoint} was trained on a plan of pool version "
                          f"{checkpoint.pool_version}; this evaluation reads pool version {clusters.pool_version} "
                          "(its clusters would not be the ones the plan was drawn from): redraw and retrain the epoch")
-    if not raw_pairs.eval_dir:
-        raise dg.Failure("no held-out evaluation set: the raw source provides none")
     device = gpu.resolved_device()
-    eval_set = load_eval_set(raw_pairs.eval_dir)
+    eval_set, held_out, notes = _evaluation_inputs(raw_pairs, clusters)
     enc = load_encoder(EncoderSpec(checkpoint.model_name, checkpoint.checkpoint), device)
     # Eval images are placed in the pool's clusters with the encoder that embedded the pool (the
     # space its centroids live in), whichever encoder that was.
-    cluster_of_image = pool_clusters_of_images(clusters.encoder, clusters.clusters_dir, eval_set, device)
+    cluster_of_image = (pool_clusters_of_images(clusters.encoder, clusters.clusters_dir, eval_set, device)
+                        if eval_set is not None else None)
     report = evaluate_model(enc.model, enc.preprocess, enc.tokenizer, eval_set, device=device,
-                            cluster_of_image=cluster_of_image)
+                            cluster_of_image=cluster_of_image, held_out=held_out, notes=notes)
     visual, text = enc.model.visual, enc.model
     flops_pair = forward_flops_per_pair(enc.model, visual.image_size, text.context_length)
     training = float(train_flops(checkpoint.samples_seen, flops_pair))
@@ -56,10 +55,15 @@ def eval_report(context: dg.AssetExecutionContext, checkpoint: CheckpointRecord,
         for path in files.values():
             run.log_artifact(path)
     m = report.metrics
+    shown = {name: m[key] for name, key in (
+        ("top1", "zero_shot/top1"), ("top5", "zero_shot/top5"), ("mean_per_class", "zero_shot/mean_per_class"),
+        ("head", "zero_shot/head"), ("middle", "zero_shot/middle"), ("tail", "zero_shot/tail"),
+        ("i2t_r1", "retrieval/i2t_r1"), ("t2i_r1", "retrieval/t2i_r1")) if key in m}
     context.add_output_metadata({
-        "top1": m["zero_shot/top1"], "top5": m["zero_shot/top5"], "mean_per_class": m["zero_shot/mean_per_class"],
-        "head": m["zero_shot/head"], "middle": m["zero_shot/middle"], "tail": m["zero_shot/tail"],
-        "i2t_r1": m["retrieval/i2t_r1"], "t2i_r1": m["retrieval/t2i_r1"], **compute,
+        **shown, **compute,
+        "zero_shot": str(notes.get("zero_shot", "labelled set" if eval_set is not None else "none")),
+        "held_out_pairs": len(held_out) if held_out is not None else 0,
+        "notes": dg.MetadataValue.json(notes),
         "report": dg.MetadataValue.md(report.to_markdown()),
         "accuracy_vs_frequency": dg.MetadataValue.path(str(files["accuracy_vs_frequency.png"])),
         "accuracy_vs_frequency_plot": md_image(files["accuracy_vs_frequency.png"], "accuracy vs concept frequency"),
@@ -67,6 +71,31 @@ def eval_report(context: dg.AssetExecutionContext, checkpoint: CheckpointRecord,
     })
     return EvalRecord(report_dir=str(out), recipe=recipe.key, epoch=checkpoint.epoch,
                       metrics={k: float(v) for k, v in m.items()})
+
+
+def _evaluation_inputs(raw_pairs: PoolManifest, clusters: PoolClusters):
+    """(eval set or None, held-out pool pairs or None, notes): the synthetic pool's own held-out
+    set; a user's labelled set, its classes counted in the pool's captions (DuckDB, word
+    boundaries, synonyms) for head / middle / tail; and, for a user's pool, retrieval on the slice
+    of the pool held out of every plan. Without a labelled set: retrieval only, said in the notes."""
+    from dynamics_assets.core.evaluate import frequency, holdout, labelled
+    from dynamics_assets.core.evaluate.report import load_eval_set
+
+    notes: dict = {}
+    if raw_pairs.eval_kind == "synthetic":
+        return load_eval_set(raw_pairs.eval_dir), None, notes
+    held_out = holdout.load_held_out(raw_pairs.manifest_dir, raw_pairs.shards_dir)
+    notes["held_out"] = (f"{len(held_out)} pairs of the pool (sha256(sample_id) mod 1000 < "
+                         f"{holdout.HOLDOUT_PER_MILLE}) kept out of every plan: image↔text retrieval")
+    if raw_pairs.eval_kind == "labelled" and raw_pairs.eval_dir:
+        eval_set = labelled.load_labelled_set(raw_pairs.eval_dir)
+        freq = frequency.caption_frequency(raw_pairs.manifest_dir, eval_set.prompt_names)
+        notes["labelled_set"] = labelled.describe(eval_set)
+        notes["train_frequency"] = ("ok captions of the pool naming the class or a synonym "
+                                    "(DuckDB, word boundaries, case-insensitive, plurals)")
+        return labelled.with_train_frequency(eval_set, freq), held_out, notes
+    notes["zero_shot"] = "no labelled set"
+    return None, held_out, notes
 
 
 @dg.asset(group_name=GROUP, kinds={"mlflow"}, deps=["eval_report"])

@@ -1,9 +1,9 @@
-"""Stage 4b — export: one recipe × epoch plan as webdataset shards that open_clip_train trains on."""
+"""Stage 4b — export: each recipe × epoch plan leaves the project, as webdataset shards that
+open_clip_train trains on and as a DataComp subset file (the input of DataComp's resharder)."""
 
 import dagster as dg
 
-from dynamics_assets.core.export.webdataset import ExportRecord
-from dynamics_assets.core.records import PlanRecord, PoolClusters
+from dynamics_assets.core.records import ExportRecord, PlanRecord, PoolClusters, SubsetRecord
 from dynamics_assets.core.train.settings import TrainSettings
 from dynamics_assets.defs.experiments import partition_dir, recipe_and_epoch, recipe_epoch_partitions
 from dynamics_assets.defs.resources import StorageResource
@@ -47,3 +47,27 @@ def webdataset_export(context: dg.AssetExecutionContext, config: ExportConfig, s
     return ExportRecord(export_dir=str(out.version_dir), recipe=recipe.key, epoch=sample_plan.epoch,
                         samples=out.samples, distinct=out.distinct, shards=len(out.shards),
                         train_data=out.train_data, command=out.command, pool_version=clusters.pool_version)
+
+
+@dg.asset(group_name=GROUP, partitions_def=recipe_epoch_partitions, kinds={"numpy"})
+def datacomp_subset(context: dg.AssetExecutionContext, sample_plan: PlanRecord, clusters: PoolClusters,
+                    storage: StorageResource) -> SubsetRecord:
+    """The epoch's plan as a DataComp subset file: a sorted ``.npy`` of dtype
+    ``[('u0','<u8'),('u1','<u8')]`` (the 128-bit uid's high and low halves), a uid written k times
+    for multiplicity k. Refused when the plan was drawn on another pool version."""
+    from dynamics_assets.core.export.datacomp import write_subset
+    from dynamics_assets.core.io.versions import StalePlanError
+
+    recipe, epoch_key = recipe_and_epoch(context)
+    try:
+        out = write_subset(sample_plan.plan_dir, clusters.manifest_dir,
+                           storage.layout.artifact("datacomp_subset", str(partition_dir(recipe, epoch_key))),
+                           pool_version=clusters.clusters_dir)
+    except StalePlanError as e:
+        raise dg.Failure(str(e)) from e
+    context.add_output_metadata({
+        "subset": dg.MetadataValue.path(str(out.path)), "rows": out.rows, "distinct": out.distinct,
+        "pool_version": out.pool_version, "dagster/row_count": out.rows,
+    })
+    return SubsetRecord(subset_path=str(out.path), recipe=recipe.key, epoch=sample_plan.epoch, rows=out.rows,
+                        distinct=out.distinct, pool_version=out.pool_version)

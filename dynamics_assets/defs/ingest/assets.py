@@ -13,14 +13,16 @@ GROUP = "raw_data"
 
 
 class RawShardsConfig(dg.Config):
-    """``source``: "synthetic" (the embedded default pool, generated deterministically), or a
-    folder of webdataset ``.tar`` shards (img2dataset layout): a path, a ``file://`` URI, or an
-    fsspec URI (``s3://``, ``gs://``, ``memory://``, …; staged into ``data/raw/remote/`` file by
-    file). ``eval``: a labelled evaluation set (an ImageFolder or a clip_benchmark webdataset
+    """``source``: "synthetic" (the embedded default pool, generated deterministically), a folder
+    of webdataset ``.tar`` shards (img2dataset layout): a path, a ``file://`` URI, or an fsspec URI
+    (``s3://``, ``gs://``, ``memory://``, …; staged into ``data/raw/remote/`` file by file); or a
+    pool that ships its embeddings: ``datacomp:/path`` (CommonPool metadata parquet + npz) or
+    ``laion:/path`` (clip-retrieval img_emb / text_emb / metadata), also detected in a bare path. ``eval``: a labelled evaluation set (an ImageFolder or a clip_benchmark webdataset
     folder); empty for a user's pool: evaluation by retrieval only."""
 
     source: str = "synthetic"
     eval: Optional[str] = None
+    embedding: str = "b32"  # a DataComp pool's embeddings: b32 (ViT-B/32, 512-d) or l14 (ViT-L/14, 768-d)
     pairs: int = 20_000
     seed: int = 0
     samples_per_shard: int = 2_000
@@ -38,8 +40,15 @@ def raw_shards(context: dg.AssetExecutionContext, config: RawShardsConfig, stora
         ds = generate(layout.root / "raw", pairs=config.pairs, seed=config.seed,
                       samples_per_shard=config.samples_per_shard, eval_per_concept=config.eval_per_concept)
         shards_dir = ds.out_dir / "shards"
-        extra = {"eval_dir": str(ds.eval_dir), "ground_truth": str(ds.ground_truth_path),
+        extra = {"eval_dir": str(ds.eval_dir), "eval_kind": "synthetic", "ground_truth": str(ds.ground_truth_path),
                  "dirt_counts": dict(ds.dirt_counts)}
+    elif (precomputed := _precomputed(config.source)) is not None:
+        context.add_output_metadata({"layout": precomputed.layout, "parts": len(precomputed.parts),
+                                     "folder": dg.MetadataValue.path(str(precomputed.root))})
+        return RawShards(source=config.source, shards_dir=str(precomputed.root),
+                         shards=tuple(p.name for p in precomputed.parts), eval_dir=config.eval,
+                         eval_kind="labelled" if config.eval else None,
+                         layout=precomputed.layout, embedding=config.embedding)
     else:
         from dynamics_assets.core.ingest.sources import resolve_source
 
@@ -47,7 +56,7 @@ def raw_shards(context: dg.AssetExecutionContext, config: RawShardsConfig, stora
             shards_dir = resolve_source(config.source, layout.root / "raw" / "remote")
         except (FileNotFoundError, OSError, ValueError) as e:
             raise dg.Failure(f"raw_shards source {config.source!r}: {e}") from e
-        extra = {"eval_dir": config.eval} if config.eval else {}
+        extra = {"eval_dir": config.eval, "eval_kind": "labelled"} if config.eval else {}
     shards = tuple(sorted(p.name for p in shards_dir.glob("*.tar")))
     if not shards:
         raise dg.Failure(f"no .tar shards in {shards_dir}")
@@ -61,6 +70,21 @@ def raw_shards(context: dg.AssetExecutionContext, config: RawShardsConfig, stora
     return record
 
 
+def _precomputed(source: str):
+    """The layout of a pool that ships embeddings (``datacomp:``/``laion:`` or detected), else None."""
+    from dynamics_assets.core.ingest.precomputed import detect_layout, parse_source
+
+    kind, path = parse_source(source)
+    if kind == "auto" and ("://" in source or not path.is_dir()):
+        return None
+    try:
+        return detect_layout(source, kind)
+    except ValueError as e:
+        if kind != "auto":
+            raise dg.Failure(f"raw_shards source {source!r}: {e}") from e
+        return None
+
+
 @dg.asset(group_name=GROUP, kinds={"parquet", "duckdb"})
 def raw_pairs(context: dg.AssetExecutionContext, raw_shards: RawShards, storage: StorageResource) -> PoolManifest:
     """Parquet manifest of every pair: stable sample id (uid, else content hash), members,
@@ -69,6 +93,9 @@ def raw_pairs(context: dg.AssetExecutionContext, raw_shards: RawShards, storage:
     from dynamics_assets.core.ingest.manifest import build_manifest, manifest_files
     from dynamics_assets.core.ingest.sources import img2dataset_stats, stats_mismatches
     from dynamics_assets.core.io.versions import Artefact
+
+    if raw_shards.layout != "webdataset":
+        return _ingest_precomputed(context, raw_shards, storage)
 
     shards_dir = Path(raw_shards.shards_dir)
     root = storage.layout.artifact("raw_pairs")
@@ -100,4 +127,29 @@ def raw_pairs(context: dg.AssetExecutionContext, raw_shards: RawShards, storage:
         "dagster/row_count": summary.total,
     })
     return PoolManifest(manifest_dir=str(out), shards_dir=str(shards_dir), n_ok=summary.ok,
-                        n_total=summary.total, by_reason=dict(summary.by_reason), eval_dir=raw_shards.eval_dir)
+                        n_total=summary.total, by_reason=dict(summary.by_reason), eval_dir=raw_shards.eval_dir,
+                        eval_kind=raw_shards.eval_kind)
+
+
+def _ingest_precomputed(context: dg.AssetExecutionContext, raw_shards: RawShards,
+                        storage: StorageResource) -> PoolManifest:
+    """A pool that ships its embeddings: manifest and embeddings committed in one streamed pass
+    (part by part); the pairs have no images, so nothing is encoded or trained downstream."""
+    from dynamics_assets.core.ingest.precomputed import ingest_precomputed
+    from dynamics_assets.core.model.spec import EncoderSpec
+
+    s = ingest_precomputed(f"{raw_shards.layout}:{raw_shards.shards_dir}", storage.layout.artifact("raw_pairs"),
+                           storage.layout.artifact("pair_embeddings"), embedding=raw_shards.embedding or "b32")
+    context.add_output_metadata({
+        "pairs": s.total, "ok": s.ok, "quarantined": s.quarantined,
+        "quarantine_reasons": md_table(["reason", "pairs"], sorted(s.by_reason.items())),
+        "layout": s.layout, "embedding": str(s.embedding), "dim": s.dim, "parts": len(s.parts),
+        "images": False, "manifest_dir": dg.MetadataValue.path(str(s.manifest_dir)),
+        "manifest_version": s.manifest_version, "embeddings_version": s.embeddings_version,
+        "dagster/row_count": s.total,
+    })
+    return PoolManifest(manifest_dir=str(s.manifest_dir), shards_dir=raw_shards.shards_dir, n_ok=s.ok,
+                        n_total=s.total, by_reason=dict(s.by_reason), eval_dir=raw_shards.eval_dir,
+                        eval_kind=raw_shards.eval_kind,
+                        has_images=False, embeddings_dir=str(s.embeddings_dir),
+                        encoder=EncoderSpec(s.encoder["model_name"], None, precision="fp16"))

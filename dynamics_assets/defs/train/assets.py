@@ -56,6 +56,10 @@ def checkpoint(context: dg.AssetExecutionContext, config: TrainingConfig, sample
     recipe, epoch_key = recipe_and_epoch(context)
     from dynamics_assets.core.train.settings import batch_for
 
+    if not clusters.has_images:
+        raise dg.Failure("this pool ships embeddings without images: its plans and exports exist "
+                         "(sample_plan, datacomp_subset), but there is nothing to train on here")
+
     settings = TrainSettings(**config.model_dump()).with_overrides(recipe.training, source=f"recipe {recipe.name}")
     if "batch_size" not in config.model_fields_set and "batch_size" not in recipe.training:
         settings = dataclasses.replace(settings, batch_size=batch_for(clusters.n))  # the rule for this pool size
