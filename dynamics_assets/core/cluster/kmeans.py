@@ -315,8 +315,6 @@ def assign(
         quarantine = stack.enter_context(pq.ParquetWriter(tmp["quarantine.parquet"], QUARANTINE_SCHEMA))
         for batch in store.iter_shard_batches(batch_size):
             result = _assign_batch(index, batch.embeddings)
-            cluster_col.write(batch.start, result.cluster_id)
-            distance_col.write(batch.start, result.distance)
             n = len(result.cluster_id)
             sample_index = np.arange(batch.start, batch.start + n, dtype=np.int64)
             sample_ids = store.sample_ids(batch.shard, batch.local_start, batch.local_start + n)
@@ -326,6 +324,8 @@ def assign(
                                          distance=np.where(held, np.nan, result.distance).astype(np.float32),
                                          held_out=held)
                 n_held += int((held & ~result.non_finite & ~result.zero_norm).sum())
+            cluster_col.write(batch.start, result.cluster_id)
+            distance_col.write(batch.start, result.distance)
             assignments.write_table(_assignment_table(sample_index, sample_ids, batch.shard, result))
             if not result.valid.all():
                 quarantine.write_table(_quarantine_table(sample_index, sample_ids, result))
