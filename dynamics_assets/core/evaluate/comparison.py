@@ -76,6 +76,8 @@ def _at(points: list[dict[str, Any]], axis: str, x: float, metric: str) -> float
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     v = np.asarray(values, dtype=np.float64)
+    if np.isnan(v).all():  # e.g. zero-shot metrics of a pool evaluated by retrieval only
+        return float("nan"), 0.0
     return float(np.nanmean(v)), float(np.nanstd(v, ddof=1)) if np.sum(~np.isnan(v)) > 1 else 0.0
 
 
