@@ -8,7 +8,6 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 import pyarrow.parquet as pq
-import pytest
 
 from dynamics_assets.core.model.spec import EncoderSpec
 from dynamics_assets.defs.cluster import assets as clustering

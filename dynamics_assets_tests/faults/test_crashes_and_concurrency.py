@@ -3,7 +3,6 @@ writers and readers of one plan partition. After each kill the next run must suc
 for every pair, and readers must only ever see complete committed versions."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
