@@ -347,8 +347,10 @@ def test_run_queue_serialises_gpu_pool_and_same_partition(pg_home, record):
     assert second.start_time >= first.end_time, (first.start_time, first.end_time,
                                                   second.start_time)
     assert _no_overlap([part_iv[p1_a], part_iv[p1_b]]), part_iv
-    # another partition is not held back: p2 (queued after both p1 runs) started before p1's second
-    assert records[p2].start_time < second.start_time
+    # another partition is not held back until p1's runs are done: p2 (queued after both p1 runs)
+    # started before the second p1 run ended (the dequeue order between p2 and that run depends on
+    # when the first p1 run ends, so only this much is certain)
+    assert records[p2].start_time < second.end_time
     record("two runs in flight, their gpu steps never overlapped; the second run of one partition queued "
            "until the first ended; another partition not held back")
     print(f"run queue test: {elapsed:.1f} s; gpu {sorted(gpu_iv.values())}; "
