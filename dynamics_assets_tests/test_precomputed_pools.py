@@ -44,3 +44,42 @@ def test_a_pool_of_embeddings_is_curated_and_planned(tmp_path, layout):
     subset = read_subset(plan.output_for_node("datacomp_subset").subset_path)
     assert len(subset) == round(0.5 * pairs.n_ok) and subset.dtype.names == ("u0", "u1")
     assert (np.diff(subset["u0"].astype(np.float64)) >= 0).all(), "sorted by the uid's high half first"
+
+
+def test_shards_given_with_a_pool_of_embeddings_are_joined_by_uid(tmp_path):
+    """Images for a DataComp pool: a shard holding two of its uids (and one stranger) is joined,
+    and the uids without an image are reported in raw_pairs' metadata."""
+    import io
+    import json
+    import tarfile
+
+    import numpy as np
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    write_datacomp_pool(tmp_path / "pool")
+    meta = sorted((tmp_path / "pool" / "metadata").glob("*.parquet"))[0]
+    uids = pq.read_table(meta, columns=["uid"]).column("uid").to_pylist()[:2] + ["f" * 32]
+    (tmp_path / "images").mkdir()
+    with tarfile.open(tmp_path / "images" / "00000.tar", "w") as tar:
+        for i, uid in enumerate(uids):
+            buf = io.BytesIO()
+            Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(buf, "PNG")
+            for ext, data in (("png", buf.getvalue()), ("txt", b"a caption"), ("json", json.dumps({"uid": uid}).encode())):
+                info = tarfile.TarInfo(f"{i:04d}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    resources = {"storage": StorageResource(root=str(tmp_path / "data")), "gpu": GpuResource(device="cpu")}
+    config = {"ops": {"raw_shards": {"config": {"source": f"datacomp:{tmp_path / 'pool'}",
+                                                "images": str(tmp_path / "images")}}}}
+    result = dg.materialize_to_memory([raw_data.raw_shards, raw_data.raw_pairs], resources=resources, run_config=config)
+    meta = result.asset_materializations_for_node("raw_pairs")[0].metadata
+    pairs = result.output_for_node("raw_pairs")
+    from dynamics_assets.core.ingest.manifest import manifest_files
+
+    ok_ids = {i for _, f in manifest_files(pairs.manifest_dir)
+              for i, s in zip(*pq.read_table(f, columns=["sample_id", "status"]).to_pydict().values()) if s == "ok"}
+    expected = len([u for u in uids[:2] if u in ok_ids])
+    assert expected >= 1 and meta["uids_with_image"].value == expected
+    assert meta["shard_samples_not_in_pool"].value == 1, "the stranger's uid is not in the pool"
+    assert meta["uids_with_image"].value + meta["uids_without_image"].value == pairs.n_ok

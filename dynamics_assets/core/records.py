@@ -36,6 +36,7 @@ class RawShards:
     dirt_counts: Mapping[str, int] = field(default_factory=dict)  # synthetic pool: the planted dirt
     layout: str = "webdataset"  # webdataset shards, or a pool that ships embeddings: "datacomp" | "laion"
     embedding: Optional[str] = None  # datacomp: which embeddings ("b32" | "l14")
+    images_dir: Optional[str] = None  # a pool of embeddings: shards holding its images (joined by uid)
 
 
 @dataclass(frozen=True)

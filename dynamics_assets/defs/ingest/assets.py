@@ -23,6 +23,7 @@ class RawShardsConfig(dg.Config):
     source: str = "synthetic"
     eval: Optional[str] = None
     embedding: str = "b32"  # a DataComp pool's embeddings: b32 (ViT-B/32, 512-d) or l14 (ViT-L/14, 768-d)
+    images: Optional[str] = None  # a pool of embeddings: a folder of its webdataset shards, joined by uid (reported)
     pairs: int = 20_000
     seed: int = 0
     samples_per_shard: int = 2_000
@@ -48,7 +49,7 @@ def raw_shards(context: dg.AssetExecutionContext, config: RawShardsConfig, stora
         return RawShards(source=config.source, shards_dir=str(precomputed.root),
                          shards=tuple(p.name for p in precomputed.parts), eval_dir=config.eval,
                          eval_kind="labelled" if config.eval else None,
-                         layout=precomputed.layout, embedding=config.embedding)
+                         layout=precomputed.layout, embedding=config.embedding, images_dir=config.images)
     else:
         from dynamics_assets.core.ingest.sources import resolve_source
 
@@ -140,7 +141,18 @@ def _ingest_precomputed(context: dg.AssetExecutionContext, raw_shards: RawShards
 
     s = ingest_precomputed(f"{raw_shards.layout}:{raw_shards.shards_dir}", storage.layout.artifact("raw_pairs"),
                            storage.layout.artifact("pair_embeddings"), embedding=raw_shards.embedding or "b32")
+    joined = {}
+    if raw_shards.images_dir:  # which uids the given shards have images for (reported; not trained on)
+        from dynamics_assets.core.ingest.precomputed import join_images
+
+        j = join_images(s.manifest_dir, sorted(Path(raw_shards.images_dir).glob("*.tar")))
+        if j.without_image:
+            context.log.warning(f"{j.without_image} of {j.pool_ok} uids have no image in {raw_shards.images_dir}")
+        joined = {"uids_with_image": j.with_image, "uids_without_image": j.without_image,
+                  "uids_without_image_sample": dg.MetadataValue.json(list(j.missing_sample)),
+                  "shard_samples_not_in_pool": j.not_in_pool}
     context.add_output_metadata({
+        **joined,
         "pairs": s.total, "ok": s.ok, "quarantined": s.quarantined,
         "quarantine_reasons": md_table(["reason", "pairs"], sorted(s.by_reason.items())),
         "layout": s.layout, "embedding": str(s.embedding), "dim": s.dim, "parts": len(s.parts),
