@@ -329,3 +329,12 @@ def test_tracking_uri_is_an_env_var_in_the_resource(monkeypatch, record):
     assert "hunter2" not in json.dumps(resource._get_non_default_public_field_values() if hasattr(
         resource, "_get_non_default_public_field_values") else {}, default=str)
     record("configured as EnvVar('MLFLOW_TRACKING_URI'): the UI shows the variable's name, not its value")
+
+
+def test_column_major_npy_is_read_row_by_row(tmp_path, record):
+    """An embedding .npy saved in Fortran (column-major) order, as np.save writes a transposed array"""
+    a = np.asfortranarray(np.arange(400, dtype=np.float16).reshape(100, 4))
+    np.save(tmp_path / "image.npy", a)
+    got = np.concatenate([chunk for _, chunk in npy_chunks(tmp_path / "image.npy", 32)])
+    assert np.array_equal(got, a) and got.flags.c_contiguous
+    record("read chunk by chunk through a memory map, rows identical to the array saved")

@@ -447,7 +447,7 @@ def _pool_dim(source: PoolSource, embedding: str) -> int:
         return EMBEDDINGS[embedding][2]
     for part in source.parts:
         with contextlib.suppress(OSError, ValueError):
-            shape, _, _ = npy_header(part.image)
+            shape, *_ = npy_header(part.image)
             if len(shape) == 2:
                 return int(shape[1])
     raise ValueError(f"{source.root}: no readable img_emb/*.npy")
