@@ -29,11 +29,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dynamics_assets.core.cluster.refresh import FitRecord, decide, encoder_identity
-from dynamics_assets.core.embed.store import EmbeddingStore
-from dynamics_assets.core.cluster.kmeans import assign, mean_distance, train_kmeans
+from dynamics_assets.core.cluster.curate import ClusterParams, cluster_pool
+from dynamics_assets.core.cluster.kmeans import mean_distance
+from dynamics_assets.core.cluster.refresh import FitRecord
 from dynamics_assets.core.embed.encode import embed_shards
+from dynamics_assets.core.embed.store import EmbeddingStore
 from dynamics_assets.core.ingest.manifest import build_manifest
+from dynamics_assets.core.io.versions import Artefact
 from dynamics_assets.core.model.clip import EncoderSpec, load_encoder
 
 DEFAULT_THRESHOLD = 0.25  # ClusteringConfig.drift_threshold
@@ -54,13 +56,9 @@ def noise_shard(path: Path, n: int, seed: int = 0) -> None:
                 tar.addfile(info, io.BytesIO(data))
 
 
-def cluster(store: EmbeddingStore, k: int, out: Path) -> FitRecord:
-    centroids = train_kmeans(store, k, sample_size=100_000, niter=20, seed=0, use_gpu=False)
-    summary = assign(store, centroids, out, use_gpu=False)
-    record = FitRecord({"k": k}, encoder_identity(store),
-                       {s: int(n) for s, n in zip(store.shards, store.counts)}, summary.mean_distance)
-    record.write(out)
-    return record
+def cluster(embeddings_dir: Path, manifest_dir: Path, k: int, root: Path, refresh: str = "retrain"):
+    """The clusters stage as the pipeline runs it (a new version of ``root``)."""
+    return cluster_pool(embeddings_dir, manifest_dir, root, ClusterParams(k=k), refresh=refresh, use_gpu=False)
 
 
 def timed(fn):
@@ -78,7 +76,8 @@ def main() -> None:
     args = ap.parse_args()
     data = Path(args.data).resolve()
     shards = sorted((data / "raw" / "shards").glob("*.tar"))
-    checkpoint = next((data / "artifacts" / "reference_model").glob("*.pt"), None)
+    reference = Artefact(data / "artifacts" / "reference_model").current()
+    checkpoint = next(reference.glob("*.pt"), None) if reference is not None else None
     if len(shards) <= args.new or checkpoint is None:
         raise SystemExit(f"no curated pool under {data}: run `bash scripts/pipeline.sh` first")
     encoder = load_encoder(EncoderSpec(checkpoint.stem, str(checkpoint)), args.device)
@@ -92,39 +91,35 @@ def main() -> None:
             (pool_dir / shard.name).symlink_to(shard)
         manifest, emb, clusters = tmp / "manifest", tmp / "emb", tmp / "clusters"
 
-        # setup: the first curation, on the old shards
-        build_manifest([pool_dir / s.name for s in old], manifest)
-        embed_shards(encoder, manifest, pool_dir, emb)
-        fit = cluster(EmbeddingStore(emb), args.k, clusters)
+        # setup: the first curation, on the old shards (each stage commits a version of its root)
+        m = build_manifest([pool_dir / s.name for s in old], manifest)
+        e = embed_shards(encoder, m.version_dir, pool_dir, emb)
+        first = cluster(e.version_dir, m.version_dir, args.k, clusters)
+        fit = FitRecord.read(first.clusters_dir)
 
         def incremental():
-            build_manifest([pool_dir / s.name for s in new], manifest)
-            embedded = embed_shards(encoder, manifest, pool_dir, emb, shards=[s.name for s in new])
-            store = EmbeddingStore(emb)
-            centroids = np.load(clusters / "centroids.npy")
-            decision = decide("auto", fit, {"k": args.k}, encoder_identity(store),
-                              {s: int(n) for s, n in zip(store.shards, store.counts)},
-                              lambda names: mean_distance(store, centroids, names, use_gpu=False), DEFAULT_THRESHOLD)
-            assign(store, centroids, clusters, use_gpu=False)
-            return embedded, decision
+            m2 = build_manifest([pool_dir / s.name for s in new], manifest)
+            embedded = embed_shards(encoder, m2.version_dir, pool_dir, emb, shards=[s.name for s in new])
+            result = cluster(embedded.version_dir, m2.version_dir, args.k, clusters, refresh="auto")
+            return embedded, result.decision
 
         (embedded, decision), t_incremental = timed(incremental)
 
         def full():
-            manifest_full, emb_full = tmp / "manifest_full", tmp / "emb_full"
-            build_manifest([pool_dir / s.name for s in shards], manifest_full)
-            embed_shards(encoder, manifest_full, pool_dir, emb_full)
-            return cluster(EmbeddingStore(emb_full), args.k, tmp / "clusters_full")
+            mf = build_manifest([pool_dir / s.name for s in shards], tmp / "manifest_full")
+            ef = embed_shards(encoder, mf.version_dir, pool_dir, tmp / "emb_full")
+            return cluster(ef.version_dir, mf.version_dir, args.k, tmp / "clusters_full")
 
         _, t_full = timed(full)
 
         # data the encoder never saw: noise images, random captions
         noise = pool_dir / "zz-noise.tar"
         noise_shard(noise, 2000)
-        build_manifest([noise], manifest)
-        embed_shards(encoder, manifest, pool_dir, emb, shards=[noise.name])
-        store = EmbeddingStore(emb)
-        rows, noise_mean = mean_distance(store, np.load(clusters / "centroids.npy"), ["zz-noise"], use_gpu=False)
+        mn = build_manifest([noise], manifest)
+        en = embed_shards(encoder, mn.version_dir, pool_dir, emb, shards=[noise.name])
+        store = EmbeddingStore(en.version_dir)
+        centroids = np.load(Artefact(clusters).current() / "centroids.npy")
+        rows, noise_mean = mean_distance(store, centroids, ["zz-noise"], use_gpu=False)
         noise_drift = noise_mean / fit.mean_distance - 1
         shutil.rmtree(tmp / "emb_full", ignore_errors=True)
 
