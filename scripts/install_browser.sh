@@ -3,9 +3,5 @@
 # downloaded by Playwright). Idempotent: a no-op once /usr/bin/chromium exists.
 set -euo pipefail
 [ -x /usr/bin/chromium ] && exit 0
-SUDO=""
-[ "$(id -u)" -eq 0 ] || SUDO="sudo"
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null
+bash "$(dirname "$0")/apt_install.sh" chromium
 echo "install_browser: $(/usr/bin/chromium --version 2>/dev/null)"

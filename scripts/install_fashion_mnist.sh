@@ -5,9 +5,5 @@
 set -euo pipefail
 DIR=/usr/share/datasets/fashion-mnist
 [ -f "$DIR/t10k-images-idx3-ubyte.gz" ] && [ -f "$DIR/t10k-labels-idx1-ubyte.gz" ] && exit 0
-SUDO=""
-[ "$(id -u)" -eq 0 ] || SUDO="sudo"
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends dataset-fashion-mnist >/dev/null
+bash "$(dirname "$0")/apt_install.sh" dataset-fashion-mnist
 echo "install_fashion_mnist: $(ls "$DIR")"

@@ -5,9 +5,5 @@
 set -euo pipefail
 command -v initdb >/dev/null 2>&1 && exit 0
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && exit 0
-SUDO=""
-[ "$(id -u)" -eq 0 ] || SUDO="sudo"
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+bash "$(dirname "$0")/apt_install.sh" postgresql
 echo "install_postgres: $(ls -d /usr/lib/postgresql/*/bin/initdb)"

@@ -130,7 +130,7 @@ def iter_planned_samples(indices: np.ndarray, multiplicity: np.ndarray, manifest
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from dynamics_assets.core.ingest.pool import _ok_rows, pool_shards
+    from dynamics_assets.core.ingest.pool import pool_shards, shard_ok_rows
     from dynamics_assets.core.io.webdataset import read_members, read_ranges
 
     shards = pool_shards(manifest_dir)
@@ -146,7 +146,7 @@ def iter_planned_samples(indices: np.ndarray, multiplicity: np.ndarray, manifest
                    *(("image_offset", "image_size") if located else ())]
         local = np.asarray(indices[lo:hi]).astype(np.int64) - shard.offset
         copies = np.asarray(multiplicity[lo:hi]).astype(np.int64)
-        rows = _ok_rows(shard, columns).take(pa.array(local))
+        rows = shard_ok_rows(shard, columns).take(pa.array(local))
         cols = {c: rows[c].to_pylist() for c in ["row", *columns]}
         tar_path = Path(shards_dir) / shard.name
         if not located or None in cols["image_offset"]:  # e.g. a compressed tar: one sequential pass

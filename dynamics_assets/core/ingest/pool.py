@@ -85,7 +85,7 @@ def _read_manifest(path: Path, columns: Sequence[str]) -> pa.Table:
         raise ValueError(f"{path}: unreadable manifest or missing columns {list(columns)} ({e})") from e
 
 
-def _ok_rows(shard: PoolShard, columns: Sequence[str]) -> pa.Table:
+def shard_ok_rows(shard: PoolShard, columns: Sequence[str]) -> pa.Table:
     """The shard's ok rows in ``row`` order (the columns asked for, plus ``row`` and ``status``)."""
     table = _read_manifest(shard.manifest_path, sorted({*columns, "row", "status"}))
     table = table.filter(pc.equal(table["status"], OK)).sort_by("row")
@@ -96,7 +96,7 @@ def _ok_rows(shard: PoolShard, columns: Sequence[str]) -> pa.Table:
 
 def ok_sample_ids(shard: PoolShard) -> np.ndarray:
     """The shard's ok sample ids in row order as ``'S32'`` (32 hex characters each)."""
-    ids = _ok_rows(shard, ["sample_id"])["sample_id"].to_pylist()
+    ids = shard_ok_rows(shard, ["sample_id"])["sample_id"].to_pylist()
     for sample_id in ids:
         if not (isinstance(sample_id, str) and _SAMPLE_ID.fullmatch(sample_id)):
             raise ValueError(f"{shard.manifest_path}: sample_id {sample_id!r} is not 32 hex characters")
@@ -162,7 +162,7 @@ def iter_pool_pairs(
 
 def records(shards: list[PoolShard], indices: np.ndarray | None, counts: np.ndarray | None) -> Iterator[Record]:
     for shard, local in _selected(shards, indices, counts, 0):
-        ids = _ok_rows(shard, ["sample_id"])["sample_id"].to_pylist()
+        ids = shard_ok_rows(shard, ["sample_id"])["sample_id"].to_pylist()
         positions = range(shard.n_ok) if local is None else local.tolist()
         for pos in positions:
             yield Record(shard.offset + pos, ids[pos])
@@ -184,7 +184,7 @@ def iter_shard_pairs(
 ) -> Iterator[Pair]:
     """The shard's ok pairs in row order (or those at the local ok positions ``local``)."""
     located = {"image_offset", "image_size"} <= set(pq.read_schema(shard.manifest_path).names)
-    rows = _ok_rows(shard, ["sample_id", "image_member", "caption", *(("image_offset", "image_size") if located else ())])
+    rows = shard_ok_rows(shard, ["sample_id", "image_member", "caption", *(("image_offset", "image_size") if located else ())])
     positions = range(shard.n_ok) if local is None else local.tolist()
     if local is not None:
         rows = rows.take(pa.array(local))

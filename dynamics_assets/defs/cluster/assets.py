@@ -3,19 +3,23 @@ embedding, and per-cluster statistics in DuckDB. A re-curation keeps the centroi
 data fits them (see core/cluster/refresh.py)."""
 
 import math
-from typing import Literal, Optional
+from typing import Literal
 
 import dagster as dg
 
+from dynamics_assets.core.cluster.params import ClusterParams
 from dynamics_assets.core.records import ClusterStats, PoolClusters, PoolEmbeddings, PoolManifest
+from dynamics_assets.defs.config import config_from
 from dynamics_assets.defs.metadata import md_table
 from dynamics_assets.defs.resources import GpuResource, StorageResource
 
 GROUP = "clustering"
 
 
-class ClusteringConfig(dg.Config):
-    """k centroids trained on ``sample_size`` embeddings (faiss caps it at 1000 per centroid);
+ClusteringConfig = config_from(
+    ClusterParams, "ClusteringConfig",
+    """The clustering parameters of core/cluster/curate.ClusterParams (``k`` empty:
+    round(0.73·√N), at most N/39), plus how a re-curation refreshes them. k centroids trained on ``sample_size`` embeddings (faiss caps it at 1000 per centroid);
     ``merge_threshold``: merge centroids with cosine ≥ it. DynamiCS uses 0.70 on DINOv2 features;
     the default encoder here (a tiny model trained on the pool) packs its centroids much closer
     (median nearest-centroid cosine 0.96 on the default data: 0.70 merged 100 centroids into 12),
@@ -24,16 +28,11 @@ class ClusteringConfig(dg.Config):
     ``refresh``: "auto" keeps the previous centroids (assigning every row to them) unless the rows
     added since they were fitted raise the mean distance to the nearest centroid by more than
     ``drift_threshold`` (relative), or the parameters or encoder changed; "assign" always keeps
-    them; "retrain" always fits anew."""
-
-    k: Optional[int] = None  # empty: round(0.73·√N), at most N/39 (core/cluster/curate.k_for)
-    sample_size: int = 100_000
-    niter: int = 20
-    seed: int = 0
-    embedding: Literal["image", "text"] = "image"
-    merge_threshold: Optional[float] = None
-    refresh: Literal["auto", "assign", "retrain"] = "auto"
-    drift_threshold: float = 0.25
+    them; "retrain" always fits anew.""",
+    __name__,
+    refresh=(Literal["auto", "assign", "retrain"], "auto"),
+    drift_threshold=(float, 0.25),
+)
 
 
 @dg.asset(group_name=GROUP, kinds={"faiss", "numpy"}, deps=["shard_embeddings"])
@@ -41,14 +40,9 @@ def clusters(context: dg.AssetExecutionContext, config: ClusteringConfig, raw_pa
              pair_embeddings: PoolEmbeddings, storage: StorageResource, gpu: GpuResource) -> PoolClusters:
     """Cluster id and cosine distance to the centroid of every embedded pair, and the centroids.
     On re-curation the centroids are kept, or re-trained when the new data drifts from them."""
-    from dynamics_assets.core.cluster.curate import ClusterParams, cluster_pool, k_for, k_warning
+    from dynamics_assets.core.cluster.curate import cluster_pool
 
-    k = config.k if config.k is not None else k_for(pair_embeddings.n)
-    warnings = [w for w in [k_warning(k, pair_embeddings.n)] if w]
-    for w in warnings:
-        context.log.warning(w)
-    params = ClusterParams(k=k, sample_size=config.sample_size, niter=config.niter, seed=config.seed,
-                           embedding=config.embedding, merge_threshold=config.merge_threshold)
+    params = ClusterParams(**config.model_dump(exclude={"refresh", "drift_threshold"}))
     result = cluster_pool(pair_embeddings.embeddings_dir, raw_pairs.manifest_dir, storage.layout.artifact("clusters"), params,
                           refresh=config.refresh, drift_threshold=config.drift_threshold,
                           use_gpu="auto" if gpu.resolved_device().startswith("cuda") else False,
@@ -56,12 +50,14 @@ def clusters(context: dg.AssetExecutionContext, config: ClusteringConfig, raw_pa
                           # synthetic pool has its own held-out set
                           hold_out=raw_pairs.eval_kind != "synthetic")
     context.log.info(f"clusters: {result.decision.action} ({result.decision.reason})")
+    for w in result.warnings:
+        context.log.warning(w)
     info = vars(result.assignment)
     context.add_output_metadata({
         **result.decision.metadata(),
         "k_trained": result.k_trained, "k": result.k, "merged": result.k_trained - result.k,
         "k_rule": "set" if config.k is not None else f"round(0.73·√N) capped at N/39 for N = {pair_embeddings.n}",
-        "warnings": dg.MetadataValue.md("\n".join(f"- ⚠ {w}" for w in warnings) or "none"),
+        "warnings": dg.MetadataValue.md("\n".join(f"- ⚠ {w}" for w in result.warnings) or "none"),
         **{k: v for k, v in info.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
            and not (isinstance(v, float) and math.isnan(v))},
         "clusters_dir": dg.MetadataValue.path(str(result.clusters_dir)), "pool_version": result.pool_version,

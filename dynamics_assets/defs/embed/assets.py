@@ -2,6 +2,7 @@
 image and text embeddings of every valid pair (written per shard, resumable), and the embeddings
 of each shard that lands later (one dynamic partition per shard)."""
 
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -59,7 +60,7 @@ def reference_model(context: dg.AssetExecutionContext, config: ReferenceModelCon
     warnings = []
     if near_chance(float(metrics["final_loss"]), batch):
         warnings.append(f"the reference model ended at loss {float(metrics['final_loss']):.3f}, within 10% of chance "
-                        f"(ln {batch} = {__import__('math').log(batch):.3f}): it learnt nothing, and the embeddings "
+                        f"(ln {batch} = {math.log(batch):.3f}): it learnt nothing, and the embeddings "
                         "and clusters made with it will not follow the content; train longer or configure a "
                         "pretrained encoder for pair_embeddings")
     for w in warnings:

@@ -2,14 +2,13 @@
 continuing from the recipe's previous checkpoint (a self-dependency on the previous partition)."""
 
 import dataclasses
-import typing
 from typing import Optional
 
 import dagster as dg
-import pydantic
 
 from dynamics_assets.core.records import CheckpointRecord, PlanRecord, PoolClusters, ReferenceModel
 from dynamics_assets.core.train.settings import TrainSettings
+from dynamics_assets.defs.config import config_from
 from dynamics_assets.defs.experiments import partition_dir, recipe_and_epoch, recipe_epoch_partitions
 from dynamics_assets.defs.partitions import N_EPOCHS, epoch_of
 from dynamics_assets.defs.resources import GpuResource, StorageResource
@@ -25,18 +24,11 @@ PREVIOUS_EPOCH = dg.MultiPartitionMapping({
 })
 
 
-def _config_from(settings: type, name: str, doc: str) -> type[dg.Config]:
-    """A Dagster run config class with exactly the fields (types and defaults) of a settings
-    dataclass, so the training configuration is written once (``core/train/settings.py``)."""
-    hints = typing.get_type_hints(settings)
-    fields = {f.name: (hints[f.name], f.default) for f in dataclasses.fields(settings)}
-    return pydantic.create_model(name, __base__=dg.Config, __doc__=doc, __module__=__name__, **fields)
-
-
-TrainingConfig = _config_from(
+TrainingConfig = config_from(
     TrainSettings, "TrainingConfig",
     "Training settings (core/train/settings.py: TrainSettings); a recipe's ``training:`` keys in "
-    "experiments.yaml override them. ``n_epochs`` empty: the cosine schedule spans every epoch partition.")
+    "experiments.yaml override them. ``n_epochs`` empty: the cosine schedule spans every epoch partition.",
+    __name__)
 
 
 @dg.asset(
