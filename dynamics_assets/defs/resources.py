@@ -24,12 +24,15 @@ class GpuResource(dg.ConfigurableResource):
 
     device: auto | cuda | cuda:N | cpu. ``cuda`` without a GPU fails unless
     ``allow_cpu_fallback``. precision: bf16 | fp16 | fp32 (mixed precision on CUDA only).
-    num_processes > 1 runs training under torchrun (DDP).
+    num_processes > 1 runs training under torchrun (DDP). num_workers: DataLoader worker processes
+    that decode and preprocess images for training and embedding (0 = in the step's process); the
+    sample order does not depend on it.
     """
 
     device: str = "auto"
     precision: str = "bf16"
     num_processes: int = 1
+    num_workers: int = 0
     allow_cpu_fallback: bool = True
 
     def resolved_device(self) -> str:
