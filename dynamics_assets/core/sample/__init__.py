@@ -17,11 +17,12 @@ _LAZY = {
     "ClipScoreFilter": "strategies.clip_score", "Compose": "strategies.compose", "DBPPruning": "strategies.dbp",
     "DynamicsSampler": "strategies.dynamics", "cluster_targets": "strategies.dynamics",
     "FlattenSampler": "strategies.flatten", "SemDeDup": "strategies.semdedup", "SSPPruning": "strategies.ssp",
-    "UniformSampler": "strategies.uniform", "read_plan": "plan_io", "write_plan": "plan_io",
+    "UniformSampler": "strategies.uniform",
+    "LearnabilitySampler": "strategies.learnability", "ClusterFeedback": "strategies.learnability", "read_plan": "plan_io", "write_plan": "plan_io",
 }
 _STRATEGY_CLASSES = {"uniform": "UniformSampler", "dynamics": "DynamicsSampler", "flatten": "FlattenSampler",
                      "semdedup": "SemDeDup", "ssp": "SSPPruning", "dbp": "DBPPruning", "clip_score": "ClipScoreFilter",
-                     "compose": "Compose"}
+                     "compose": "Compose", "learnability": "LearnabilitySampler"}
 
 
 def __getattr__(name: str) -> Any:
@@ -58,5 +59,6 @@ def sampler_from_spec(spec: dict, *, cache_dir: str | None = None) -> Sampler:
 
 
 __all__ = ["ClusterPool", "Plan", "Sampler", "DynamicsSampler", "UniformSampler", "FlattenSampler",
-           "SemDeDup", "SSPPruning", "DBPPruning", "ClipScoreFilter", "Compose", "SAMPLERS",
+           "SemDeDup", "SSPPruning", "DBPPruning", "ClipScoreFilter", "Compose", "LearnabilitySampler",
+           "ClusterFeedback", "SAMPLERS",
            "make_sampler", "sampler_from_spec", "resolve_budget", "cluster_targets", "read_plan", "write_plan"]

@@ -20,6 +20,7 @@ STRATEGIES: dict[str, tuple[str, ...]] = {
     "dbp": ("budget", "tau", "l_nearest"),
     "clip_score": ("fraction",),
     "compose": ("steps",),
+    "learnability": ("budget", "alpha", "beta", "z_max", "kappa", "mode", "max_repeat"),
 }
 _PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
 
