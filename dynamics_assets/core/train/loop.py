@@ -164,6 +164,7 @@ def train_steps(
     model_name: str = "",
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     progress: Progress | None = None,
+    on_example_losses: Callable[[torch.Tensor], None] | None = None,
 ) -> TrainState:
     """One optimiser step per ``(images, tokens)`` batch, continuing from ``state``.
 
@@ -171,6 +172,8 @@ def train_steps(
     ``cfg.checkpoint_every_steps`` steps the state is written atomically to
     ``step_checkpoint_path`` (an open_clip checkpoint named ``model_name``). ``progress`` is
     called with ``(global step, cfg.total_steps)`` after each step (default: ``io.progress.bar``).
+    ``on_example_losses`` gets every batch's per-example CLIP losses (detached, float32, this
+    process's batch: ``online_selection.per_example_softmax_losses``) — no extra forward pass.
     """
     device = torch.device(resolve_device(cfg.device))
     core = getattr(model, "module", model)  # the open_clip model inside a DDP wrapper
@@ -199,6 +202,9 @@ def train_steps(
             loss = loss_fn(image_features, text_features, logit_scale)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss {loss.item()} at step {state.step}")
+        if on_example_losses is not None:
+            with torch.no_grad():
+                on_example_losses(_example_losses(image_features, text_features, logit_scale))
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if cfg.grad_clip_norm is not None:
@@ -223,6 +229,12 @@ def train_steps(
     state.scaler = scaler.state_dict()
     state.rng = _rng_state()
     return state
+
+
+def _example_losses(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """ℓ_i = ½ [CE(s·x_i·Yᵀ, i) + CE(s·y_i·Xᵀ, i)] of the batch (the terms ``ClipLoss`` averages)."""
+    logits = logit_scale.float() * image_features.detach().float() @ text_features.detach().float().T
+    return ((-logits.log_softmax(dim=1).diagonal() - logits.log_softmax(dim=0).diagonal()) / 2).cpu()
 
 
 def _batches_from(passes: Sequence[PairBatches], lengths: Sequence[int], step: int) -> Iterator[list[Pair]]:
