@@ -10,6 +10,8 @@ Runs alone (world size 1) or under ``torchrun`` with DDP: rank r trains on plan 
 r+2W, … — disjoint, so no sample is seen twice in an epoch beyond its planned multiplicity — and
 all ranks take the same number of steps (the minimum over ranks). Only rank 0 writes.
 Step checkpoints let an interrupted epoch resume where it stopped, with the same final weights.
+Each process decodes and preprocesses its batches in ``num_workers`` DataLoader workers
+(``loader.batch_loader``); the batches and the weights do not depend on ``num_workers``.
 
 Online batch selection (``selection`` = 'jest' | 'activeclip', see ``online_selection``): every
 step pulls a super-batch of round(batch_size / (1 − filter_ratio)) pairs from the plan's loader,
@@ -24,6 +26,7 @@ and their running totals, so compute comparisons include the cost of scoring.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import sys
@@ -41,7 +44,7 @@ from dynamics_assets.core.io import versions
 from dynamics_assets.core.io.hashing import file_sha256
 from dynamics_assets.core.io.progress import Progress, bar
 from dynamics_assets.core.train.online_selection import check_same_inputs, load_reference_model, scoring_flops_per_pair, seeded_generator, select, super_batch_size
-from dynamics_assets.core.train.loader import PairBatches
+from dynamics_assets.core.train.loader import PairBatches, batch_loader
 from dynamics_assets.core.ingest.pool import collate
 from dynamics_assets.core.sample import read_plan
 from dynamics_assets.core.train.loop import Batch, TrainConfig, TrainState, load_train_state, train_steps
@@ -65,11 +68,16 @@ class EpochJob(TrainSettings):
     previous_checkpoint: str | None = None  # None: epoch 1 starts from init_pretrained / scratch
     device: str = "cpu"
     precision: str = "bf16"
+    cluster_ids: str | None = None  # the pool's cluster_id.npy: record the epoch's per-cluster loss (cluster_loss.npy)
+    n_clusters: int = 0  # with cluster_ids: K
     reference_checkpoint: str | None = None  # with selection: the reference model's open_clip checkpoint
     pool_version: str | None = None  # the pool (clusters) version this run reads; set: the plan must match
+    num_workers: int = 0  # DataLoader workers decoding per process (0: in it); the batches do not depend on it
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0 (got {self.num_workers})")
         if self.selection is None:
             return
         if not self.reference_checkpoint:
@@ -167,6 +175,8 @@ def run_epoch(job: EpochJob, *, on_step: Callable[[int, dict[str, float]], None]
     if staging is not None:
         metrics.update(checkpoint=str(staging.version_dir / CHECKPOINT_NAME), version_dir=str(staging.version_dir),
                        version_id=staging.version_id)
+        if (staging.version_dir / "cluster_loss.npy").is_file():
+            metrics["cluster_loss"] = str(staging.version_dir / "cluster_loss.npy")
     return metrics
 
 
@@ -231,20 +241,20 @@ def _run_epoch(job: EpochJob, work_dir: Path, *, on_step: Callable[[int, dict[st
     done = state.step - start_step
     tokenizer = open_clip.get_tokenizer(job.model_name)
 
-    def stream():
-        for i, b in enumerate(batches.batches(skip=done)):
-            if done + i >= n_batches:
-                return
-            yield collate(b, preprocess, tokenizer)
-
     core = getattr(model, "module", model)
-    train_batches: Iterator[Batch] = stream()
+    train_batches: Iterator[Batch] = iter(batch_loader(
+        batches, functools.partial(collate, preprocess=preprocess, tokenizer=tokenizer), skip=done, stop=n_batches,
+        num_workers=job.num_workers, pin_memory=device.startswith("cuda")))
     if job.selection is not None:
         reference = load_reference_model(job.reference_checkpoint, device)
         check_same_inputs(core, reference)
         flops_per_pair = scoring_flops_per_pair(core, reference)
         train_batches = _selected(job, core, reference, train_batches, done, rank, cfg, flops_per_pair)
-    state = train_steps(model, train_batches, cfg, state=state,
+    recorder = None
+    if job.cluster_ids and job.selection is None:  # per-cluster training loss (train.cluster_loss), ~0 FLOPs
+        from dynamics_assets.core.train.cluster_loss import ClusterLossRecorder, replayed_batches
+        recorder = ClusterLossRecorder(job.cluster_ids, job.n_clusters, replayed_batches(batches, done))
+    state = train_steps(model, train_batches, cfg, state=state, on_example_losses=recorder,
                         step_checkpoint_path=step_path if rank == 0 else None,
                         model_name=job.model_name, on_step=on_step if rank == 0 else None,
                         progress=_epoch_progress(progress, job.epoch, start_step, n_batches, rank))
@@ -262,7 +272,11 @@ def _run_epoch(job: EpochJob, work_dir: Path, *, on_step: Callable[[int, dict[st
                "precision": cfg.precision}
     if job.selection is not None:
         metrics.update(_scoring_metrics(job, metrics["steps"] * world, flops_per_pair))
+    if recorder is not None:
+        recorder.all_reduce()
     if rank == 0:
+        if recorder is not None:
+            recorder.save(work_dir)
         save_checkpoint(work_dir / CHECKPOINT_NAME, core, model_name=job.model_name, epoch=job.epoch, step=state.step,
                         samples_seen=samples_seen, optimizer=state.optimizer,
                         extra={"last_loss": state.last_loss, "job": asdict(job),

@@ -4,18 +4,31 @@
 ``shuffle(bufsize)``: each arriving item swaps with a uniformly drawn buffered one, which is emitted)
 followed by a composer that never puts one ``sample_id`` twice into a batch (a repeat waits for the
 next batch). Its decisions depend only on the seed and the (sample_index, sample_id) stream, so
-``PairBatches.batches(skip=k)`` replays the first k batches from the manifests alone, then reads
-only the pairs still held in the buffer and the rest of the stream.
+``PairBatches`` composes the batches from the manifests alone (``record_batches``: the
+``(sample_index, sample_id)`` stream through the batcher), then reads the image bytes of each batch
+(``PairReader``: one seek per image with the manifest's offsets), so the shuffle buffer holds no
+image and ``batches(skip=k)`` resumes after k batches without reading the images of the batches
+skipped.
+
+``batch_loader`` decodes and preprocesses in ``num_workers`` DataLoader worker processes: each
+worker replays the (cheap) batch composition and reads and collates only its own batches — batch i
+(counted from ``skip``) is worker i mod W's, and the DataLoader takes the workers' outputs round
+robin — so the batches and their order are the same for every number of workers.
 """
 from __future__ import annotations
 
+import io
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Generic, Iterable, Iterator, Protocol, Sequence, TypeVar
+from typing import Any, Callable, Generic, Iterable, Iterator, Protocol, Sequence, TypeVar
 
 import numpy as np
+import pyarrow.parquet as pq
+from PIL import Image
 
-from dynamics_assets.core.ingest.pool import Pair, Record, pairs_of, pool_shards, records
+from dynamics_assets.core.ingest.pool import Pair, PoolShard, Record, pool_shards, records, shard_ok_rows
+from dynamics_assets.core.io.webdataset import read_members, read_ranges
 
 _UNIFORM_CHUNK = 4096  # random draws are taken from the generator in chunks of this size
 
@@ -155,28 +168,121 @@ class PairBatches:
         stream = records(pool_shards(self.manifest_dir), self.indices, self.counts)
         return sum(1 for _ in batch_stream(self._batcher(), stream, keep_last=self.keep_last))
 
-    def batches(self, skip: int = 0) -> Iterator[list[Pair]]:
-        shards = pool_shards(self.manifest_dir)
-        batcher: ShuffleBatcher = self._batcher()
-        pulled = 0
-
-        def counted() -> Iterator[Record]:
-            nonlocal pulled
-            for record in records(shards, self.indices, self.counts):
-                pulled += 1
-                yield record
-
-        replay = batch_stream(batcher, counted(), keep_last=self.keep_last)
+    def record_batches(self, skip: int = 0, shards: list[PoolShard] | None = None) -> Iterator[list[Record]]:
+        """The batches as ``Record``s (from the manifests alone), after the first ``skip``."""
+        shards = pool_shards(self.manifest_dir) if shards is None else shards
+        replay = batch_stream(self._batcher(), records(shards, self.indices, self.counts), keep_last=self.keep_last)
         for done in range(skip):
             if next(replay, None) is None:
                 raise ValueError(f"cannot skip {skip} batches: the pass has {done}")
-        held = batcher.held()
-        if held:
-            wanted = np.unique([r.sample_index for r in held])
-            found = {p.sample_index: p for p in pairs_of(shards, self.shards_dir, wanted, None, 0)}
-            batcher.map_held(lambda r: found[r.sample_index])
-        yield from batch_stream(batcher, pairs_of(shards, self.shards_dir, self.indices, self.counts, pulled),
-                                keep_last=self.keep_last)
+        yield from replay
+
+    def batches(self, skip: int = 0) -> Iterator[list[Pair]]:
+        shards = pool_shards(self.manifest_dir)
+        reader = PairReader(shards, self.shards_dir)
+        for batch in self.record_batches(skip, shards):
+            yield reader.read(batch)
 
     def _batcher(self) -> ShuffleBatcher:
         return ShuffleBatcher(self.seed, self.batch_size, self.buffer_size)
+
+
+class PairReader:
+    """The pairs of given records (a batch), read from the pool's shards in file order.
+
+    Keeps the manifest rows of the ``cache`` shards used last (a shuffled batch draws from the few
+    shards its shuffle buffer spans). With the manifest's image offsets (uncompressed tars) it
+    seeks to each image; without them (a compressed shard) it parses the shard for the batch's
+    members, which is correct but slow for a shard that many batches touch."""
+
+    def __init__(self, shards: list[PoolShard], shards_dir: str | Path, cache: int = 8) -> None:
+        self.shards = shards
+        self.shards_dir = Path(shards_dir)
+        self._offsets = np.array([s.offset for s in shards], dtype=np.int64)
+        self._cache = cache
+        self._rows: OrderedDict[int, dict[str, list]] = OrderedDict()
+
+    def read(self, batch: Sequence[Record]) -> list[Pair]:
+        index = np.array([r.sample_index for r in batch], dtype=np.int64)
+        which = np.searchsorted(self._offsets, index, side="right") - 1
+        out: list[Pair | None] = [None] * len(batch)
+        for k in np.unique(which).tolist():
+            shard = self.shards[k]
+            rows = self._shard_rows(k)
+            at = np.flatnonzero(which == k)
+            local = index[at] - shard.offset
+            order = np.argsort(local, kind="stable")
+            at, local = at[order].tolist(), local[order].tolist()
+            tar_path = self.shards_dir / shard.name
+            members = [rows["image_member"][p] for p in local]
+            if rows["image_offset"] is None or any(rows["image_offset"][p] is None for p in local):
+                by_name = read_members(tar_path, members)
+                data = [by_name[m] for m in members]
+            else:
+                data = read_ranges(tar_path, [(rows["image_offset"][p], rows["image_size"][p]) for p in local])
+            for j, p, member, blob in zip(at, local, members, data):
+                sample_id = rows["sample_id"][p]
+                if sample_id != batch[j].sample_id:
+                    raise RuntimeError(f"{shard.manifest_path}: sample {batch[j].sample_index} is {sample_id}, "
+                                       f"expected {batch[j].sample_id} (the manifest changed while reading)")
+                out[j] = Pair(shard.offset + p, sample_id, _open(blob, tar_path, member), rows["caption"][p])
+        return out  # type: ignore[return-value]
+
+    def _shard_rows(self, k: int) -> dict[str, list]:
+        if k in self._rows:
+            self._rows.move_to_end(k)
+            return self._rows[k]
+        shard = self.shards[k]
+        located = {"image_offset", "image_size"} <= set(pq.read_schema(shard.manifest_path).names)
+        columns = ["sample_id", "image_member", "caption", *(("image_offset", "image_size") if located else ())]
+        table = shard_ok_rows(shard, columns)
+        rows: dict[str, Any] = {c: table[c].to_pylist() for c in columns}
+        rows.setdefault("image_offset", None)
+        rows.setdefault("image_size", None)
+        self._rows[k] = rows
+        while len(self._rows) > self._cache:
+            self._rows.popitem(last=False)
+        return rows
+
+
+def _open(data: bytes, tar_path: Path, member: str) -> Image.Image:
+    """The image, decoded lazily (on first pixel access), as ``pool.iter_shard_pairs`` opens it."""
+    try:
+        return Image.open(io.BytesIO(data))
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise ValueError(f"{tar_path}: member {member} is not a decodable image ({e})") from e
+
+
+def _as_is(batch: Any) -> Any:
+    return batch
+
+
+def batch_loader(batches: PairBatches, collate_fn: Callable[[list[Pair]], Any], *, skip: int = 0,
+                 stop: int | None = None, num_workers: int = 0, pin_memory: bool = False,
+                 prefetch_factor: int | None = None) -> Iterable[Any]:
+    """``collate_fn(pairs)`` of the batches ``skip`` .. ``stop`` − 1 of ``batches``, decoded in
+    ``num_workers`` DataLoader worker processes (0: in this process); the same batches in the same
+    order for every ``num_workers``. ``collate_fn`` runs in the workers (fork start method)."""
+    import torch
+    from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+
+    class Collated(IterableDataset):
+        def __iter__(self) -> Iterator[Any]:
+            info = get_worker_info()
+            worker, n_workers = (0, 1) if info is None else (info.id, info.num_workers)
+            shards = pool_shards(batches.manifest_dir)
+            reader = PairReader(shards, batches.shards_dir)
+            for i, batch in enumerate(batches.record_batches(skip, shards), start=skip):
+                if stop is not None and i >= stop:
+                    return
+                if (i - skip) % n_workers == worker:
+                    yield collate_fn(reader.read(batch))
+
+    extra = {} if num_workers == 0 or prefetch_factor is None else {"prefetch_factor": prefetch_factor}
+    # Own generator: creating the iterator draws a base seed from it, never from the global RNG
+    # (which the training loop seeds and checkpoints).
+    return DataLoader(Collated(), batch_size=None, collate_fn=_as_is, num_workers=num_workers,
+                      pin_memory=pin_memory, generator=torch.Generator().manual_seed(0), **extra)
