@@ -95,6 +95,31 @@ def test_interrupted_epoch_resumes_to_the_same_weights(pool):
     assert not list((root / ".staging").iterdir())  # the staging dir became the version
 
 
+def test_worker_processes_train_the_same_weights_and_resume(pool):
+    """Decoding in 2 DataLoader workers trains exactly what decoding in the process trains, and an
+    interrupted epoch with workers resumes to the same weights."""
+    tmp, ds, plans = pool
+    run_epoch(job(tmp, ds, plans, 1, name="w0"))
+
+    class Crash(Exception):
+        pass
+
+    def crash_at_2(step, _):
+        if step == 2:
+            raise Crash
+
+    with_workers = job(tmp, ds, plans, 1, name="w2", num_workers=2)
+    with pytest.raises(Crash):
+        run_epoch(with_workers, on_step=crash_at_2)
+    metrics = run_epoch(with_workers)
+    assert metrics["resumed_at_step"] == 2
+    a = read_checkpoint(checkpoint_file(tmp / "w0" / "epoch-1"))["state_dict"]
+    b = read_checkpoint(checkpoint_file(tmp / "w2" / "epoch-1"))["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="num_workers"):
+        job(tmp, ds, plans, 1, num_workers=-1)
+
+
 def test_a_plan_of_another_pool_version_is_refused(pool):
     tmp, ds, plans = pool
     with pytest.raises(StalePlanError, match=r"drawn on pool version <unrecorded>.*reads pool version 0123456789abcdef"):

@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw
 
 from dynamics_assets.core.ingest.manifest import METADATA_KEY
 from dynamics_assets.core.model.clip import create_model, read_checkpoint
-from dynamics_assets.core.train.loader import PairBatches, ShuffleBatcher, batch_stream
+from dynamics_assets.core.train.loader import PairBatches, ShuffleBatcher, batch_loader, batch_stream
 from dynamics_assets.core.ingest.pool import collate, iter_pool_pairs
 from dynamics_assets.core.train.loop import TrainConfig, load_train_state, train_reference_model, train_steps
 
@@ -144,6 +144,32 @@ def test_batches_are_seeded_have_distinct_ids_and_resume_without_replaying_image
         assert resumed == full[skip:]
     with pytest.raises(ValueError, match="cannot skip"):
         list(batches.batches(skip=len(full) + 1))
+
+
+def _ids_and_pid(pairs):
+    import os
+
+    return [p.sample_id for p in pairs], os.getpid()
+
+
+def test_worker_processes_give_the_same_batches_in_the_same_order(pool):
+    manifest_dir, shards_dir, ok_ids = pool
+    indices = np.arange(0, len(ok_ids), 2)
+    batches = PairBatches(manifest_dir, shards_dir, seed=(7, 1), batch_size=8, buffer_size=16,
+                          indices=indices, counts=np.full(indices.shape, 2))
+    expected = [[p.sample_id for p in b] for b in batches]
+    assert len(expected) >= 6
+    for skip, stop in ((0, None), (2, len(expected) - 1)):
+        by_workers = {}
+        for workers in (0, 1, 2, 3):
+            out = list(batch_loader(batches, _ids_and_pid, skip=skip, stop=stop, num_workers=workers))
+            by_workers[workers] = [ids for ids, _ in out]
+            pids = {pid for _, pid in out}
+            assert len(pids) == max(1, workers), f"{workers} workers decoded in {len(pids)} processes"
+        assert all(v == expected[skip:stop] for v in by_workers.values()), "order independent of num_workers"
+    _, preprocess, tokenizer = _fresh()
+    tensors = [list(batch_loader(batches, lambda b: collate(b, preprocess, tokenizer), num_workers=w)) for w in (0, 2)]
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(*tensors))
 
 
 def test_shuffle_batcher_defers_repeated_ids_to_the_next_batch():
