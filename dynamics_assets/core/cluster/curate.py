@@ -20,6 +20,7 @@ from dynamics_assets.core.cluster.params import ClusterParams, k_for, k_warning 
 from dynamics_assets.core.cluster.kmeans import AssignmentSummary, assign, mean_distance, merge_centroids, train_kmeans
 from dynamics_assets.core.cluster.refresh import FitRecord, RefreshDecision, decide, encoder_identity
 from dynamics_assets.core.embed.store import EmbeddingStore
+from dynamics_assets.core.engine import Engine
 from dynamics_assets.core.io import versions
 
 
@@ -37,11 +38,14 @@ class ClusteringResult:
 
 def cluster_pool(embeddings_dir: str | Path, manifest_dir: str | Path, root: str | Path, params: ClusterParams, *,
                  refresh: Literal["auto", "assign", "retrain"] = "auto", drift_threshold: float = 0.25,
-                 use_gpu: bool | Literal["auto"] = False, hold_out: bool = False) -> ClusteringResult:
+                 use_gpu: bool | Literal["auto"] = False, hold_out: bool = False,
+                 engine: Engine | None = None) -> ClusteringResult:
     """Cluster the embeddings version ``embeddings_dir`` of the manifest version ``manifest_dir``
     into a new version of the clusters artefact ``root``; the previous version (if any) decides
     between keeping its centroids and fitting anew. ``hold_out``: keep evaluation's held-out slice
-    (``evaluate.holdout``) out of every plan: cluster -1, quarantine reason ``held_out``."""
+    (``evaluate.holdout``) out of every plan: cluster -1, quarantine reason ``held_out``.
+    ``engine`` (``core.engine``; None: in this process) runs the assignment shard by shard; the
+    k-means fit on a sample runs here."""
     store = EmbeddingStore(embeddings_dir, kind=params.embedding)
     k = params.k if params.k is not None else k_for(len(store))
     if not 1 <= k <= len(store):
@@ -69,7 +73,8 @@ def cluster_pool(embeddings_dir: str | Path, manifest_dir: str | Path, root: str
     mask = None
     if hold_out:
         from dynamics_assets.core.evaluate.holdout import is_held_out as mask
-    summary = assign(store, centroids, root, use_gpu=use_gpu, fit=fit, refs={"manifest": manifest_dir}, hold_out=mask)
+    summary = assign(store, centroids, root, use_gpu=use_gpu, fit=fit, refs={"manifest": manifest_dir}, hold_out=mask,
+                     engine=engine)
     return ClusteringResult(clusters_dir=Path(summary.version_dir), decision=decision, k_trained=k_trained,
                             k=int(len(centroids)), n=int(len(store)), pool_version=str(summary.version_id),
                             assignment=summary, warnings=warnings)

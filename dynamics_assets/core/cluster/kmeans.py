@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dynamics_assets.core.embed.store import EmbeddingStore
+from dynamics_assets.core.engine import Engine, resolve as resolve_engine
 from dynamics_assets.core.io.arrays import npy_chunks
 from dynamics_assets.core.io import versions
 from dynamics_assets.core.io.atomic import save_npy
@@ -50,6 +51,7 @@ _FAISS_INIT = {
 NON_FINITE = "non_finite_embedding"
 ZERO_NORM = "zero_norm_embedding"
 HELD_OUT = "held_out"  # evaluation's held-out slice of the pool (evaluate/holdout.py): in no plan
+CORRUPT_IMAGE = "corrupt_image"  # the image did not decode when embedded (a manifest made with decode: header)
 
 ASSIGNMENT_SCHEMA = pa.schema(
     [
@@ -226,6 +228,7 @@ class AssignmentSummary:
     rows_per_s: float
     mean_distance: float  # mean 1 - cos to the nearest centroid over the assigned rows (NaN if none)
     n_held_out: int = 0  # rows kept out of every plan for evaluation (quarantine reason "held_out")
+    n_corrupt_image: int = 0  # rows whose image did not decode when embedded (reason "corrupt_image")
     version_dir: Path | None = None  # the committed clusters version = the pool version
     version_id: str | None = None
 
@@ -242,11 +245,36 @@ class _BatchResult(NamedTuple):
     non_finite: np.ndarray
     zero_norm: np.ndarray
     held_out: np.ndarray | None = None  # kept out of every plan (evaluation's held-out slice)
+    corrupt: np.ndarray | None = None  # the image did not decode when embedded (embed meta "undecodable")
 
     @property
     def valid(self) -> np.ndarray:
         bad = self.non_finite | self.zero_norm
-        return ~(bad | self.held_out) if self.held_out is not None else ~bad
+        for extra in (self.held_out, self.corrupt):
+            if extra is not None:
+                bad = bad | extra
+        return ~bad
+
+    def masked(self, rows: np.ndarray, field: str) -> "_BatchResult":
+        """This result with ``rows`` (bool) taken out of the clusters: cluster -1, distance NaN, and
+        recorded under ``field`` (``held_out`` or ``corrupt``)."""
+        return self._replace(cluster_id=np.where(rows, -1, self.cluster_id).astype(np.int32),
+                             distance=np.where(rows, np.nan, self.distance).astype(np.float32),
+                             **{field: rows})
+
+
+@dataclass(frozen=True)
+class _ShardAssigner:
+    """Assign one shard's embeddings file, batch by batch (``engine.map_shards``' function:
+    picklable; the centroid index is built in the worker)."""
+
+    centroids: np.ndarray
+    batch_size: int
+    use_gpu: bool
+
+    def __call__(self, path: str) -> list[_BatchResult]:
+        index = _centroid_index(self.centroids, self.use_gpu)
+        return [_assign_batch(index, view) for _, view in npy_chunks(path, self.batch_size)]
 
 
 def _assign_batch(index: faiss.Index, embeddings: np.ndarray) -> _BatchResult:
@@ -269,6 +297,8 @@ def _quarantine_table(sample_index: np.ndarray, sample_ids: pa.Array, result: _B
     reasons = np.where(result.non_finite[bad], NON_FINITE, ZERO_NORM)
     if result.held_out is not None:
         reasons = np.where(result.held_out[bad] & ~result.non_finite[bad] & ~result.zero_norm[bad], HELD_OUT, reasons)
+    if result.corrupt is not None:  # the embedding is zero because the image did not decode: that is why
+        reasons = np.where(result.corrupt[bad], CORRUPT_IMAGE, reasons)
     return pa.table([sample_index[bad], sample_ids.filter(bad), reasons], schema=QUARANTINE_SCHEMA)
 
 
@@ -282,6 +312,7 @@ def assign(
     fit: Any | Callable[[AssignmentSummary], Any] | None = None,
     refs: Mapping[str, str | Path] | None = None,
     hold_out: Callable[[np.ndarray], np.ndarray] | None = None,
+    engine: Engine | None = None,
 ) -> AssignmentSummary:
     """Assign every embedding to its nearest centroid (inner product on unit vectors), streaming.
 
@@ -294,14 +325,23 @@ def assign(
     it measures here; an assign-only refresh passes the previous record on). The version refs the
     embeddings version read (``embeddings``) and ``refs`` (e.g. ``manifest=<manifest version>``):
     its id is the pool version. The returned summary names it (``version_dir``, ``version_id``).
+
+    Quarantine reasons, first that applies: ``corrupt_image`` (the embedding step could not decode
+    the image: its meta.json lists it under ``undecodable``), ``non_finite_embedding``,
+    ``zero_norm_embedding``, ``held_out``.
+
+    ``engine`` (``core.engine``; None: in this process) assigns the shards, one task per shard
+    (batches of ``batch_size`` rows); every file is written here in pool order from the results,
+    so every engine writes the same bytes. A shard whose task fails raises, naming the shard.
     """
+    engine = resolve_engine(engine)
     try:
         c = _l2_normalised(centroids, store.dim)
     except ValueError as err:
         raise ValueError(f"centroids do not fit {store.kind} embeddings in {store.root}: {err}") from err
-    index = _centroid_index(c, _resolve_gpu(use_gpu))
+    assigner = _ShardAssigner(c, batch_size, _resolve_gpu(use_gpu))
     sizes = np.zeros(len(c), dtype=np.int64)
-    n_non_finite = n_zero_norm = n_held = 0
+    n_non_finite = n_zero_norm = n_held = n_corrupt = 0
     distance_sum = 0.0
     t0 = time.perf_counter()
     all_refs = {**versions.pinned(embeddings=store.root), **versions.pinned(**dict(refs or {}))}
@@ -313,32 +353,44 @@ def assign(
         distance_col = _NpyColumn(tmp["distance.npy"], len(store), np.float32)
         assignments = stack.enter_context(pq.ParquetWriter(tmp["assignments.parquet"], ASSIGNMENT_SCHEMA))
         quarantine = stack.enter_context(pq.ParquetWriter(tmp["quarantine.parquet"], QUARANTINE_SCHEMA))
-        for batch in store.iter_shard_batches(batch_size):
-            result = _assign_batch(index, batch.embeddings)
-            n = len(result.cluster_id)
-            sample_index = np.arange(batch.start, batch.start + n, dtype=np.int64)
-            sample_ids = store.sample_ids(batch.shard, batch.local_start, batch.local_start + n)
-            if hold_out is not None:  # ``hold_out(ids)``: the rows kept out of every plan (cluster -1)
-                held = np.asarray(hold_out(np.asarray(sample_ids.to_pylist(), dtype=object)), dtype=bool)
-                result = result._replace(cluster_id=np.where(held, -1, result.cluster_id).astype(np.int32),
-                                         distance=np.where(held, np.nan, result.distance).astype(np.float32),
-                                         held_out=held)
-                n_held += int((held & ~result.non_finite & ~result.zero_norm).sum())
-            cluster_col.write(batch.start, result.cluster_id)
-            distance_col.write(batch.start, result.distance)
-            assignments.write_table(_assignment_table(sample_index, sample_ids, batch.shard, result))
-            if not result.valid.all():
-                quarantine.write_table(_quarantine_table(sample_index, sample_ids, result))
-            sizes += np.bincount(result.cluster_id[result.valid], minlength=len(c))
-            distance_sum += float(result.distance[result.valid].sum(dtype=np.float64))
-            n_non_finite += int(result.non_finite.sum())
-            n_zero_norm += int(result.zero_norm.sum())
+        paths = [str(store.embedding_path(shard)) for shard in store.shards]
+        for outcome in engine.map_shards(assigner, paths):
+            shard, offset = store.shards[outcome.index], int(store.offsets[outcome.index])
+            if not outcome.ok:
+                raise RuntimeError(f"assignment of shard {shard} ({paths[outcome.index]}) failed: "
+                                   f"{type(outcome.error).__name__}: {outcome.error}") from outcome.error
+            corrupt_rows = store.undecodable_rows(shard)
+            local_start = 0
+            for result in outcome.value:
+                n = len(result.cluster_id)
+                start = offset + local_start
+                sample_index = np.arange(start, start + n, dtype=np.int64)
+                sample_ids = store.sample_ids(shard, local_start, local_start + n)
+                if corrupt_rows.size:
+                    corrupt = np.isin(np.arange(local_start, local_start + n), corrupt_rows)
+                    result = result.masked(corrupt, "corrupt")._replace(
+                        non_finite=result.non_finite & ~corrupt, zero_norm=result.zero_norm & ~corrupt)
+                    n_corrupt += int(corrupt.sum())
+                if hold_out is not None:  # ``hold_out(ids)``: the rows kept out of every plan (cluster -1)
+                    held = np.asarray(hold_out(np.asarray(sample_ids.to_pylist(), dtype=object)), dtype=bool)
+                    n_held += int((held & result.valid).sum())
+                    result = result.masked(held, "held_out")
+                cluster_col.write(start, result.cluster_id)
+                distance_col.write(start, result.distance)
+                assignments.write_table(_assignment_table(sample_index, sample_ids, shard, result))
+                if not result.valid.all():
+                    quarantine.write_table(_quarantine_table(sample_index, sample_ids, result))
+                sizes += np.bincount(result.cluster_id[result.valid], minlength=len(c))
+                distance_sum += float(result.distance[result.valid].sum(dtype=np.float64))
+                n_non_finite += int(result.non_finite.sum())
+                n_zero_norm += int(result.zero_norm.sum())
+                local_start += n
         stack.close()  # the parquet writers finish their files
         save_npy(out / "centroids.npy", c)
         seconds = time.perf_counter() - t0
         summary = AssignmentSummary(
-            n=len(store), k=len(c), n_quarantined=n_non_finite + n_zero_norm + n_held, n_non_finite=n_non_finite,
-            n_held_out=n_held,
+            n=len(store), k=len(c), n_quarantined=n_non_finite + n_zero_norm + n_held + n_corrupt,
+            n_non_finite=n_non_finite, n_held_out=n_held, n_corrupt_image=n_corrupt,
             n_zero_norm=n_zero_norm, n_empty_clusters=int((sizes == 0).sum()), seconds=seconds,
             rows_per_s=len(store) / seconds if seconds > 0 else 0.0,
             mean_distance=distance_sum / n_valid if (n_valid := int(sizes.sum())) else float("nan"),

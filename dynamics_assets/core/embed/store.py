@@ -5,6 +5,7 @@ Written by ``embed.encode`` (one directory per shard: ``image.npy``, ``text.npy`
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
@@ -71,6 +72,15 @@ class EmbeddingStore:
                 f"{self.sample_id_path(shard)}: shape {ids.shape}, expected ({n},) to match {self.kind}.npy"
             )
         return n
+
+    def undecodable_rows(self, shard: str) -> np.ndarray:
+        """Rows of the shard (local positions, sorted) whose image the embedding step could not
+        decode (meta.json ``undecodable``; their embeddings are zero), empty if none."""
+        meta_path = self.root / shard / "meta.json"
+        if not meta_path.is_file():
+            return np.zeros(0, dtype=np.int64)
+        rows = [u["row"] for u in json.loads(meta_path.read_text()).get("undecodable", [])]
+        return np.array(sorted(rows), dtype=np.int64)
 
     def iter_shard_batches(self, batch_size: int) -> Iterator[Batch]:
         """Batches of at most ``batch_size`` rows in pool order; a batch never spans two shards."""

@@ -34,6 +34,17 @@ bad_uid                    (precomputed pools) the uid is missing or not 32 hex 
 invalid_embedding          (precomputed pools) a non-finite or zero image or text embedding
 =========================  =================================================================
 
+``decode`` (the manifest setting): ``full`` (default) opens and fully decodes every image;
+``header`` reads only the image header (format, width, height, pixel count: ``Image.open`` without
+``load()``), which is several times faster (``bench/bench_manifest.py``). In both modes the pixel
+cap (``too_large``) and Pillow's bomb warning are decided from the header, and an image whose header
+does not parse is ``corrupt_image``. What only a full decode catches (data truncated or corrupt
+*after* a valid header) is accepted as ok by a ``header`` manifest; the embedding step decodes every
+ok image and records such an image as ``corrupt_image`` there (``embed.encode``: a zero image row
+listed under ``undecodable_rows``, quarantined by the clustering step with that reason, so no plan
+samples it). The manifest records which mode made it; a ``full`` build reads a header-only
+manifest's shard again.
+
 Per-shard failures never stop other shards: an unexpected exception while reading one shard
 becomes that shard's ``unreadable_shard`` row (the error in ``detail``; the manifest is marked so
 that the next build reads the shard again). ``detail`` also says why for ``too_large``,
@@ -62,18 +73,20 @@ of a valid pair.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Literal
 
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dynamics_assets.core.engine import Engine, resolve as resolve_engine
 from dynamics_assets.core.ingest import images
 from dynamics_assets.core.ingest.images import MAX_PIXELS
 from dynamics_assets.core.io import versions
@@ -81,6 +94,8 @@ from dynamics_assets.core.io.atomic import write_json, write_parquet
 from dynamics_assets.core.io.webdataset import IMAGE_EXTS, MemberRef, RawSample, ShardReadError, iter_samples
 
 OK, QUARANTINED = "ok", "quarantined"
+DECODE_MODES = ("full", "header")
+Decode = Literal["full", "header"]
 REASONS = (
     "unreadable_shard",
     "truncated_tar",
@@ -266,15 +281,25 @@ def _read_rows(path: Path, verify_images: bool, max_pixels: int | None) -> list[
     return rows
 
 
+def decode_verifies(decode: Decode) -> bool:
+    """``decode`` setting -> whether images are fully decoded (``full``) or only their header read."""
+    if decode not in DECODE_MODES:
+        raise ValueError(f"decode must be one of {DECODE_MODES}, got {decode!r}")
+    return decode == "full"
+
+
 def read_shard_manifest(shard_path: str | Path, *, verify_images: bool = True,
-                        max_pixels: int | None = MAX_PIXELS) -> pa.Table:
+                        max_pixels: int | None = MAX_PIXELS, decode: Decode | None = None) -> pa.Table:
     """Manifest of one shard: one row per sample key (plus a truncated tail record).
 
     The source size and mtime (taken before reading) are stored in the schema metadata
     under ``METADATA_KEY``. A file that is not a tar, or whose reading fails unexpectedly,
     gives one ``unreadable_shard`` row with the error in ``detail``; images with more than
-    ``max_pixels`` pixels (None: no cap) are ``too_large``.
+    ``max_pixels`` pixels (None: no cap) are ``too_large``. ``decode`` ("full" | "header"), when
+    given, overrides ``verify_images`` (see the module docstring).
     """
+    if decode is not None:
+        verify_images = decode_verifies(decode)
     path = Path(shard_path)
     metadata = _source_metadata(path, verify_images, max_pixels)
     try:
@@ -284,14 +309,22 @@ def read_shard_manifest(shard_path: str | Path, *, verify_images: bool = True,
         table = pa.Table.from_pylist([_unreadable_row(path.name, str(err))],
                                      schema=MANIFEST_SCHEMA.with_metadata(metadata))
     except Exception as err:  # one shard's failure must not stop the others: record it, name it
-        metadata = _source_metadata(path, verify_images, max_pixels, unexpected_error=True)
-        detail = f"{path}: {type(err).__name__}: {err}"
-        table = pa.Table.from_pylist([_unreadable_row(path.name, detail)],
-                                     schema=MANIFEST_SCHEMA.with_metadata(metadata))
+        table = failed_shard_manifest(path, err, verify_images=verify_images, max_pixels=max_pixels)
     with duckdb.connect() as con:
         con.register("manifest", table)
         changes = _duplicate_changes(con).get(path.name, {})
     return _apply_changes(table, changes)
+
+
+def failed_shard_manifest(shard_path: str | Path, err: BaseException, *, verify_images: bool = True,
+                          max_pixels: int | None = MAX_PIXELS) -> pa.Table:
+    """The one-row ``unreadable_shard`` manifest of a shard whose reading failed unexpectedly (an
+    exception inside the reader, or the engine's worker died on it); marked so that the next build
+    reads the shard again."""
+    path = Path(shard_path)
+    metadata = _source_metadata(path, verify_images, max_pixels, unexpected_error=True)
+    detail = f"{path}: {type(err).__name__}: {err}"
+    return pa.Table.from_pylist([_unreadable_row(path.name, detail)], schema=MANIFEST_SCHEMA.with_metadata(metadata))
 
 
 def manifest_info(manifest_path: str | Path) -> dict[str, Any]:
@@ -502,7 +535,8 @@ def _summarise(per_shard: list[ShardCounts]) -> ManifestSummary:
 
 def build_manifest(
     shard_paths: Iterable[str | Path], out_dir: str | Path, *, verify_images: bool = True,
-    drop: Iterable[str] = (), max_pixels: int | None = MAX_PIXELS,
+    drop: Iterable[str] = (), max_pixels: int | None = MAX_PIXELS, decode: Decode | None = None,
+    engine: Engine | None = None,
 ) -> ManifestSummary:
     """Manifest every shard, deduplicate the pool, write ``_summary.json``: a new version of the
     artefact root ``out_dir`` (see the module docstring); the summary names it (``version_dir``).
@@ -511,8 +545,18 @@ def build_manifest(
     recorded source size+mtime match is reused. The duplicate pass and the summary cover every
     manifest of the version (shards added by earlier calls included), so ``out_dir`` is one pool;
     ``drop`` (shard names or stems) leaves shards out of the new version. ``max_pixels`` is the
-    pixel cap (``too_large``); a manifest made under another cap is read again.
+    pixel cap (``too_large``); a manifest made under another cap is read again. ``decode``
+    ("full" | "header") overrides ``verify_images``; a header-only manifest is read again by a
+    ``full`` build.
+
+    ``engine`` (``core.engine``; None: in this process) reads the shards that need reading, one
+    task per shard; the manifests are written here in shard order, so every engine writes the same
+    bytes. A shard whose task fails (its worker died) gets the ``unreadable_shard`` row that an
+    unexpected error inside the reader gives.
     """
+    if decode is not None:
+        verify_images = decode_verifies(decode)
+    engine = resolve_engine(engine)
     art = versions.Artefact(out_dir, "raw_pairs")
     read, reused, dropped = [], [], []
     with art.write(base=art.current()) as staging:
@@ -522,12 +566,19 @@ def build_manifest(
             if target.exists():
                 target.unlink()
                 dropped.append(Path(name).name)
+        todo = []
         for shard, target in _manifest_targets(shard_paths, out):
             if _is_current(target, shard, verify_images, max_pixels):
                 reused.append(shard.name)
             else:
-                write_parquet(target, read_shard_manifest(shard, verify_images=verify_images, max_pixels=max_pixels))
-                read.append(shard.name)
+                todo.append((shard, target))
+        reader = functools.partial(read_shard_manifest, verify_images=verify_images, max_pixels=max_pixels)
+        for outcome in engine.map_shards(reader, [shard for shard, _ in todo]):
+            shard, target = todo[outcome.index]
+            table = outcome.value if outcome.ok else failed_shard_manifest(
+                shard, outcome.error, verify_images=verify_images, max_pixels=max_pixels)
+            write_parquet(target, table)
+            read.append(shard.name)
         manifests = manifest_files(out)
         with duckdb.connect() as con:
             rewritten = _deduplicate_pool(con, manifests) if manifests else []
