@@ -13,6 +13,14 @@ as webdataset tar shards (img2dataset layout), plus a balanced held-out evaluati
   caption, own uid), near duplicates (jittered re-render, caption maybe paraphrased), mismatched
   captions, empty captions, corrupt image files, missing ``.txt``; the ``.json`` is left out for a
   fraction of clean samples so readers must fall back to a content hash.
+* Profiles: ``"concept"`` (the default above: every pair an independent drawing, every concept
+  equally diffuse) or ``"web"`` (``WebProfile``): the same labels, Zipf counts and dirt, but a
+  concept's pairs are grouped into *bursts* of near-duplicates — one prototype drawing per burst,
+  its members jittered re-renders with the caption re-posted verbatim or paraphrased — with
+  heavy-tailed burst sizes (truncated discrete power law) and a burst probability that grows with
+  concept frequency, as frequent concepts on the web come as re-posts, stock photos and product
+  shots (SemDeDup, Abbas et al. 2023: ~50% of LAION-440M removable as semantic duplicates at
+  little cost; Webster et al. 2023: ~30% of LAION-2B's images are duplicated).
 
 Output of ``generate(out_dir)``::
 
@@ -21,7 +29,8 @@ Output of ``generate(out_dir)``::
     eval/eval-00000.tar               {key}.png  {key}.json  (balanced, different style + seed stream)
     eval/concepts.parquet             concept_id, concept, prompt_names, train_frequency, rank
     eval/templates.json               zero-shot prompt templates ("a photo of a {}.")
-    ground_truth.parquet              oracle: uid / concept / dirt of *every* training sample
+    eval_train_style/eval-00000.tar   {key}.png  {key}.json  (balanced, fresh samples in the *training* style)
+    ground_truth.parquet              oracle: uid / concept / dirt / burst of *every* training sample
     MANIFEST.json                     parameters and outputs; written last
 
 Every sample is rendered from its own RNG ``default_rng([seed, stream, index])``, so any sample
@@ -55,6 +64,8 @@ __all__ = [
     "DirtRates",
     "GeneratedDataset",
     "MIN_PAIRS_PER_CONCEPT",
+    "PROFILES",
+    "WebProfile",
     "concepts",
     "generate",
     "zipf_counts",
@@ -417,6 +428,7 @@ def _caption(rng: np.random.Generator, concept: Concept) -> str:
 # ---------------------------------------------------------------------------------------------
 
 _TRAIN, _EVAL, _PLAN, _RANKS, _EVAL_PLAN = 1, 2, 3, 4, 5  # independent RNG streams per seed
+_BURST_PLAN, _BURST, _EVAL_TRAIN, _EVAL_TRAIN_PLAN = 6, 7, 8, 9  # web profile and the training-style eval set
 
 
 def _rng(seed: int, stream: int, *index: int) -> np.random.Generator:
@@ -459,6 +471,104 @@ class _Plan:
     dirt: np.ndarray  # index into DIRT_TYPES, -1 = clean
     source: np.ndarray  # sample index a duplicate copies, -1 otherwise
     json_missing: np.ndarray  # bool
+    burst: np.ndarray | None = None  # web profile: burst id per sample, -1 = a drawing of its own
+
+
+PROFILES = ("concept", "web")
+
+
+@dataclass(frozen=True)
+class WebProfile:
+    """Parameters of the ``"web"`` profile (near-duplicate bursts of frequent concepts).
+
+    * ``burst_share``: fraction of the pool that belongs to a burst of ≥ 2 near-duplicates.
+      Default 0.30 after Webster et al. 2023 ("On the de-duplication of LAION-2B": ~700M images,
+      about 30%, of LAION-2B are duplicated); SemDeDup (Abbas et al. 2023) removes 50% of
+      LAION-440M as semantic duplicates, a looser notion — so a sweep should span 0.3–0.5.
+    * ``burst_exponent`` α: burst sizes ``P(k) ∝ k^-α`` for ``2 ≤ k ≤ max_burst`` (a truncated
+      discrete power law). No published exponent for web near-duplicate groups is used here:
+      swept (1.5, 2.0, 2.5).
+    * ``frequency_exponent`` γ: the share of concept c's pairs in bursts is ``∝ n_c^γ`` (capped at
+      ``max_burst_fraction``), scaled so the pool-wide share is ``burst_share``: frequent concepts
+      are burstier. γ = 0: equally bursty. Not from a measurement: swept (0, 0.5, 1).
+    * ``repost``: probability a member's caption is the prototype's verbatim (else paraphrased).
+    """
+
+    burst_share: float = 0.30
+    burst_exponent: float = 2.0
+    frequency_exponent: float = 1.0
+    max_burst: int = 1_000
+    max_burst_fraction: float = 0.95
+    repost: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.burst_share <= self.max_burst_fraction <= 1.0:
+            raise ValueError(f"WebProfile: need 0 ≤ burst_share ≤ max_burst_fraction ≤ 1, got {self}")
+        if self.burst_exponent <= 1.0 or self.frequency_exponent < 0.0 or self.max_burst < 2:
+            raise ValueError(f"WebProfile: need burst_exponent > 1, frequency_exponent ≥ 0, max_burst ≥ 2, got {self}")
+        if not 0.0 <= self.repost <= 1.0:
+            raise ValueError(f"WebProfile.repost={self.repost} is not in [0, 1]")
+
+
+def burst_fractions(counts: np.ndarray, web: WebProfile) -> np.ndarray:
+    """Share of each concept's pairs that is in bursts: ``min(cap, λ n_c^γ)`` with λ such that
+    ``Σ q_c n_c = burst_share × Σ n_c`` (bisection; the cap makes it a water-filling)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    target = web.burst_share * counts.sum()
+    weight = counts**web.frequency_exponent
+
+    def covered(lam: float) -> float:
+        return float((np.minimum(web.max_burst_fraction, lam * weight) * counts).sum())
+
+    if target <= 0:
+        return np.zeros_like(counts)
+    lo, hi = 0.0, web.max_burst_fraction / weight[weight > 0].min()
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if covered(mid) < target else (lo, mid)
+    return np.minimum(web.max_burst_fraction, hi * weight)
+
+
+def _burst_sizes(total: int, web: WebProfile, rng: np.random.Generator) -> list[int]:
+    """Sizes ≥ 2 summing to ``total`` (≥ 2), drawn from ``P(k) ∝ k^-α`` on ``[2, min(max_burst, total)]``;
+    the last is cut to what is left, and a leftover single pair joins the previous burst."""
+    top = min(web.max_burst, total)
+    support = np.arange(2, top + 1)
+    p = support.astype(np.float64) ** -web.burst_exponent
+    p /= p.sum()
+    sizes: list[int] = []
+    left = total
+    while left > 0:
+        size = min(int(rng.choice(support, p=p)), left)
+        if size == 1:
+            sizes[-1] += 1
+        else:
+            sizes.append(size)
+        left -= size
+    return sizes
+
+
+def _make_bursts(labels: np.ndarray, dirt: np.ndarray, counts: np.ndarray, web: WebProfile,
+                 rng: np.random.Generator) -> np.ndarray:
+    """Burst id per sample (-1: none). Members of concept c: ``round(q_c n_c)`` of its pairs that
+    are not planted duplicates (those copy another sample, and inherit its burst)."""
+    duplicate_codes = [DIRT_TYPES.index("exact_duplicate"), DIRT_TYPES.index("near_duplicate")]
+    eligible = ~np.isin(dirt, duplicate_codes)
+    burst = np.full(len(labels), -1, dtype=np.int64)
+    fractions = burst_fractions(counts, web)
+    next_id = 0
+    for concept_id in range(len(counts)):
+        candidates = np.flatnonzero((labels == concept_id) & eligible)
+        members = min(len(candidates), int(round(fractions[concept_id] * counts[concept_id])))
+        if members < 2:
+            continue
+        chosen = rng.permutation(candidates)[:members]
+        start = 0
+        for size in _burst_sizes(members, web, rng):
+            burst[chosen[start:start + size]] = next_id
+            next_id += 1
+            start += size
+    return burst
 
 
 def _concept_ranks(seed: int) -> np.ndarray:
@@ -504,7 +614,9 @@ def _duplicate_sources(labels: np.ndarray, dirt: np.ndarray, rng: np.random.Gene
     return source
 
 
-def _make_plan(pairs: int, seed: int, s: float, rates: DirtRates) -> _Plan:
+def _make_plan(pairs: int, seed: int, s: float, rates: DirtRates, web: WebProfile | None = None) -> _Plan:
+    """The per-sample plan; ``web`` adds bursts from their own RNG stream, so labels, dirt and
+    duplicate sources are the same in both profiles for the same seed."""
     rng = _rng(seed, _PLAN)
     frequencies = _train_frequencies(pairs, seed, s)
     labels = rng.permutation(np.repeat(np.arange(len(frequencies), dtype=np.int32), frequencies))
@@ -513,7 +625,16 @@ def _make_plan(pairs: int, seed: int, s: float, rates: DirtRates) -> _Plan:
     clean = np.flatnonzero(dirt == -1)
     json_missing = np.zeros(pairs, dtype=bool)
     json_missing[rng.choice(clean, size=int(round(rates.missing_json * len(clean))), replace=False)] = True
-    return _Plan(labels, dirt, source, json_missing)
+    burst = None if web is None else _make_bursts(labels, dirt, frequencies, web, _rng(seed, _BURST_PLAN))
+    return _Plan(labels, dirt, source, json_missing, burst)
+
+
+def _burst_of(plan: _Plan, index: int) -> int:
+    """The burst a sample's image comes from (a planted duplicate: its source's), -1 if none."""
+    if plan.burst is None:
+        return -1
+    source = int(plan.source[index])
+    return int(plan.burst[source if source >= 0 else index])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -537,18 +658,34 @@ class _Sample:
             yield f"{self.key}.txt", self.caption.encode()
 
 
-def _clean_content(seed: int, index: int, concept: Concept) -> tuple[_Drawing, str, np.random.Generator]:
-    """The drawing and caption a training sample has when clean, and its RNG for further draws."""
+def _prototype(seed: int, burst: int, concept: Concept) -> tuple[_Drawing, str]:
+    """A burst's prototype drawing and caption (from the burst's own RNG: regenerable per member)."""
+    rng = _rng(seed, _BURST, burst)
+    return _sample_drawing(rng, concept, _TRAIN_STYLE), _caption(rng, concept)
+
+
+def _clean_content(seed: int, index: int, concept: Concept,
+                   burst: int = -1, repost: float = 0.5) -> tuple[_Drawing, str, np.random.Generator]:
+    """The drawing and caption a training sample has when clean, and its RNG for further draws.
+    A burst member: a jittered re-render of the burst's prototype, its caption re-posted verbatim
+    (probability ``repost``) or paraphrased."""
     rng = _rng(seed, _TRAIN, index)
-    return _sample_drawing(rng, concept, _TRAIN_STYLE), _caption(rng, concept), rng
+    if burst < 0:
+        return _sample_drawing(rng, concept, _TRAIN_STYLE), _caption(rng, concept), rng
+    drawing, caption = _prototype(seed, burst, concept)
+    drawing = _jitter(drawing, rng)
+    return drawing, (caption if rng.random() < repost else _caption(rng, concept)), rng
 
 
-def _image_and_caption(seed: int, index: int, plan: _Plan) -> tuple[bytes, str | None]:
+def _image_and_caption(seed: int, index: int, plan: _Plan, repost: float = 0.5) -> tuple[bytes, str | None]:
     concept = concepts()[plan.labels[index]]
     dirt = DIRT_TYPES[plan.dirt[index]] if plan.dirt[index] >= 0 else None
-    drawing, caption, rng = _clean_content(seed, index, concept)
+    drawing, caption, rng = _clean_content(seed, index, concept,
+                                           -1 if dirt in ("exact_duplicate", "near_duplicate")
+                                           else _burst_of(plan, index), repost)
     if dirt in ("exact_duplicate", "near_duplicate"):
-        source_drawing, source_caption, _ = _clean_content(seed, int(plan.source[index]), concept)
+        source = int(plan.source[index])
+        source_drawing, source_caption, _ = _clean_content(seed, source, concept, _burst_of(plan, source), repost)
         if dirt == "exact_duplicate":
             return _png(_render(source_drawing)), source_caption
         paraphrased = caption if rng.random() < 0.5 else source_caption
@@ -578,16 +715,19 @@ def _ground_truth(seed: int, index: int, plan: _Plan) -> dict:
     }
 
 
-def _training_sample(seed: int, index: int, key: str, plan: _Plan) -> tuple[_Sample, dict]:
+def _training_sample(seed: int, index: int, key: str, plan: _Plan, repost: float = 0.5) -> tuple[_Sample, dict]:
     """The sample as written (json maybe left out) and its full ground truth."""
-    image, caption = _image_and_caption(seed, index, plan)
+    image, caption = _image_and_caption(seed, index, plan, repost)
     truth = _ground_truth(seed, index, plan)
     return _Sample(key, image, caption, None if plan.json_missing[index] else truth), truth
 
 
-def _eval_sample(seed: int, index: int, key: str, concept: Concept) -> _Sample:
-    drawing = _sample_drawing(_rng(seed, _EVAL, index), concept, _EVAL_STYLE)
-    meta = {"uid": _uid(seed, "eval", index), "concept_id": concept.concept_id, "concept": concept.name}
+def _eval_sample(seed: int, index: int, key: str, concept: Concept, train_style: bool = False) -> _Sample:
+    """A held-out-style eval sample, or (``train_style``) a fresh one in the training style."""
+    stream, style, split = (_EVAL_TRAIN, _TRAIN_STYLE, "eval_train_style") if train_style else \
+        (_EVAL, _EVAL_STYLE, "eval")
+    drawing = _sample_drawing(_rng(seed, stream, index), concept, style)
+    meta = {"uid": _uid(seed, split, index), "concept_id": concept.concept_id, "concept": concept.name}
     return _Sample(key, _png(_render(drawing)), None, meta)
 
 
@@ -613,22 +753,26 @@ _GROUND_TRUTH_SCHEMA = pa.schema(
         ("duplicate_of", pa.string()),
         ("has_txt", pa.bool_()),
         ("has_json", pa.bool_()),
+        ("burst", pa.int32()),  # web profile: the near-duplicate burst the image comes from; null = none
     ]
 )
 
 
-def _write_training_shard(shards_dir: Path, shard: int, indices: range, seed: int, plan: _Plan) -> pa.Table:
+def _write_training_shard(shards_dir: Path, shard: int, indices: range, seed: int, plan: _Plan,
+                          repost: float = 0.5) -> pa.Table:
     """Write one shard and its stats file; return its ground-truth rows."""
     name = f"shard-{shard:05d}.tar"
     rows: list[dict] = []
 
     def samples() -> Iterator[_Sample]:
         for position, index in enumerate(indices):
-            sample, truth = _training_sample(seed, index, _key(shard, position), plan)
+            sample, truth = _training_sample(seed, index, _key(shard, position), plan, repost)
+            burst = _burst_of(plan, index)
             rows.append(
                 {"key": sample.key, "shard": name, "uid": truth["uid"], "concept_id": truth["concept_id"],
                  "dirt": truth["dirt"], "duplicate_of": truth["duplicate_of"],
-                 "has_txt": sample.caption is not None, "has_json": sample.meta is not None}
+                 "has_txt": sample.caption is not None, "has_json": sample.meta is not None,
+                 "burst": burst if burst >= 0 else None}
             )
             yield sample
 
@@ -650,17 +794,27 @@ def _shard_stats(name: str, rows: list[dict]) -> dict:
     }
 
 
-def _write_eval(eval_dir: Path, seed: int, per_concept: int, samples_per_shard: int, frequencies: np.ndarray,
-                ranks: np.ndarray) -> list[str]:
-    labels = _rng(seed, _EVAL_PLAN).permutation(np.repeat(np.arange(len(concepts())), per_concept))
+def _write_eval_shards(eval_dir: Path, seed: int, per_concept: int, samples_per_shard: int,
+                       train_style: bool) -> list[str]:
+    """Balanced eval tars (``per_concept`` samples of every concept, shuffled)."""
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    plan_stream = _EVAL_TRAIN_PLAN if train_style else _EVAL_PLAN
+    labels = _rng(seed, plan_stream).permutation(np.repeat(np.arange(len(concepts())), per_concept))
     names = []
     for shard, start in enumerate(range(0, len(labels), samples_per_shard)):
         chunk = range(start, min(start + samples_per_shard, len(labels)))
         names.append(f"eval-{shard:05d}.tar")
         _write_tar(
             eval_dir / names[-1],
-            (_eval_sample(seed, i, _key(shard, i - start), concepts()[labels[i]]) for i in chunk),
+            (_eval_sample(seed, i, _key(shard, i - start), concepts()[labels[i]], train_style) for i in chunk),
         )
+    _remove_stale(eval_dir, "eval-*.tar", names)
+    return names
+
+
+def _write_eval(eval_dir: Path, seed: int, per_concept: int, samples_per_shard: int, frequencies: np.ndarray,
+                ranks: np.ndarray) -> list[str]:
+    names = _write_eval_shards(eval_dir, seed, per_concept, samples_per_shard, train_style=False)
     rank_of = np.empty(len(ranks), dtype=np.int32)
     rank_of[ranks] = np.arange(1, len(ranks) + 1, dtype=np.int32)
     table = pa.table(
@@ -695,6 +849,11 @@ class GeneratedDataset:
     pairs: int
     dirt_counts: dict[str, int]
     missing_json: int
+    eval_train_style_dir: Path | None = None  # balanced fresh samples in the training style
+    eval_train_style_shards: tuple[Path, ...] = ()
+    profile: str = "concept"
+    bursts: int = 0  # web profile: number of near-duplicate bursts
+    burst_members: int = 0  # pairs whose image comes from a burst
 
     @classmethod
     def from_manifest(cls, out_dir: Path, manifest: dict) -> "GeneratedDataset":
@@ -708,12 +867,18 @@ class GeneratedDataset:
             pairs=manifest["pairs"],
             dirt_counts=dict(manifest["dirt_counts"]),
             missing_json=manifest["missing_json"],
+            eval_train_style_dir=out_dir / "eval_train_style",
+            eval_train_style_shards=tuple(out_dir / "eval_train_style" / name
+                                          for name in manifest.get("eval_train_style_shards", ())),
+            profile=manifest.get("profile", "concept"),
+            bursts=int(manifest.get("bursts", 0)),
+            burst_members=int(manifest.get("burst_members", 0)),
         )
 
     def files(self) -> tuple[Path, ...]:
         stats = tuple(p.with_name(p.name.replace(".tar", "_stats.json")) for p in self.shards)
         return (*self.shards, *stats, *self.eval_shards, self.concepts_path, self.eval_dir / "templates.json",
-                self.ground_truth_path)
+                self.ground_truth_path, *self.eval_train_style_shards)
 
 
 def _existing(out_dir: Path, params: dict) -> GeneratedDataset | None:
@@ -744,40 +909,55 @@ def generate(
     eval_per_concept: int = 10,
     dirt: DirtRates = DirtRates(),
     zipf_s: float = 1.3,
+    profile: str = "concept",
+    web: WebProfile = WebProfile(),
 ) -> GeneratedDataset:
-    """Write the synthetic pool under ``out_dir`` (idempotent: an up-to-date MANIFEST.json short-circuits)."""
+    """Write the synthetic pool under ``out_dir`` (idempotent: an up-to-date MANIFEST.json short-circuits).
+
+    ``profile``: ``"concept"`` (independent drawings) or ``"web"`` (near-duplicate bursts, ``web``'s
+    parameters); the labels, dirt and eval sets are the same in both for the same seed."""
     if not 1 <= samples_per_shard <= MAX_SAMPLES_PER_SHARD:
         raise ValueError(f"samples_per_shard={samples_per_shard} must be in [1, {MAX_SAMPLES_PER_SHARD}]")
     if seed < 0 or eval_per_concept < 1:
         raise ValueError(f"seed={seed} must be ≥ 0 and eval_per_concept={eval_per_concept} ≥ 1")
+    if profile not in PROFILES:
+        raise ValueError(f"profile={profile!r}: expected one of {PROFILES}")
     out_dir = Path(out_dir)
+    profile_params = {"name": profile, **(asdict(web) if profile == "web" else {})}
     params = {"version": GENERATOR_VERSION, "pairs": pairs, "seed": seed, "samples_per_shard": samples_per_shard,
-              "eval_per_concept": eval_per_concept, "dirt": asdict(dirt), "zipf_s": zipf_s}
+              "eval_per_concept": eval_per_concept, "dirt": asdict(dirt), "zipf_s": zipf_s,
+              "profile": profile_params}
     if (existing := _existing(out_dir, params)) is not None:
         return existing
     (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
 
-    plan = _make_plan(pairs, seed, zipf_s, dirt)
+    plan = _make_plan(pairs, seed, zipf_s, dirt, web if profile == "web" else None)
     shards_dir, eval_dir = out_dir / "shards", out_dir / "eval"
     shards_dir.mkdir(parents=True, exist_ok=True)
     shard_names = []
     with atomic_path(out_dir / "ground_truth.parquet") as tmp, pq.ParquetWriter(tmp, _GROUND_TRUTH_SCHEMA) as gt:
         for shard, start in enumerate(range(0, pairs, samples_per_shard)):
             indices = range(start, min(start + samples_per_shard, pairs))
-            gt.write_table(_write_training_shard(shards_dir, shard, indices, seed, plan))
+            gt.write_table(_write_training_shard(shards_dir, shard, indices, seed, plan, web.repost))
             shard_names.append(f"shard-{shard:05d}.tar")
     eval_names = _write_eval(eval_dir, seed, eval_per_concept, samples_per_shard,
                              _train_frequencies(pairs, seed, zipf_s), _concept_ranks(seed))
     _remove_stale(shards_dir, "shard-*", [*shard_names, *(n.replace(".tar", "_stats.json") for n in shard_names)])
-    _remove_stale(eval_dir, "eval-*.tar", eval_names)
+    train_style_names = _write_eval_shards(out_dir / "eval_train_style", seed, eval_per_concept, samples_per_shard,
+                                           train_style=True)
+    bursts = np.array([_burst_of(plan, i) for i in range(pairs)]) if plan.burst is not None else np.full(pairs, -1)
 
     manifest = {
         "params": params,
+        "profile": profile,
         "pairs": pairs,
         "shards": shard_names,
         "eval_shards": eval_names,
+        "eval_train_style_shards": train_style_names,
         "dirt_counts": {kind: int((plan.dirt == code).sum()) for code, kind in enumerate(DIRT_TYPES)},
         "missing_json": int(plan.json_missing.sum()),
+        "bursts": int(len(np.unique(bursts[bursts >= 0]))),
+        "burst_members": int((bursts >= 0).sum()),
     }
     write_json(out_dir / MANIFEST_NAME, manifest)
     return GeneratedDataset.from_manifest(out_dir, manifest)
@@ -788,11 +968,24 @@ def _main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", required=True, type=Path, help="output directory")
     parser.add_argument("--pairs", type=int, default=20_000, help="training pairs (default 20000)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--profile", choices=PROFILES, default="concept",
+                        help="concept: independent drawings (default); web: near-duplicate bursts of frequent concepts")
+    defaults = WebProfile()
+    parser.add_argument("--burst-share", type=float, default=defaults.burst_share,
+                        help=f"web: fraction of the pool in bursts (default {defaults.burst_share})")
+    parser.add_argument("--burst-exponent", type=float, default=defaults.burst_exponent,
+                        help=f"web: burst sizes P(k) ∝ k^-α (default α = {defaults.burst_exponent})")
+    parser.add_argument("--frequency-exponent", type=float, default=defaults.frequency_exponent,
+                        help=f"web: burst share of a concept ∝ n_c^γ (default γ = {defaults.frequency_exponent})")
     args = parser.parse_args(argv)
-    dataset = generate(args.out, pairs=args.pairs, seed=args.seed)
+    web = replace(defaults, burst_share=args.burst_share, burst_exponent=args.burst_exponent,
+                  frequency_exponent=args.frequency_exponent)
+    dataset = generate(args.out, pairs=args.pairs, seed=args.seed, profile=args.profile, web=web)
     print(json.dumps({"out_dir": str(dataset.out_dir), "pairs": dataset.pairs, "shards": len(dataset.shards),
-                      "eval_shards": len(dataset.eval_shards), "dirt_counts": dataset.dirt_counts,
-                      "missing_json": dataset.missing_json}, indent=2))
+                      "eval_shards": len(dataset.eval_shards),
+                      "eval_train_style_shards": len(dataset.eval_train_style_shards), "profile": dataset.profile,
+                      "bursts": dataset.bursts, "burst_members": dataset.burst_members,
+                      "dirt_counts": dataset.dirt_counts, "missing_json": dataset.missing_json}, indent=2))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ class RawShardsConfig(dg.Config):
     seed: int = 0
     samples_per_shard: int = 2_000
     eval_per_concept: int = 10
+    profile: str = "concept"  # the synthetic pool's profile: "concept" or "web" (near-duplicate bursts)
 
 
 @dg.asset(group_name=GROUP, kinds={"webdataset"})
@@ -39,7 +40,8 @@ def raw_shards(context: dg.AssetExecutionContext, config: RawShardsConfig, stora
         from dynamics_assets.core.ingest.synthetic import generate
 
         ds = generate(layout.root / "raw", pairs=config.pairs, seed=config.seed,
-                      samples_per_shard=config.samples_per_shard, eval_per_concept=config.eval_per_concept)
+                      samples_per_shard=config.samples_per_shard, eval_per_concept=config.eval_per_concept,
+                      profile=config.profile)
         shards_dir = ds.out_dir / "shards"
         extra = {"eval_dir": str(ds.eval_dir), "eval_kind": "synthetic", "ground_truth": str(ds.ground_truth_path),
                  "dirt_counts": dict(ds.dirt_counts)}
