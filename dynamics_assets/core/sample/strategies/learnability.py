@@ -99,7 +99,7 @@ def feedback_factors(feedback: ClusterFeedback | None, n_clusters: int, *, beta:
         sd = mean.std()
         if sd > 0:
             z[seen] = (mean - mean.mean()) / sd
-    z *= feedback.count / (feedback.count + kappa)
+    z *= np.divide(feedback.count, feedback.count + kappa, out=np.zeros(n_clusters), where=seen)
     return np.exp(beta * np.clip(z, -z_max, z_max))
 
 
