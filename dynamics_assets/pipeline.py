@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval", dest="eval_set", help="a labelled evaluation set: an ImageFolder (one folder per "
                         "class) or a clip_benchmark webdataset folder; without one a user's pool is evaluated "
                         "by retrieval only")
+    parser.add_argument("--pool-option", dest="pool_options", action="append", default=[], metavar="KEY=VALUE",
+                        help="one more raw_shards config value (repeatable), e.g. pairs=5000 or profile=web "
+                             "for the synthetic pool")
     parser.add_argument("--epochs", nargs="*", help="a number of epochs N (epoch-001 … epoch-N), or epoch "
                         "partition keys (default: every epoch partition, DYNAMICS_EPOCHS)")
     parser.add_argument("--recipes", "--recipe", nargs="*", help="recipe names or recipe partition keys "
@@ -66,9 +69,16 @@ def run_config(verbose: bool, ops: Mapping[str, Any] | None = None) -> dict[str,
     return config
 
 
-def pool_config(source: str | None, eval_set: str | None) -> dict[str, dict[str, Any]]:
-    """raw_shards' config for ``--source`` / ``--eval`` (nothing when neither is given)."""
-    values = {k: v for k, v in (("source", source), ("eval", eval_set)) if v}
+def pool_config(source: str | None, eval_set: str | None,
+                options: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
+    """raw_shards' config for ``--source`` / ``--eval`` and ``--pool-option KEY=VALUE`` (values that
+    read as integers become integers); nothing when none is given."""
+    values: dict[str, Any] = {k: v for k, v in (("source", source), ("eval", eval_set)) if v}
+    for option in options:
+        key, sep, value = option.partition("=")
+        if not sep or not key:
+            sys.exit(f"--pool-option {option!r}: expected KEY=VALUE")
+        values[key] = int(value) if value.lstrip("-").isdigit() else value
     return {"raw_shards": values} if values else {}
 
 
@@ -323,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = lambda job, title, **kw: execute(job, instance, verbose=args.verbose, title=title, seen=seen, **kw)  # noqa: E731
 
     curation = defs.resolve_job_def("curate_pool")
-    pool_ops = pool_config(args.source, args.eval_set)
+    pool_ops = pool_config(args.source, args.eval_set, args.pool_options)
     selection = _missing_curation(defs, curation, instance) if args.skip_existing else None
     if selection == []:
         print("curate_pool: every asset already materialised (--skip-existing)", flush=True)

@@ -35,3 +35,85 @@ def test_equal_samples_and_compute_interpolate_and_average_seeds(tmp_path):
     assert "half.s2" in c.markdown
     paths = write_comparison(c, tmp_path / "out")
     assert paths["png"].stat().st_size > 0 and "equal compute" in paths["md"].read_text()
+
+
+# --- the statistical comparison (fabricated per-image eval records: tests the machinery only) ---
+
+def _write_outcome(root, key, epoch, flops, correct, labels, train_style=None):
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    d = root / key / f"epoch-{epoch:03d}"
+    d.mkdir(parents=True)
+    correct = np.asarray(correct, bool)
+    (d / "metrics.json").write_text(json.dumps({
+        "zero_shot/top1": float(correct.mean()), "zero_shot/tail": float(correct[labels >= 8].mean()),
+        "zero_shot/head": float(correct[labels < 2].mean()), "zero_shot/middle": 0.0,
+        "zero_shot/mean_per_class": float(correct.mean()), "retrieval/i2t_r1": 0.0,
+        "compute/samples_seen": flops / 10, "compute/total_flops": flops, "compute/device_seconds": 1.0}))
+    pq.write_table(pa.table({"label": labels, "concept_id": labels, "correct": correct}), d / "per_image.parquet")
+    if train_style is not None:
+        pq.write_table(pa.table({"label": labels, "concept_id": labels, "correct": np.asarray(train_style, bool)}),
+                       d / "per_image_train_style.parquet")
+    buckets = ["head"] * 2 + ["middle"] * 6 + ["tail"] * 2
+    pq.write_table(pa.table({"concept_id": list(range(10)), "concept": [f"c{i}" for i in range(10)],
+                             "train_frequency": [1000 // (i + 1) for i in range(10)], "bucket": buckets,
+                             "n": [40] * 10, "accuracy": [0.0] * 10}), d / "per_concept.parquet")
+
+
+def test_statistical_comparison_against_uniform_at_equal_compute(tmp_path):
+    import numpy as np
+
+    from dynamics_assets.core.evaluate.comparison import collect_outcomes, statistical_comparison
+
+    rng = np.random.default_rng(0)
+    n = 400
+    labels = np.arange(n) % 10
+    p = rng.uniform(0.2, 0.5, n)
+    for s in range(5):
+        u50 = rng.random(n) < p
+        u100 = rng.random(n) < p + 0.1
+        tail_boost = (rng.random(n) < p + 0.4 * (labels >= 8))  # better on the tail only
+        for e, scale in ((1, 0.5), (2, 1.0)):
+            _write_outcome(tmp_path, f"uniform-50.s{s}", e, 50.0 * scale, u50, labels, train_style=u50)
+            _write_outcome(tmp_path, f"uniform-100.s{s}", e, 100.0 * scale, u100, labels, train_style=u100)
+            _write_outcome(tmp_path, f"tailboost-50.s{s}", e, 50.0 * scale, tail_boost, labels)
+            _write_outcome(tmp_path, f"same-50.s{s}", e, 50.0 * scale, u50, labels)
+            _write_outcome(tmp_path, f"jest-50.s{s}", e, 75.0 * scale, (u50 | u100), labels)
+    _write_outcome(tmp_path, "late-50.s0", 1, 25.0, u50, labels)  # never reached the last epoch: left out
+    c = statistical_comparison(collect_outcomes(tmp_path), recipe_order=["uniform-100", "uniform-50"], n_boot=400)
+    assert c.references == ["uniform-100", "uniform-50"] and c.epochs == 2
+    rows = {(r["recipe"], r["eval_set"], r["metric"]): r for r in c.rows}
+    assert ("late-50", "eval", "top1") not in rows
+    same = rows[("same-50", "eval", "top1")]
+    assert same["diff"] == 0 and same["verdict"] == "no detectable difference" and same["reference"] == "uniform-50"
+    tail = rows[("tailboost-50", "eval", "tail")]
+    assert tail["verdict"] == "better" and tail["ci_low"] > 0.2 and tail["seeds"] == 5 and tail["images"] == 80
+    assert rows[("tailboost-50", "eval", "head")]["verdict"] == "no detectable difference"
+    assert "t=0.50" in rows[("jest-50", "eval", "top1")]["reference"]  # halfway between uniform-50 and -100
+    assert rows[("uniform-100", "eval", "top1")]["diff"] == 0
+    assert ("uniform-50", "train_style", "top1") in rows and ("same-50", "train_style", "top1") not in rows
+    assert all(r["mde"] > 0 for r in c.rows if not r["recipe"].startswith("uniform"))
+    assert "Training style" in c.markdown and "| tailboost-50 | 5 | 0.50 |" in c.markdown
+
+    paths = write_comparison(compare(collect_reports(tmp_path)), tmp_path / "out", c)
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(paths["statistics.parquet"]).num_rows == len(c.rows)
+    assert paths["tail_vs_compute.png"].read_bytes()[:4] == b"\x89PNG"
+    assert paths["accuracy_vs_frequency.png"].stat().st_size > 0
+    assert "better" in paths["statistics.csv"].read_text()
+
+
+def test_statistical_comparison_needs_a_uniform_recipe(tmp_path):
+    import numpy as np
+
+    from dynamics_assets.core.evaluate.comparison import collect_outcomes, statistical_comparison
+
+    labels = np.arange(20) % 10
+    _write_outcome(tmp_path, "dbp-50.s0", 1, 10.0, labels % 2 == 0, labels)
+    with pytest.raises(ValueError, match="no uniform reference"):
+        statistical_comparison(collect_outcomes(tmp_path))
+    with pytest.raises(ValueError, match="no eval report"):
+        statistical_comparison([])

@@ -247,7 +247,9 @@ def test_evaluate_model_end_to_end(tmp_path, tiny_clip, captions):
     paths = report.save(tmp_path / "report")
     assert {p.name for p in resolve(tmp_path / "report").iterdir()} - {"_version.json"} == {
         "metrics.json", "per_concept.parquet", "per_frequency_bin.parquet", "per_cluster.parquet",
-        "report.md", "accuracy_vs_frequency.png"}
+        "report.md", "accuracy_vs_frequency.png", "per_image.parquet"}
+    per_image = pq.read_table(paths["per_image.parquet"]).to_pydict()
+    assert len(per_image["correct"]) == 24 and sum(per_image["correct"]) / 24 == pytest.approx(m["zero_shot/top1"])
     assert json.loads(paths["metrics.json"].read_text()) == pytest.approx(m)
     assert pq.read_table(paths["per_concept.parquet"]).num_rows == 6
     assert "| tail |" in paths["report.md"].read_text()

@@ -31,9 +31,10 @@ def test_large_effect_is_detected_and_zero_effect_is_not():
     assert worse["top1"].verdict == st.WORSE
     same = st.paired_bootstrap(ref, ref, masks, n_boot=200)
     assert same["top1"].diff == 0 and same["top1"].verdict == st.NO_DIFFERENCE
-    # the MDE is the (z.975 + z.8) multiple of the bootstrap SE
+    # the MDE is (z.975 + z.8)·√2 × the reference arm's bootstrap SE, the same for any recipe
     r = res["tail"]
-    assert r.mde == pytest.approx(st.MDE_FACTOR * r.se) and r.images == 200
+    assert r.mde == pytest.approx(st.MDE_FACTOR * np.sqrt(2) * r.reference_se) and r.images == 200
+    assert same["top1"].mde > 0 and same["top1"].mde == pytest.approx(res["top1"].mde, rel=0.3)
 
 
 def test_seed_noise_widens_the_interval():

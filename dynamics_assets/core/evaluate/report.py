@@ -453,6 +453,10 @@ class EvalReport:
     # What was (not) evaluated and on what, e.g. {"zero_shot": "no labelled set", "retrieval":
     # "held-out pool slice: 5000 pairs"}; written to notes.json and the report when not empty.
     notes: Mapping[str, str] = field(default_factory=dict)
+    # Per-image zero-shot outcomes by evaluation set ("eval": the main set → per_image.parquet;
+    # another name, e.g. "train_style" → per_image_<name>.parquet): label (class index, a row of
+    # per_concept), concept_id, correct (top-1 hit). The comparison's bootstrap reads them.
+    per_image: Mapping[str, pa.Table] = field(default_factory=dict)
 
     @property
     def has_zero_shot(self) -> bool:
@@ -519,6 +523,10 @@ class EvalReport:
         write_bytes(paths["report.md"], self.to_markdown().encode())
         plot_accuracy_vs_frequency(self.per_concept, paths["accuracy_vs_frequency.png"])
         write_json(paths["metrics.json"], {k: None if math.isnan(v) else v for k, v in self.metrics.items()})
+        for name, table in self.per_image.items():
+            file = "per_image.parquet" if name == "eval" else f"per_image_{name}.parquet"
+            paths[file] = out_dir / file
+            write_parquet(paths[file], table)
         if self.notes:
             paths["notes.json"] = out_dir / "notes.json"
             write_json(paths["notes.json"], dict(self.notes))
@@ -688,4 +696,12 @@ def evaluate_model(model, preprocess: Callable, tokenizer: Callable, eval_dir: s
         metrics |= pool_retrieval
     return EvalReport(metrics=metrics, per_concept=_per_concept_table(eval_set, zs),
                       per_frequency_bin=pa.table(zs["frequency_bins"]), per_cluster=per_cluster,
-                      n_images=len(eval_set), notes=notes_out)
+                      n_images=len(eval_set), notes=notes_out, per_image={"eval": per_image_table(eval_set, zs)})
+
+
+def per_image_table(eval_set: EvalSet, zs: dict[str, Any]) -> pa.Table:
+    """One row per eval image, in the eval set's order: label, concept_id, correct (top-1)."""
+    labels = np.asarray(eval_set.labels, dtype=np.int64)
+    return pa.table({"label": pa.array(labels, pa.int64()),
+                     "concept_id": pa.array(np.asarray(eval_set.concept_ids)[labels], pa.int64()),
+                     "correct": pa.array(np.asarray(zs["correct"], dtype=bool), pa.bool_())})

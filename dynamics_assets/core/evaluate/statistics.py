@@ -19,9 +19,13 @@ drawn seeds of the bucket means of the per-image differences. The 95% interval i
 percentiles of the replicates. It captures both sources of noise a reviewer asks about: training
 seed (between-seed variance) and the finite evaluation set (image sampling).
 
-Minimum detectable effect: ``(z_0.975 + z_0.8) · SE`` with SE the bootstrap standard deviation of
-the paired difference: the true difference the design (S seeds, N images, this between-seed and
-per-image variance) detects with 80% power at two-sided α = 0.05.
+Minimum detectable effect of the design: ``(z_0.975 + z_0.8) · √2 · SE_ref`` with SE_ref the
+two-stage bootstrap standard error of the reference (uniform) arm's metric — its between-seed plus
+eval-image variance at S seeds and N images — and √2 for the difference of two such arms: the true
+difference this design detects with 80% power at two-sided α = 0.05. It is a property of the design
+and of uniform's noise, not of the observed difference (so a recipe identical to uniform does not
+get an MDE of 0), and conservative: it ignores the variance the image pairing removes (the paired
+bootstrap SE of each recipe's difference is kept as ``se``).
 
 Verdict: "better" when the whole interval lies above 0, "worse" when below, else
 "no detectable difference".
@@ -53,7 +57,8 @@ class PairedResult:
     ci_low: float
     ci_high: float
     se: float  # bootstrap SD of the paired difference
-    mde: float  # (z_.975 + z_.8) · se
+    reference_se: float  # bootstrap SD of the reference arm's metric
+    mde: float  # (z_.975 + z_.8) · √2 · reference_se
     verdict: str
 
     def as_dict(self) -> dict:
@@ -102,6 +107,7 @@ def paired_bootstrap(recipe: np.ndarray, reference: np.ndarray, masks: Mapping[s
     names = list(masks)
     M = np.stack([np.asarray(masks[m], dtype=np.float64) for m in names])  # (metrics, images)
     reps = np.empty((len(names), n_boot))
+    ref_reps = np.empty((len(names), n_boot))
     done = 0
     while done < n_boot:
         k = min(chunk, n_boot - done)
@@ -110,10 +116,11 @@ def paired_bootstrap(recipe: np.ndarray, reference: np.ndarray, masks: Mapping[s
         w = rng.multinomial(n_images, np.full(n_images, 1.0 / n_images), size=(k, n_seeds)).astype(np.float64)
         dd = d[seed_draw]  # (k, S, N)
         num = np.einsum("ksn,mn->mks", w * dd, M)  # (metrics, k, S)
+        ref_num = np.einsum("ksn,mn->mks", w * b[seed_draw], M)
         den = np.einsum("ksn,mn->mks", w, M)
         with np.errstate(invalid="ignore", divide="ignore"):
-            per_seed = num / den
-        reps[:, done:done + k] = np.nanmean(per_seed, axis=2)
+            reps[:, done:done + k] = np.nanmean(num / den, axis=2)
+            ref_reps[:, done:done + k] = np.nanmean(ref_num / den, axis=2)
         done += k
     out = {}
     for i, m in enumerate(names):
@@ -121,14 +128,17 @@ def paired_bootstrap(recipe: np.ndarray, reference: np.ndarray, masks: Mapping[s
         r = reps[i][~np.isnan(reps[i])]
         if not mask.any() or r.size == 0:
             nan = float("nan")
-            out[m] = PairedResult(m, n_seeds, n_images, nan, nan, nan, nan, nan, nan, nan, NO_DIFFERENCE)
+            out[m] = PairedResult(m, n_seeds, n_images, nan, nan, nan, nan, nan, nan, nan, nan, NO_DIFFERENCE)
             continue
         lo, hi = (float(x) for x in np.percentile(r, [2.5, 97.5]))
         se = float(r.std(ddof=1)) if r.size > 1 else 0.0
+        rr = ref_reps[i][~np.isnan(ref_reps[i])]
+        ref_se = float(rr.std(ddof=1)) if rr.size > 1 else 0.0
         out[m] = PairedResult(
             metric=m, seeds=n_seeds, images=int(mask.sum()),
             recipe_mean=float(a[:, mask].mean()), reference_mean=float(b[:, mask].mean()),
-            diff=float(d[:, mask].mean(axis=1).mean()), ci_low=lo, ci_high=hi, se=se, mde=MDE_FACTOR * se,
+            diff=float(d[:, mask].mean(axis=1).mean()), ci_low=lo, ci_high=hi, se=se,
+            reference_se=ref_se, mde=float(MDE_FACTOR * np.sqrt(2.0) * ref_se),
             verdict=verdict(lo, hi))
     return out
 
@@ -138,7 +148,7 @@ def mean_ci(values: np.ndarray, masks: Mapping[str, np.ndarray], *, n_boot: int 
     """One recipe's own metrics (mean, 2.5%, 97.5%) by the same two-stage bootstrap; ``values``
     (seeds, images)."""
     v = np.asarray(values, dtype=np.float64)
-    res = paired_bootstrap(v, np.zeros_like(v), masks, n_boot=n_boot, seed=seed)
+    res = paired_bootstrap(v, np.zeros_like(v), masks, n_boot=n_boot, seed=seed)  # d = v
     return {m: (r.recipe_mean, r.ci_low, r.ci_high) for m, r in res.items()}
 
 

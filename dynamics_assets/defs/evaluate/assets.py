@@ -39,6 +39,7 @@ def eval_report(context: dg.AssetExecutionContext, checkpoint: CheckpointRecord,
                         if eval_set is not None else None)
     report = evaluate_model(enc.model, enc.preprocess, enc.tokenizer, eval_set, device=device,
                             cluster_of_image=cluster_of_image, held_out=held_out, notes=notes)
+    report = _with_train_style(report, raw_pairs, enc, device)
     visual, text = enc.model.visual, enc.model
     flops_pair = forward_flops_per_pair(enc.model, visual.image_size, text.context_length)
     training = float(train_flops(checkpoint.samples_seen, flops_pair))
@@ -58,7 +59,8 @@ def eval_report(context: dg.AssetExecutionContext, checkpoint: CheckpointRecord,
     shown = {name: m[key] for name, key in (
         ("top1", "zero_shot/top1"), ("top5", "zero_shot/top5"), ("mean_per_class", "zero_shot/mean_per_class"),
         ("head", "zero_shot/head"), ("middle", "zero_shot/middle"), ("tail", "zero_shot/tail"),
-        ("i2t_r1", "retrieval/i2t_r1"), ("t2i_r1", "retrieval/t2i_r1")) if key in m}
+        ("i2t_r1", "retrieval/i2t_r1"), ("t2i_r1", "retrieval/t2i_r1"),
+        ("train_style_top1", "train_style/top1"), ("train_style_tail", "train_style/tail")) if key in m}
     context.add_output_metadata({
         **shown, **compute,
         "zero_shot": str(notes.get("zero_shot", "labelled set" if eval_set is not None else "none")),
@@ -71,6 +73,32 @@ def eval_report(context: dg.AssetExecutionContext, checkpoint: CheckpointRecord,
     })
     return EvalRecord(report_dir=str(out), recipe=recipe.key, epoch=checkpoint.epoch,
                       metrics={k: float(v) for k, v in m.items()})
+
+
+TRAIN_STYLE_DIR = "eval_train_style"  # the generator's training-style eval set, beside eval/
+
+
+def _with_train_style(report, raw_pairs: PoolManifest, enc, device: str):
+    """The synthetic pool's second eval set, rendered in the training style (``eval_train_style/``
+    beside ``eval/``, when the generator wrote one): its zero-shot metrics as ``train_style/*`` and
+    its per-image outcomes (per_image_train_style.parquet). The main set stays the held-out style."""
+    import dataclasses
+
+    from dynamics_assets.core.evaluate.report import evaluate_model
+
+    if raw_pairs.eval_kind != "synthetic" or not raw_pairs.eval_dir:
+        return report
+    train_dir = Path(raw_pairs.eval_dir).parent / TRAIN_STYLE_DIR
+    if not (train_dir / "concepts.parquet").is_file():
+        return report
+    style = evaluate_model(enc.model, enc.preprocess, enc.tokenizer, train_dir, device=device, progress=None)
+    metrics = dict(report.metrics)
+    metrics |= {f"train_style/{k.split('/', 1)[1]}": v for k, v in style.metrics.items()
+                if k.startswith("zero_shot/") and "freq_bin" not in k}
+    per_image = {**report.per_image, "train_style": style.per_image["eval"]}
+    notes = {**report.notes, "train_style": f"{style.n_images} images of {train_dir.name}/ (training style): "
+                                            "train_style/* metrics"}
+    return dataclasses.replace(report, metrics=metrics, per_image=per_image, notes=notes)
 
 
 def _evaluation_inputs(raw_pairs: PoolManifest, clusters: PoolClusters):
@@ -127,21 +155,62 @@ def learning_curve(context: dg.AssetExecutionContext, storage: StorageResource, 
 def comparison_report(context: dg.AssetExecutionContext, storage: StorageResource,
                       mlflow: MlflowResource) -> ReportRecord:
     """Every recipe side by side at equal samples seen and equal compute: overall, head and
-    tail accuracy (mean ± spread over seeds), as Markdown and PNG."""
-    from dynamics_assets.core.evaluate.comparison import collect_reports, compare, write_comparison
+    tail accuracy (mean ± spread over seeds), as Markdown and PNG; and, when the eval reports
+    carry per-image outcomes and a uniform recipe was run, every recipe against uniform at equal
+    compute: paired differences with 95% intervals (bootstrap over seeds and eval images), the
+    minimum detectable effect and a verdict (statistics.md / .parquet / .csv), accuracy against
+    concept frequency per recipe and tail accuracy against compute (PNG)."""
+    from dynamics_assets.core.evaluate.comparison import (collect_outcomes, collect_reports, compare,
+                                                          statistical_comparison, write_comparison)
 
-    reports = collect_reports(storage.layout.artifact("eval_report"))
+    root = storage.layout.artifact("eval_report")
+    reports = collect_reports(root)
     if not reports:
         raise dg.Failure("no eval_report partition has been materialised yet")
-    comparison = compare(reports, recipe_order=list(dict.fromkeys(r.name for r in EXPERIMENTS.recipes.values())))
+    order = list(dict.fromkeys(r.name for r in EXPERIMENTS.recipes.values()))
+    comparison = compare(reports, recipe_order=order)
+    statistics, why_not = None, ""
+    outcomes = collect_outcomes(root)
+    try:
+        statistics = statistical_comparison(outcomes, recipe_order=order) if outcomes else None
+        why_not = "" if outcomes else "no eval report has per-image outcomes"
+    except ValueError as e:  # e.g. no uniform recipe evaluated: the statistics are left out, said why
+        why_not = str(e)
     out = storage.layout.artifact("comparison_report")
-    paths = write_comparison(comparison, out)
+    paths = write_comparison(comparison, out, statistics)
     with mlflow.start_run(context, run_name="comparison report") as run:
         for path in paths.values():
             run.log_artifact(path)
-    context.add_output_metadata({
+        if statistics is not None:
+            run.log_metrics({f"{r['recipe']}/{r['eval_set']}/{r['metric']}/{k}": r[k]
+                             for r in statistics.rows for k in ("diff", "ci_low", "ci_high", "mde")
+                             if r[k] == r[k]})
+    meta = {
         "report": dg.MetadataValue.md(comparison.markdown), "plot": dg.MetadataValue.path(str(paths["png"])),
         "plot_inline": md_image(paths["png"], "accuracy against compute per recipe"),
         "recipes": len(comparison.rows), "mlflow_run": run.url_hint,
-    })
+    }
+    if statistics is not None:
+        meta |= {
+            "statistics": dg.MetadataValue.md(statistics.markdown),
+            "statistics_table": dg.MetadataValue.path(str(paths["statistics.parquet"])),
+            "accuracy_vs_frequency": md_image(paths["accuracy_vs_frequency.png"], "accuracy against concept frequency"),
+            "tail_vs_compute": md_image(paths["tail_vs_compute.png"], "tail accuracy against compute"),
+            "references": ", ".join(statistics.references),
+            "verdicts": md_table(["recipe", "eval set", "metric", "Δ (points)", "95% CI", "MDE", "verdict"], [
+                [r["recipe"], r["eval_set"], r["metric"], f"{100 * r['diff']:+.1f}",
+                 f"[{100 * r['ci_low']:+.1f}, {100 * r['ci_high']:+.1f}]", f"{100 * r['mde']:.1f}", r["verdict"]]
+                for r in statistics.rows], max_rows=300),
+        }
+        meta |= _pool_structure_metadata()
+    else:
+        meta["statistics"] = f"not computed: {why_not}"
+    context.add_output_metadata(meta)
     return ReportRecord(report_dir=str(paths["png"].parent), entries=len(comparison.rows))
+
+
+def _pool_structure_metadata() -> dict:
+    """Hook for the pool's structure figures (core/evaluate/pool_structure.py: cluster-size share of
+    the largest 10%, Gini, purity, tail share of pool and plans): shown here once a pool-structure
+    asset records them; nothing yet."""
+    return {}
