@@ -117,3 +117,53 @@ def test_statistical_comparison_needs_a_uniform_recipe(tmp_path):
         statistical_comparison(collect_outcomes(tmp_path))
     with pytest.raises(ValueError, match="no eval report"):
         statistical_comparison([])
+
+
+def _script(name):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_block_from_the_statistics_and_between_the_markers(tmp_path):
+    import numpy as np
+
+    from dynamics_assets.core.evaluate.comparison import collect_outcomes, statistical_comparison
+
+    rng = np.random.default_rng(5)
+    labels = np.arange(200) % 10
+    for s in range(3):
+        u = rng.random(200) < 0.3
+        _write_outcome(tmp_path / "ev", f"uniform-100.s{s}", 1, 100.0, u, labels, train_style=u | (labels < 5))
+        _write_outcome(tmp_path / "ev", f"dyn-50.s{s}", 1, 100.0, u | (labels >= 8), labels)
+    c = statistical_comparison(collect_outcomes(tmp_path / "ev"), n_boot=200)
+    root = tmp_path / "comparison"
+    write_comparison(compare(collect_reports(tmp_path / "ev")), root / "web" / "artifacts" / "comparison_report", c)
+    table = _script("comparison_table")
+    text = table.block(root, ["web"], 125.0)
+    assert text.startswith(table.START) and text.rstrip().endswith(table.END)
+    assert "| dyn-50 | 1.00× |" in text and "better" in text and "2.1 min" in text
+    assert "training style" in text and "held-out style" in text
+    readme = "# Title\n\nintro\n<!-- comparison:start -->\nold\n<!-- comparison:end -->\n\n## Next\n"
+    new = table.replace_block(readme, text)
+    assert "old" not in new and new.startswith("# Title") and new.endswith("## Next\n") and "dyn-50" in new
+    assert table.replace_block("# T\n", text).startswith("# T\n\n" + table.START)
+
+
+def test_comparison_config_merges_the_learner_and_narrows(tmp_path):
+    config = _script("comparison_config")
+    spec = {"learner": {"epochs": 2, "training": {"model_name": "m", "lr": 0.01}}, "seeds": [0, 1, 2, 3, 4],
+            "recipes": {"uniform-100": {"sampler": {"strategy": "uniform", "budget": 1.0}},
+                        "jest-50": {"sampler": {"strategy": "uniform", "budget": 1.0},
+                                    "training": {"selection": "jest", "lr": 0.005}}}}
+    out = config.build(spec, 2, ["uniform-100", "jest-50"])
+    assert out["seeds"] == [0, 1]
+    assert out["recipes"]["jest-50"]["training"] == {"model_name": "m", "lr": 0.005, "selection": "jest"}
+    assert out["recipes"]["uniform-100"]["training"] == {"model_name": "m", "lr": 0.01}
+    with pytest.raises(SystemExit):
+        config.build(spec, None, ["nope"])

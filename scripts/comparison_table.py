@@ -1,0 +1,149 @@
+"""The README's comparison block, produced from the comparison reports of scripts/compare.sh.
+
+Reads each profile's current ``comparison_report`` version (statistics.parquet, written by the
+Dagster asset) under ``<root>/<profile>/artifacts/``, and writes a Markdown block — settings, wall
+time, uniform-100's accuracy on both eval styles, per profile every recipe against uniform at equal
+compute (Δ with 95% CI, MDE, verdict) and a paragraph on what it shows and does not — to ``--out``,
+and with ``--readme README.md`` between the markers ``<!-- comparison:start -->`` and
+``<!-- comparison:end -->`` of that file (added at its end when missing).
+
+    python scripts/comparison_table.py --root data/comparison --profiles web concept --out table.md
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+START, END = "<!-- comparison:start -->", "<!-- comparison:end -->"
+
+
+def _pct(x: float) -> str:
+    return "–" if x != x else f"{100 * x:+.1f}"
+
+
+def _short(v: str) -> str:
+    return {"no detectable difference": "n.d."}.get(v, v)
+
+
+def load(root: Path, profile: str) -> tuple[list[dict], Path]:
+    from dynamics_assets.core.io import versions
+
+    art = root / profile / "artifacts" / "comparison_report"
+    current = versions.resolve(art)
+    path = current / "statistics.parquet"
+    if not path.is_file():
+        raise SystemExit(f"{path}: no statistics yet (run bash scripts/compare.sh --profile {profile})")
+    return pq.read_table(path).to_pylist(), current
+
+
+def block(root: Path, profiles: list[str], wall_seconds: float | None) -> str:
+    lines = [START, "", "<!-- produced by scripts/comparison_table.py from the comparison reports; do not edit -->", ""]
+    settings = {}
+    for p in profiles:
+        exp = root / p / "experiments.yaml"
+        if exp.is_file():
+            settings[p] = yaml.safe_load(exp.read_text())
+    any_exp = next(iter(settings.values()), None)
+    if any_exp:
+        first = next(iter(any_exp["recipes"].values()))
+        t = first.get("training", {})
+        lines.append(f"Settings: {len(any_exp['recipes'])} recipes × {len(any_exp['seeds'])} seeds per profile; "
+                     f"learner `{t.get('model_name', 'dynamics-tiny-32')}`, batch {t.get('batch_size', '–')}, "
+                     f"lr {t.get('lr', '–')}; machine: 2-core CPU box, no GPU.")
+    if wall_seconds is not None:
+        lines.append(f"Wall time of `bash scripts/compare.sh` (measured): {wall_seconds / 60:.1f} min.")
+    lines.append("")
+    counts = {"better": 0, "worse": 0, "no detectable difference": 0}
+    mdes = []
+    for p in profiles:
+        rows, where = load(root, p)
+        u = {(r["eval_set"], r["metric"]): r for r in rows if r["recipe"] == "uniform-100"}
+        styles = ", ".join(f"{name} {100 * u[(s, 'top1')]['recipe_mean']:.1f}% top-1"
+                           f" (tail {100 * u[(s, 'tail')]['recipe_mean']:.1f}%)"
+                           for s, name in (("train_style", "training style"), ("eval", "held-out style"))
+                           if (s, "top1") in u)
+        seeds = next((r["seeds"] for r in rows), 0)
+        lines += [f"### Profile `{p}`", "",
+                  f"uniform-100: {styles or 'not run'} (mean of {seeds} seeds; chance = 1/120 = 0.8%).", "",
+                  "| recipe | compute | top-1 % | Δ top-1 [95% CI] | Δ head [95% CI] | Δ tail [95% CI] | "
+                  "MDE top-1 / head / tail | verdict top-1 / head / tail |",
+                  "|---|---|---|---|---|---|---|---|"]
+        held = [r for r in rows if r["eval_set"] == "eval"]
+        full = max((r["compute"] for r in held if r["recipe"] == "uniform-100"), default=None) or \
+            max(r["compute"] for r in held)
+        for name in dict.fromkeys(r["recipe"] for r in held):
+            by = {r["metric"]: r for r in held if r["recipe"] == name}
+            t, h, tl = by["top1"], by["head"], by["tail"]
+            if not name.startswith("uniform"):
+                for r in (t, h, tl):
+                    counts[r["verdict"]] += 1
+                    mdes.append((r["metric"], r["mde"]))
+            cell = lambda r: f"{_pct(r['diff'])} [{_pct(r['ci_low'])}, {_pct(r['ci_high'])}]"  # noqa: E731
+            lines.append("| " + " | ".join([
+                name, f"{t['compute'] / full:.2f}×", f"{100 * t['recipe_mean']:.1f}", cell(t), cell(h), cell(tl),
+                " / ".join(f"{100 * r['mde']:.1f}" for r in (t, h, tl)),
+                " / ".join(_short(r["verdict"]) for r in (t, h, tl))]) + " |")
+        lines += ["", f"Held-out style eval set; Δ in points against uniform at equal compute. Full report: "
+                      f"`{where.relative_to(root.parent) if where.is_relative_to(root.parent) else where}/statistics.md` "
+                      "(also the training-style set), plots `accuracy_vs_frequency.png`, `tail_vs_compute.png`.", ""]
+    mde_by = {}
+    for m, v in mdes:
+        mde_by.setdefault(m, []).append(v)
+    mde_txt = ", ".join(f"{m} {100 * sorted(v)[len(v) // 2]:.1f}" for m, v in mde_by.items())
+    total = sum(counts.values())
+    lines += [
+        "**What this shows and does not.** " +
+        f"Of {total} recipe × metric comparisons (top-1, head, tail; held-out style; non-uniform recipes), "
+        f"{counts['better']} are better than uniform at equal compute, {counts['worse']} worse and "
+        f"{counts['no detectable difference']} show no detectable difference at 95%. "
+        f"The design detects (80% power) differences of about {mde_txt} points (median MDE); smaller true "
+        "effects can hide behind 'no detectable difference', which is not evidence of equality. "
+        "The intervals cover the noise of training seeds and of the finite evaluation set, not that of the "
+        "pool itself (one generated pool per profile). Everything here is a small CLIP (32 px images, a "
+        "two-layer transformer per tower) trained for a few epochs on a few thousand synthetic pairs on a "
+        "2-core CPU: it ranks the curation strategies in that regime, under these budgets; it says nothing "
+        "direct about web-scale CLIP training, where the learner, the data and the compute differ by orders "
+        "of magnitude.", "", END]
+    return "\n".join(lines) + "\n"
+
+
+def replace_block(text: str, new_block: str) -> str:
+    if START in text and END in text:
+        head, _, rest = text.partition(START)
+        _, _, tail = rest.partition(END)
+        return head + new_block.rstrip("\n") + tail
+    return text.rstrip("\n") + "\n\n" + new_block
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--root", default=str(ROOT / "data" / "comparison"))
+    ap.add_argument("--profiles", nargs="+", default=["web", "concept"])
+    ap.add_argument("--wall-seconds", type=float)
+    ap.add_argument("--out", help="write the block to this file")
+    ap.add_argument("--readme", help="replace the block between the markers in this file (e.g. README.md)")
+    args = ap.parse_args(argv)
+    root = Path(args.root).resolve()
+    profiles = [p for p in args.profiles if (root / p / "artifacts" / "comparison_report").exists()]
+    if not profiles:
+        raise SystemExit(f"no comparison report under {root} for {args.profiles}")
+    text = block(root, profiles, args.wall_seconds)
+    if args.out:
+        Path(args.out).write_text(text)
+    if args.readme:
+        readme = Path(args.readme)
+        readme.write_text(replace_block(readme.read_text(), text))
+    if not args.out and not args.readme:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
