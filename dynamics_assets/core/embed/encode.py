@@ -270,8 +270,8 @@ class ShardEmbedder:
             with torch.inference_mode(), enc.autocast():
                 image = enc.model.encode_image(images.to(enc.device, non_blocking=True)).float().cpu()
                 text = enc.model.encode_text(tokens.to(enc.device, non_blocking=True)).float().cpu()
-            for b in bad:
-                image[b["row"] - index * self.batch_size] = 0.0  # zero: an invalid row, quarantined later
+                for b in bad:
+                    image[b["row"] - index * self.batch_size] = 0.0  # zero: an invalid row, quarantined later
             image_parts.append(image)
             text_parts.append(text)
             undecodable += bad

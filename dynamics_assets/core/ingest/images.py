@@ -55,8 +55,13 @@ def _is_bomb(err: BaseException) -> bool:
     return isinstance(err, ValueError) and _BOMB_TEXT in str(err).lower()
 
 
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
 def _error_text(err: BaseException) -> str:
-    return f"{type(err).__name__}: {err}"
+    """The error as recorded: without object addresses (Pillow names ``<_io.BytesIO object at
+    0x…>``), so the same bytes give the same manifest in any process."""
+    return _ADDRESS.sub("", f"{type(err).__name__}: {err}")
 
 
 def _over(pixels: int, max_pixels: int | None) -> bool:
