@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="curate_pool: materialise only its assets that have never been materialised "
                              "(and what depends on them); skip recipe × epoch partitions whose eval_report "
                              "is already materialised")
+    parser.add_argument("--no-export", action="store_true",
+                        help="train_epoch without its exports (datacomp_subset, webdataset_export): plan, "
+                             "checkpoint, eval report only (the benchmark comparison)")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="Dagster's event log (DEBUG) and its beta/preview/deprecation warnings")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -349,13 +352,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     epoch_job = defs.resolve_job_def("train_epoch" if images else "plan_epoch")
     epochs = epoch_keys(args.epochs, epoch_job.partitions_def.get_partitions_def_for_dimension("epoch").get_partition_keys())
     recipes = recipe_keys(args.recipes, experiments)
+    epoch_selection = None
+    if args.no_export and images:
+        exports = {dg.AssetKey("datacomp_subset"), dg.AssetKey("webdataset_export")}
+        epoch_selection = sorted(set(epoch_job.asset_layer.selected_asset_keys) - exports,
+                                 key=lambda k: k.to_user_string())
     for recipe in recipes:
         for epoch in epochs:
             key = dg.MultiPartitionKey({"recipe": recipe, "epoch": epoch})
             if args.skip_existing and _materialized(instance, "eval_report" if images else "datacomp_subset", key):
                 print(f"train_epoch {recipe} {epoch}: eval_report already materialised (--skip-existing)", flush=True)
                 continue
-            r = run(epoch_job, f"{epoch_job.name} {recipe} {epoch}", partition_key=key)
+            r = run(epoch_job, f"{epoch_job.name} {recipe} {epoch}", partition_key=key, asset_selection=epoch_selection)
             if not r.success:
                 print(f"train_epoch {key} failed (run {r.run_id})", file=sys.stderr)
                 return 1

@@ -49,7 +49,7 @@ run_profile() {  # one profile: its own data root, instance and experiments file
   # shellcheck disable=SC2086  # POOL_OPTIONS is a list of options
   DYNAMICS_DATA_DIR="$dir" DAGSTER_HOME="$dir/dagster_home" DYNAMICS_EXPERIMENTS="$dir/experiments.yaml" \
     DYNAMICS_EPOCHS="$EPOCHS" DYNAMICS_PROGRESS=0 \
-    python -m dynamics_assets.pipeline --recipes all --skip-existing --epochs "$EPOCHS" \
+    python -m dynamics_assets.pipeline --recipes all --skip-existing --no-export --epochs "$EPOCHS" \
       --pool-option profile="$profile" $POOL_OPTIONS "${EXTRA[@]}"
 }
 
