@@ -25,7 +25,8 @@ def test_lineage_and_groups():
     assert deps["clusters"] == {"raw_pairs", "pair_embeddings", "shard_embeddings"}
     assert deps["cluster_stats"] == {"clusters"}
     assert deps["sample_plan"] == {"clusters", "cluster_stats"}
-    assert deps["checkpoint"] == {"sample_plan", "clusters", "reference_model", "checkpoint"}
+    assert deps["checkpoint"] == {"sample_plan", "clusters", "reference_model", "checkpoint", "feedback_plan"}
+    assert deps["feedback_plan"] == {"checkpoint", "clusters"}  # of the previous epoch (test_feedback_lineage)
     assert deps["eval_report"] == {"checkpoint", "raw_pairs", "clusters"}
     assert deps["comparison_report"] == {"eval_report"} and deps["learning_curve"] == {"eval_report"}
     groups = {key.to_user_string(): graph.get(key).group_name for key in graph.get_all_asset_keys()}

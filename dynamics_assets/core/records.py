@@ -8,6 +8,7 @@
     clusters         → PoolClusters     the clustered pool; its ``pool_version`` is what plans index
     cluster_stats    → ClusterStats     the per-cluster statistics table
     sample_plan      → PlanRecord       one recipe × epoch plan, with the pool version it was drawn on
+    feedback_plan    → PlanRecord       a feedback recipe's plan, drawn with epoch e−1's per-cluster loss
     checkpoint       → CheckpointRecord one recipe × epoch checkpoint, with cumulative compute
     eval_report      → EvalRecord       one recipe × epoch report and its metrics
     webdataset_export → ExportRecord    one recipe × epoch plan as webdataset shards for open_clip_train
@@ -127,6 +128,8 @@ class CheckpointRecord:
     scoring_flops: float
     global_step: int
     final_loss: float
+    cluster_loss: Optional[str] = None  # the epoch's per-cluster training loss (cluster_loss.npy: (2, K) sum, draws)
+    plan_dir: Optional[str] = None  # the plan trained (sample_plan's, or feedback_plan's for a feedback recipe)
 
 
 @dataclass(frozen=True)

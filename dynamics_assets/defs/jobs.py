@@ -30,9 +30,10 @@ epoch_plan_job = dg.define_asset_job(
 
 train_epoch_job = dg.define_asset_job(
     "train_epoch", selection=dg.AssetSelection.assets("sample_plan", "datacomp_subset", "webdataset_export",
-                                                      "checkpoint", "eval_report"),
+                                                      "checkpoint", "feedback_plan", "eval_report"),
     description="One recipe × epoch: its plan, its exports (DataComp subset file, webdataset shards for "
-                "open_clip_train), the checkpoint trained on it (from the recipe's previous epoch), its eval report.")
+                "open_clip_train), the checkpoint trained on it (from the recipe's previous epoch; a feedback "
+                "recipe's plan, feedback_plan, is drawn by the same step), its eval report.")
 
 plan_epoch_job = dg.define_asset_job(
     "plan_epoch", selection=dg.AssetSelection.assets("sample_plan", "datacomp_subset"),

@@ -20,3 +20,14 @@ def plan_is_valid(sample_plan: PlanRecord, clusters: PoolClusters) -> dg.AssetCh
     from dynamics_assets.core.sample.validate import plan_findings
 
     return check_result(plan_findings(sample_plan.plan_dir, clusters.clusters_dir, clusters.k, clusters.pool_version))
+
+
+@dg.asset_check(asset="feedback_plan", partitions_def=recipe_epoch_partitions,
+                additional_ins={"clusters": dg.AssetIn("clusters")},
+                description="A feedback recipe's plan (drawn by the checkpoint step with the previous epoch's "
+                            "per-cluster loss) keeps its sampler's guarantees, like every sample plan. The step "
+                            "checks it before training too (a check runs after its op; this one reports it).")
+def feedback_plan_is_valid(feedback_plan: PlanRecord, clusters: PoolClusters) -> dg.AssetCheckResult:
+    from dynamics_assets.core.sample.validate import plan_findings
+
+    return check_result(plan_findings(feedback_plan.plan_dir, clusters.clusters_dir, clusters.k, clusters.pool_version))

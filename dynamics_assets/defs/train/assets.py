@@ -1,7 +1,18 @@
 """Stage 5 — train: one open_clip checkpoint per recipe × epoch, trained on that epoch's plan,
-continuing from the recipe's previous checkpoint (a self-dependency on the previous partition)."""
+continuing from the recipe's previous checkpoint (a self-dependency on the previous partition).
+
+Feedback recipes (a sampler that reads the previous epoch's training: ``learnability``): the plan of
+epoch e depends on the checkpoint of epoch e−1, which depends on the plan of epoch e−1. Dagster
+rejects that cycle between distinct assets (CircularDependencyError), so the plan is a second
+output of the training step, ``feedback_plan``: one op, two assets, with feedback_plan(e) ←
+checkpoint(e−1) (the previous-epoch mapping) and checkpoint(e) ← feedback_plan(e). The UI's
+lineage shows both edges; the plan is written, versioned and checked like a sample plan before
+training reads it (and by the ``feedback_plan_is_valid`` check). Other recipes do not yield it.
+It sits in the training group: it is made by the training step (a plan-only job cannot draw it).
+"""
 
 import dataclasses
+from pathlib import Path
 from typing import Optional
 
 import dagster as dg
@@ -11,6 +22,7 @@ from dynamics_assets.core.train.settings import TrainSettings
 from dynamics_assets.defs.config import config_from
 from dynamics_assets.defs.experiments import partition_dir, recipe_and_epoch, recipe_epoch_partitions
 from dynamics_assets.defs.partitions import N_EPOCHS, epoch_of
+from dynamics_assets.defs.sample.assets import FEEDBACK_STRATEGIES, feedback_plan_of
 from dynamics_assets.defs.resources import GpuResource, StorageResource
 from dynamics_assets.defs.tracking import MlflowResource
 
@@ -31,16 +43,28 @@ TrainingConfig = config_from(
     __name__)
 
 
-@dg.asset(
-    group_name=GROUP, partitions_def=recipe_epoch_partitions, pool="gpu", kinds={"pytorch"},
+_INPUTS = {dg.AssetKey(k) for k in ("sample_plan", "clusters", "reference_model", "checkpoint")}
+
+
+@dg.multi_asset(
+    name="checkpoint", group_name=GROUP, partitions_def=recipe_epoch_partitions, pool="gpu",
+    outs={"result": dg.AssetOut(key="checkpoint", kinds={"pytorch"}, dagster_type=CheckpointRecord,
+                                description="An open_clip checkpoint after epoch e of a recipe."),
+          "feedback_plan": dg.AssetOut(
+              key="feedback_plan", is_required=False, kinds={"numpy"}, dagster_type=PlanRecord,
+              description="A feedback recipe's plan of epoch e, drawn with the per-cluster loss of epoch e−1's "
+                          "training (learnability sampler); the plan its checkpoint trains on.")},
     ins={"previous_checkpoint": dg.AssetIn(key="checkpoint", partition_mapping=PREVIOUS_EPOCH)},
+    internal_asset_deps={"result": _INPUTS | {dg.AssetKey("feedback_plan")},
+                         "feedback_plan": {dg.AssetKey("checkpoint"), dg.AssetKey("clusters")}},
 )
 def checkpoint(context: dg.AssetExecutionContext, config: TrainingConfig, sample_plan: PlanRecord,
                clusters: PoolClusters, reference_model: ReferenceModel,
                previous_checkpoint: Optional[CheckpointRecord], storage: StorageResource,
-               gpu: GpuResource, mlflow: MlflowResource) -> CheckpointRecord:
+               gpu: GpuResource, mlflow: MlflowResource):
     """An open_clip checkpoint after epoch e of a recipe: trained on exactly that plan's samples,
-    from the recipe's checkpoint of epoch e−1; carries the optimizer state and the samples seen."""
+    from the recipe's checkpoint of epoch e−1; carries the optimizer state and the samples seen.
+    A feedback recipe's plan is drawn here first (``feedback_plan``, see the module doc)."""
     from dynamics_assets.core.io.versions import StalePlanError
     from dynamics_assets.core.train.epoch import EpochJob, run_epoch
     from dynamics_assets.core.train.launch import LaunchError, run_under_torchrun
@@ -56,14 +80,19 @@ def checkpoint(context: dg.AssetExecutionContext, config: TrainingConfig, sample
     if "batch_size" not in config.model_fields_set and "batch_size" not in recipe.training:
         settings = dataclasses.replace(settings, batch_size=batch_for(clusters.n))  # the rule for this pool size
     settings = dataclasses.replace(settings, seed=settings.seed + 1000 * recipe.seed)
+    plan = sample_plan
+    if recipe.sampler["strategy"] in FEEDBACK_STRATEGIES:
+        plan, plan_md = feedback_plan_of(recipe, epoch_key, clusters, previous_checkpoint, storage, context.log)
+        yield dg.Output(plan, output_name="feedback_plan", metadata=plan_md)
     out = storage.layout.artifact("checkpoint", str(partition_dir(recipe, epoch_key)))
     job = EpochJob(
         **dataclasses.asdict(settings) | {"n_epochs": settings.n_epochs or N_EPOCHS},
-        plan_dir=sample_plan.plan_dir, manifest_dir=clusters.manifest_dir, shards_dir=clusters.shards_dir,
+        plan_dir=plan.plan_dir, manifest_dir=clusters.manifest_dir, shards_dir=clusters.shards_dir,
         out_checkpoint=str(out), epoch=epoch_of(epoch_key), pool_version=clusters.pool_version,
         previous_checkpoint=previous_checkpoint.checkpoint if previous_checkpoint else None,
         device=gpu.resolved_device(), precision=gpu.resolved_precision(),
-        reference_checkpoint=reference_model.checkpoint if settings.selection else None)
+        reference_checkpoint=reference_model.checkpoint if settings.selection else None,
+        cluster_ids=str(Path(clusters.clusters_dir) / "cluster_id.npy"), n_clusters=clusters.k)
     with mlflow.start_run(context, run_name=f"train {recipe.key} {epoch_key}", tags={"recipe": recipe.key}) as run:
         run.log_params({**dataclasses.asdict(job), "num_processes": gpu.num_processes})
         if gpu.num_processes > 1:
@@ -77,16 +106,17 @@ def checkpoint(context: dg.AssetExecutionContext, config: TrainingConfig, sample
             except StalePlanError as e:
                 raise dg.Failure(str(e)) from e
         run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
-    context.add_output_metadata({
-        "checkpoint": dg.MetadataValue.path(str(metrics["checkpoint"])),
+    context.add_output_metadata(output_name="result", metadata={
+        "checkpoint": dg.MetadataValue.path(str(metrics["checkpoint"])), "plan_dir": plan.plan_dir,
         **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str))},
         "mlflow_run": run.url_hint,
     })
     before = previous_checkpoint
-    return CheckpointRecord(
+    yield dg.Output(output_name="result", value=CheckpointRecord(
         checkpoint=str(metrics["checkpoint"]), model_name=job.model_name, recipe=recipe.key, epoch=job.epoch,
-        pool_version=sample_plan.pool_version, samples_seen=int(metrics["samples_seen"]),
+        pool_version=plan.pool_version, samples_seen=int(metrics["samples_seen"]),
         device_seconds=(before.device_seconds if before else 0.0) + float(metrics["device_seconds"]),
         scoring_flops=(before.scoring_flops if before else 0.0) + float(metrics.get("scoring_flops", 0.0)),
-        global_step=int(metrics["global_step"]), final_loss=float(metrics["final_loss"]))
+        global_step=int(metrics["global_step"]), final_loss=float(metrics["final_loss"]),
+        cluster_loss=metrics.get("cluster_loss"), plan_dir=plan.plan_dir))
 
