@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from dynamics_assets.core.ingest.synthetic import DIRT_TYPES, MIN_PAIRS_PER_CONCEPT, DirtRates, _main, concepts, generate, zipf_counts
+from dynamics_assets.core.ingest.synthetic import WebProfile, _burst_sizes, burst_fractions
 
 PAIRS, PER_SHARD, EVAL_PER_CONCEPT = 600, 300, 2
 RATES = DirtRates(exact_duplicate=0.03, near_duplicate=0.03, mismatched_caption=0.04, empty_caption=0.03,
@@ -221,3 +222,145 @@ def test_cli_writes_a_pool(tmp_path, capsys):
     _main(["--out", str(tmp_path / "cli"), "--pairs", "400", "--seed", "3"])
     summary = json.loads(capsys.readouterr().out)
     assert summary["pairs"] == 400 and (tmp_path / "cli" / "shards" / "shard-00000.tar").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# The "web" profile (near-duplicate bursts) and the training-style eval set
+# ---------------------------------------------------------------------------------------------
+
+WEB = WebProfile(burst_share=0.4, burst_exponent=2.0, frequency_exponent=1.0)
+DUPLICATES = ("exact_duplicate", "near_duplicate")
+
+
+@pytest.fixture(scope="module")
+def web_dataset(tmp_path_factory):
+    return generate(tmp_path_factory.mktemp("web"), **PARAMS, profile="web", web=WEB)
+
+
+@pytest.fixture(scope="module")
+def web_truth(web_dataset) -> list[dict]:
+    return pq.read_table(web_dataset.ground_truth_path).to_pylist()
+
+
+def test_concept_profile_is_byte_identical_to_generator_v1(tmp_path):
+    """sha256 of the tars the generator wrote before profiles existed (same parameters)."""
+    import hashlib
+
+    ds = generate(tmp_path, pairs=400, seed=3, samples_per_shard=400, eval_per_concept=1)
+    digest = [hashlib.sha256(p.read_bytes()).hexdigest() for p in (*ds.shards, *ds.eval_shards)]
+    assert digest == ["6edd44eadfaa17f8285f8d47995f60aa6474be26b92e7bbd5a30a8f6e9478a9d",
+                      "ddca8920a45b5b81fca6c9eb48f234796c67410353c8c16a85f2d659947626cc"]
+    assert json.loads((tmp_path / "MANIFEST.json").read_text())["profile"] == "concept"
+
+
+def test_web_profile_keeps_labels_and_dirt(truth, web_truth):
+    keep = ("key", "uid", "concept_id", "dirt", "duplicate_of", "has_txt", "has_json")
+    assert [{k: r[k] for k in keep} for r in web_truth] == [{k: truth[r["key"]][k] for k in keep} for r in web_truth]
+    assert all(r["burst"] is None for r in truth.values())
+
+
+def test_web_bursts_follow_the_parameters(web_dataset, web_truth):
+    own = [r for r in web_truth if r["dirt"] not in DUPLICATES]  # planted duplicates inherit their source's
+    members = Counter(r["burst"] for r in own if r["burst"] is not None)
+    # quotas round per concept and a quota below 2 forms no burst: on this tiny pool (most concepts
+    # have 3–5 pairs) the realised share falls a little short of burst_share, never above it
+    assert WEB.burst_share - 0.08 < sum(members.values()) / PAIRS <= WEB.burst_share + 0.005
+    assert min(members.values()) >= 2
+    by_burst: dict[int, set[int]] = {}
+    for r in web_truth:
+        if r["burst"] is not None:
+            by_burst.setdefault(r["burst"], set()).add(r["concept_id"])
+    assert all(len(c) == 1 for c in by_burst.values())  # a burst is one concept
+    counts = Counter(r["concept_id"] for r in web_truth)
+    head, _ = counts.most_common(1)[0]
+    bursty = lambda c: np.mean([r["burst"] is not None for r in own if r["concept_id"] == c])  # noqa: E731
+    assert bursty(head) > WEB.burst_share + 0.1  # frequent concepts are burstier ...
+    rare = [c for c, n in counts.items() if n <= MIN_PAIRS_PER_CONCEPT + 1]
+    assert rare and np.mean([bursty(c) for c in rare]) < 0.2  # ... rare ones barely
+    manifest = json.loads((web_dataset.out_dir / "MANIFEST.json").read_text())
+    assert manifest["profile"] == "web" and manifest["params"]["profile"] == {"name": "web", **WEB.__dict__}
+    assert manifest["bursts"] == len(by_burst) == web_dataset.bursts
+
+
+def test_web_burst_members_are_near_duplicates(web_dataset, web_truth):
+    images = {}
+    for shard in web_dataset.shards:
+        for key, members in read_tar(shard).items():
+            images[key] = members
+    ok = [r for r in web_truth if r["dirt"] in (None, "mismatched_caption", "empty_caption", "missing_caption")]
+    pixels = {r["key"]: np.asarray(Image.open(io.BytesIO(images[r["key"]]["png"])), dtype=np.float32) for r in ok}
+    by_burst: dict[int, list[str]] = {}
+    for r in ok:
+        if r["burst"] is not None:
+            by_burst.setdefault(r["burst"], []).append(r["key"])
+    within = [np.abs(pixels[a] - pixels[b]).mean() for keys in by_burst.values() for a, b in zip(keys, keys[1:])]
+    singles: dict[int, list[str]] = {}
+    for r in ok:
+        if r["burst"] is None:
+            singles.setdefault(r["concept_id"], []).append(r["key"])
+    across = [np.abs(pixels[a] - pixels[b]).mean() for keys in singles.values() for a, b in zip(keys, keys[1:])]
+    assert len(within) > 20 and len(across) > 20
+    assert np.median(within) < 0.5 * np.median(across)
+    captions = Counter(images[k]["txt"] for keys in by_burst.values() for k in keys if "txt" in images[k])
+    assert max(captions.values()) >= 3  # re-posted captions
+
+
+def test_web_profile_is_deterministic(web_dataset, tmp_path):
+    again = generate(tmp_path / "again", **PARAMS, profile="web", web=WEB)
+    for a, b in zip(web_dataset.shards, again.shards, strict=True):
+        assert a.read_bytes() == b.read_bytes()
+    assert web_dataset.ground_truth_path.read_bytes() == again.ground_truth_path.read_bytes()
+    other = generate(tmp_path / "other", **PARAMS, profile="web", web=WebProfile(burst_exponent=3.0))
+    assert other.shards[0].read_bytes() != web_dataset.shards[0].read_bytes()
+
+
+def test_train_style_eval_set_is_balanced_fresh_and_in_training_style(dataset, web_dataset):
+    samples: dict[str, dict[str, bytes]] = {}
+    for shard in dataset.eval_train_style_shards:
+        samples.update(read_tar(shard))
+    per_concept = Counter(json.loads(m["json"])["concept_id"] for m in samples.values())
+    assert per_concept == Counter({c.concept_id: EVAL_PER_CONCEPT for c in concepts()})
+    held_out = {m["png"] for shard in dataset.eval_shards for m in read_tar(shard).values()}
+    train_images = {m["png"] for shard in dataset.shards for m in read_tar(shard).values()}
+    assert not {m["png"] for m in samples.values()} & (held_out | train_images)
+    # training style: a flat background (the held-out style has gradients): corners agree more
+    def corner_gap(png: bytes) -> float:
+        a = np.asarray(Image.open(io.BytesIO(png)), dtype=np.float32)
+        return float(np.abs(a[:3, :3].mean((0, 1)) - a[-3:, -3:].mean((0, 1))).mean())
+    assert np.median([corner_gap(m["png"]) for m in samples.values()]) < np.median([corner_gap(p) for p in held_out])
+    assert [p.read_bytes() for p in web_dataset.eval_train_style_shards] == \
+        [p.read_bytes() for p in dataset.eval_train_style_shards]  # the same in both profiles
+
+
+def test_burst_sizes_and_fractions():
+    rng = np.random.default_rng(0)
+    sizes = _burst_sizes(20_000, WebProfile(burst_exponent=2.0, max_burst=1_000), rng)
+    assert sum(sizes) == 20_000 and min(sizes) >= 2
+    support = np.arange(2, 1_001) ** -2.0
+    assert np.mean(np.array(sizes) == 2) == pytest.approx(support[0] / support.sum(), abs=0.05)
+    steep = _burst_sizes(20_000, WebProfile(burst_exponent=3.0), np.random.default_rng(0))
+    assert np.mean(steep) < np.mean(sizes)
+    counts = zipf_counts(6_000, 120, 1.3)
+    for gamma in (0.0, 0.5, 1.0):
+        q = burst_fractions(counts, WebProfile(burst_share=0.3, frequency_exponent=gamma))
+        assert (q * counts).sum() == pytest.approx(0.3 * 6_000, rel=1e-6) and q.max() <= 0.95 + 1e-12
+        assert np.all(np.diff(q) <= 1e-12)  # non-increasing in rank
+    assert np.allclose(burst_fractions(counts, WebProfile(burst_share=0.3, frequency_exponent=0.0)), 0.3)
+
+
+def test_web_profile_rejects_bad_parameters(tmp_path):
+    with pytest.raises(ValueError, match="burst_share"):
+        WebProfile(burst_share=0.99)
+    with pytest.raises(ValueError, match="burst_exponent"):
+        WebProfile(burst_exponent=1.0)
+    with pytest.raises(ValueError, match="profile"):
+        generate(tmp_path, pairs=400, profile="webby")
+
+
+def test_cli_web_profile(tmp_path, capsys):
+    _main(["--out", str(tmp_path / "cli"), "--pairs", "400", "--seed", "3", "--profile", "web",
+           "--burst-exponent", "2.5"])
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["profile"] == "web" and summary["bursts"] > 0 and summary["eval_train_style_shards"] == 1
+    manifest = json.loads((tmp_path / "cli" / "MANIFEST.json").read_text())
+    assert manifest["params"]["profile"]["burst_exponent"] == 2.5

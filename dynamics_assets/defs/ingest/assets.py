@@ -7,7 +7,7 @@ import dagster as dg
 
 from dynamics_assets.core.records import PoolManifest, RawShards
 from dynamics_assets.defs.metadata import md_table
-from dynamics_assets.defs.resources import StorageResource
+from dynamics_assets.defs.resources import GpuResource, StorageResource
 
 GROUP = "raw_data"
 
@@ -29,6 +29,9 @@ class RawShardsConfig(dg.Config):
     samples_per_shard: int = 2_000
     eval_per_concept: int = 10
     profile: str = "concept"  # the synthetic pool's profile: "concept" or "web" (near-duplicate bursts)
+    burst_share: Optional[float] = None  # web profile overrides (empty: synthetic.WebProfile's defaults)
+    burst_exponent: Optional[float] = None
+    frequency_exponent: Optional[float] = None
 
 
 @dg.asset(group_name=GROUP, kinds={"webdataset"})
@@ -37,11 +40,19 @@ def raw_shards(context: dg.AssetExecutionContext, config: RawShardsConfig, stora
     held-out evaluation set)."""
     layout = storage.layout
     if config.source == "synthetic":
-        from dynamics_assets.core.ingest.synthetic import generate
+        from dataclasses import replace
 
-        ds = generate(layout.root / "raw", pairs=config.pairs, seed=config.seed,
-                      samples_per_shard=config.samples_per_shard, eval_per_concept=config.eval_per_concept,
-                      profile=config.profile)
+        from dynamics_assets.core.ingest.synthetic import WebProfile, generate
+
+        overrides = {name: getattr(config, name) for name in ("burst_share", "burst_exponent", "frequency_exponent")
+                     if getattr(config, name) is not None}
+        try:
+            web = replace(WebProfile(), **overrides)
+            ds = generate(layout.root / "raw", pairs=config.pairs, seed=config.seed,
+                          samples_per_shard=config.samples_per_shard, eval_per_concept=config.eval_per_concept,
+                          profile=config.profile, web=web)
+        except ValueError as e:
+            raise dg.Failure(f"raw_shards synthetic pool: {e}") from e
         shards_dir = ds.out_dir / "shards"
         extra = {"eval_dir": str(ds.eval_dir), "eval_kind": "synthetic", "ground_truth": str(ds.ground_truth_path),
                  "dirt_counts": dict(ds.dirt_counts)}
@@ -88,11 +99,22 @@ def _precomputed(source: str):
         return None
 
 
+class RawPairsConfig(dg.Config):
+    """``decode``: "full" decodes every image (a truncated or corrupt image is quarantined here);
+    "header" reads only each image's header (format, size, pixel count; the pixel cap applies),
+    several times faster (bench/bench_manifest.py), and leaves data that is corrupt after a valid
+    header to the embedding step, which records it and has it quarantined as corrupt_image."""
+
+    decode: str = "full"
+
+
 @dg.asset(group_name=GROUP, kinds={"parquet", "duckdb"})
-def raw_pairs(context: dg.AssetExecutionContext, raw_shards: RawShards, storage: StorageResource) -> PoolManifest:
+def raw_pairs(context: dg.AssetExecutionContext, config: RawPairsConfig, raw_shards: RawShards,
+              storage: StorageResource, gpu: GpuResource) -> PoolManifest:
     """Parquet manifest of every pair: stable sample id (uid, else content hash), members,
     caption, image size, status; bad pairs quarantined with a reason, exact duplicates found
-    across shards with DuckDB. ok + quarantined = every pair read."""
+    across shards with DuckDB. ok + quarantined = every pair read. Shards are read one task each
+    on the configured engine (``gpu.compute``: local or Ray)."""
     from dynamics_assets.core.ingest.manifest import build_manifest, manifest_files
     from dynamics_assets.core.ingest.sources import img2dataset_stats, stats_mismatches
     from dynamics_assets.core.io.versions import Artefact
@@ -106,7 +128,11 @@ def raw_pairs(context: dg.AssetExecutionContext, raw_shards: RawShards, storage:
     # leave the pool (recorded in the metadata), instead of lingering until training misses them.
     current = Artefact(root).current()
     gone = sorted({name for name, _ in manifest_files(current)} - set(raw_shards.shards)) if current else []
-    summary = build_manifest([shards_dir / s for s in raw_shards.shards], root, drop=gone)
+    if config.decode not in ("full", "header"):
+        raise dg.Failure(f"raw_pairs.decode must be 'full' or 'header', got {config.decode!r}")
+    with gpu.compute.engine_for(context.log) as engine:
+        summary = build_manifest([shards_dir / s for s in raw_shards.shards], root, drop=gone,
+                                 decode=config.decode, engine=engine)
     out = summary.version_dir
     stats = img2dataset_stats(shards_dir)
     mismatches = stats_mismatches(stats, {c.shard: c.rows for c in summary.per_shard}, raw_shards.shards)
@@ -126,6 +152,7 @@ def raw_pairs(context: dg.AssetExecutionContext, raw_shards: RawShards, storage:
                                                [(m.shard, m.stated, m.read, m.note) for m in mismatches])}
            if mismatches else {}),
         "manifest_version": str(summary.version_id),
+        "decode": config.decode, "engine": gpu.compute.engine,
         "manifest_dir": dg.MetadataValue.path(str(out)),
         "dagster/row_count": summary.total,
     })
