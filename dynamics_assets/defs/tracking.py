@@ -78,7 +78,8 @@ class MlflowResource(dg.ConfigurableResource):
         all_tags = dict(tags or {})
         if context is not None:
             all_tags["dagster.run_id"] = context.run.run_id
-            all_tags["dagster.asset"] = context.asset_key.to_user_string()
+            # a multi_asset (checkpoint + feedback_plan) has no single asset_key: name every selected one
+            all_tags["dagster.asset"] = ", ".join(sorted(k.to_user_string() for k in context.selected_asset_keys))
             if context.has_partition_key:
                 all_tags["dagster.partition"] = context.partition_key
         run = client.create_run(self._experiment_id(client), run_name=run_name, tags=all_tags)
