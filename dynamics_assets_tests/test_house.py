@@ -11,7 +11,7 @@ from pathlib import Path
 import dynamics_assets
 
 PACKAGE = Path(dynamics_assets.__file__).parent
-STAGES = ("io", "model", "ingest", "embed", "cluster", "sample", "train", "evaluate", "export")
+STAGES = ("io", "model", "engine", "ingest", "embed", "cluster", "sample", "train", "evaluate", "export")
 
 
 def _imports(path: Path) -> set[str]:
@@ -46,7 +46,7 @@ def test_core_is_organised_by_stage():
     assert loose == []
     assert (PACKAGE / "core" / "sample" / "strategies" / "dynamics.py").is_file()
     defs_rooms = {p.name for p in (PACKAGE / "defs").iterdir() if p.is_dir() and not p.name.startswith("__")}
-    assert defs_rooms == set(STAGES) - {"io", "model"}
+    assert defs_rooms == set(STAGES) - {"io", "model", "engine"}  # infrastructure rooms
 
 
 def test_every_sampler_file_opens_with_its_formula_and_paper():
@@ -60,7 +60,7 @@ def test_every_sampler_file_opens_with_its_formula_and_paper():
 def test_code_location_loads_without_heavy_libraries():
     code = ("import sys, warnings; warnings.simplefilter('ignore'); import dynamics_assets.definitions as d; "
             "import json; print(json.dumps(sorted(m for m in ('torch', 'open_clip', 'torchvision', 'faiss', 'duckdb', "
-            "'mlflow', 'matplotlib') if m in sys.modules)))")
+            "'mlflow', 'matplotlib', 'ray') if m in sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
 

@@ -166,3 +166,20 @@ def _reciprocal(x: int) -> float:
 def test_repr_never_shows_the_address():
     engine = RayEngine("ray://user:secret@head:10001")
     assert "secret" not in repr(engine) and "head" not in repr(engine)
+
+
+def test_dagster_raw_pairs_on_ray_writes_the_local_manifest(pool, manifests, ray_engine, tmp_path):
+    """The asset with ``gpu.compute.engine: ray`` (the module's Ray is reused, not shut down)."""
+    import dagster as dg
+
+    from dynamics_assets.defs.ingest.assets import raw_pairs, raw_shards
+    from dynamics_assets.defs.resources import ComputeSettings, GpuResource, StorageResource
+
+    resources = {"storage": StorageResource(root=str(tmp_path / "data")),
+                 "gpu": GpuResource(device="cpu", compute=ComputeSettings(engine="ray", num_cpus=2))}
+    result = dg.materialize([raw_shards, raw_pairs], resources=resources, run_config={"ops": {
+        "raw_shards": {"config": {"source": str(pool[0].parent)}}}})
+    assert result.success
+    record = result.output_for_node("raw_pairs")
+    assert Path(record.manifest_dir).name == manifests["local"].version_id  # same bytes, same version id
+    assert result.asset_materializations_for_node("raw_pairs")[0].metadata["engine"].value == "ray"

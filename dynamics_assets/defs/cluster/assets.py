@@ -43,12 +43,13 @@ def clusters(context: dg.AssetExecutionContext, config: ClusteringConfig, raw_pa
     from dynamics_assets.core.cluster.curate import cluster_pool
 
     params = ClusterParams(**config.model_dump(exclude={"refresh", "drift_threshold"}))
-    result = cluster_pool(pair_embeddings.embeddings_dir, raw_pairs.manifest_dir, storage.layout.artifact("clusters"), params,
-                          refresh=config.refresh, drift_threshold=config.drift_threshold,
-                          use_gpu="auto" if gpu.resolved_device().startswith("cuda") else False,
-                          # a user's pool keeps a slice out of every plan for retrieval evaluation; the
-                          # synthetic pool has its own held-out set
-                          hold_out=raw_pairs.eval_kind != "synthetic")
+    with gpu.compute.engine_for(context.log) as engine:
+        result = cluster_pool(pair_embeddings.embeddings_dir, raw_pairs.manifest_dir, storage.layout.artifact("clusters"), params,
+                              refresh=config.refresh, drift_threshold=config.drift_threshold,
+                              use_gpu="auto" if gpu.resolved_device().startswith("cuda") else False,
+                              # a user's pool keeps a slice out of every plan for retrieval evaluation;
+                              # the synthetic pool has its own held-out set
+                              hold_out=raw_pairs.eval_kind != "synthetic", engine=engine)
     context.log.info(f"clusters: {result.decision.action} ({result.decision.reason})")
     for w in result.warnings:
         context.log.warning(w)

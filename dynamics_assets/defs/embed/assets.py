@@ -106,14 +106,17 @@ def pair_embeddings(context: dg.AssetExecutionContext, config: EmbeddingConfig, 
         spec = EncoderSpec(config.model_name, config.pretrained, precision=gpu.resolved_precision())
     else:
         spec = EncoderSpec(reference_model.model_name, reference_model.checkpoint, precision=gpu.resolved_precision())
-    summary = embed_shards(spec, raw_pairs.manifest_dir, raw_pairs.shards_dir, storage.layout.artifact("pair_embeddings"),
-                           batch_size=config.batch_size, device=gpu.resolved_device())
+    with gpu.compute.engine_for(context.log) as engine:
+        summary = embed_shards(spec, raw_pairs.manifest_dir, raw_pairs.shards_dir,
+                               storage.layout.artifact("pair_embeddings"), batch_size=config.batch_size,
+                               device=gpu.resolved_device(), num_workers=gpu.num_workers, engine=engine)
     out = summary.version_dir
     context.add_output_metadata({
         "embeddings_dir": dg.MetadataValue.path(str(out)), "encoder": spec.model_name,
         "dim": summary.dim, "shards_embedded": summary.shards_embedded,
         "shards_skipped (already done)": summary.shards_skipped, "pairs_embedded": summary.pairs_embedded,
         "invalid_rows": summary.invalid_rows, "seconds": round(summary.seconds, 2),
+        "engine": gpu.compute.engine, "num_workers": gpu.num_workers,
         "embeddings_version": str(summary.version_id), "resumed": bool(summary.resumed),
         "dagster/row_count": raw_pairs.n_ok,
     })
@@ -141,7 +144,8 @@ def shard_embeddings(context: dg.AssetExecutionContext, raw_pairs: PoolManifest,
     manifest = build_manifest([path], storage.layout.artifact("raw_pairs"))
     counts = next(c for c in manifest.per_shard if c.shard == shard)
     summary = embed_shards(pair_embeddings.encoder, manifest.version_dir, shards_dir,
-                           storage.layout.artifact("pair_embeddings"), shards=[shard], device=gpu.resolved_device())
+                           storage.layout.artifact("pair_embeddings"), shards=[shard], device=gpu.resolved_device(),
+                           num_workers=gpu.num_workers)
     touched = sorted(set(manifest.rewritten_shards) - {shard})
     context.add_output_metadata({
         "shard": shard, "pairs": counts.rows, "ok": counts.ok, "quarantined": counts.quarantined,
