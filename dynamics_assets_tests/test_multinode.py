@@ -17,8 +17,8 @@ from dynamics_assets.core.io.versions import Artefact
 from dynamics_assets.core.model.clip import read_checkpoint
 from dynamics_assets.core.sample import ClusterPool, DynamicsSampler, write_plan
 from dynamics_assets.core.train.epoch import EpochJob, checkpoint_file
-from dynamics_assets.core.train.launch import (LaunchError, Rendezvous, _wait_all, node_command, run_multinode_local,
-                                               run_under_torchrun)
+from dynamics_assets.core.train.launch import (LaunchError, Rendezvous, _wait_all, free_port, node_command,
+                                               run_multinode_local, run_multinode_ray, run_under_torchrun)
 
 
 @pytest.fixture(scope="module")
@@ -79,3 +79,26 @@ def test_a_failed_node_fails_the_run_and_stops_the_others(pool, tmp_path):
              for code in ("import time; time.sleep(600)", "raise SystemExit(3)")]
     codes = _wait_all(procs, timeout_s=120)
     assert codes[1] == 3 and codes[0] != 0 and time.monotonic() - started < 30
+
+
+def test_ray_starts_one_launcher_per_node(pool, monkeypatch):
+    """The Ray path: one Ray task per node (here a local Ray with one node, shared by the two
+    stand-in nodes), each running its torchrun launcher; the weights equal the one-node run's."""
+    ray = pytest.importorskip("ray")
+    tmp, ds, plan_dir = pool
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    one = tmp / "one-node" / "epoch-1"
+    if Artefact(one).current() is None:
+        run_under_torchrun(_job(tmp, ds, plan_dir, "one-node"), 2, log=lambda _: None)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        with pytest.raises(LaunchError, match="2 nodes asked for"):
+            run_multinode_ray(_job(tmp, ds, plan_dir, "ray-nodes"), 2, 1, log=lambda _: None)
+        metrics = run_multinode_ray(_job(tmp, ds, plan_dir, "ray-nodes"), 2, 1, allow_shared_nodes=True,
+                                    rdzv_port=free_port(), timeout_s=240, log=lambda _: None)
+    finally:
+        ray.shutdown()
+    assert metrics["world_size"] == 2 and metrics["ranks_in_sync"]
+    a = read_checkpoint(checkpoint_file(one))["state_dict"]
+    b = read_checkpoint(checkpoint_file(tmp / "ray-nodes" / "epoch-1"))["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)

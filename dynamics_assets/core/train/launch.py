@@ -71,8 +71,11 @@ def new_rendezvous(endpoint: str, backend: str = "c10d") -> Rendezvous:
 
 def node_command(job_path: str | os.PathLike, metrics_path: str | os.PathLike, *, nproc_per_node: int,
                  nnodes: int = 1, node_rank: int = 0, rendezvous: Rendezvous | None = None,
-                 python: str = sys.executable) -> list[str]:
-    """The torchrun command of one node (``--standalone`` for one node without a rendezvous)."""
+                 is_host: bool | None = None, python: str = sys.executable) -> list[str]:
+    """The torchrun command of one node (``--standalone`` for one node without a rendezvous).
+    ``is_host``: whether this node serves the c10d store at the endpoint (None: torchrun decides by
+    comparing the endpoint's host with this machine's names, which fails where they differ, e.g.
+    behind NAT or with several interfaces)."""
     if nproc_per_node < 1 or nnodes < 1 or not 0 <= node_rank < nnodes:
         raise ValueError(f"need nproc_per_node >= 1, nnodes >= 1, 0 <= node_rank < nnodes "
                          f"(got {nproc_per_node}, {nnodes}, {node_rank})")
@@ -87,8 +90,9 @@ def node_command(job_path: str | os.PathLike, metrics_path: str | os.PathLike, *
             host, _, port = rendezvous.endpoint.rpartition(":")
             run += [f"--master-addr={host}", f"--master-port={port}", f"--rdzv-id={rendezvous.run_id}"]
         else:
+            conf = f"join_timeout={rendezvous.join_timeout_s}" + ("" if is_host is None else f",is_host={int(is_host)}")
             run += ["--rdzv-backend=c10d", f"--rdzv-endpoint={rendezvous.endpoint}", f"--rdzv-id={rendezvous.run_id}",
-                    f"--rdzv-conf=join_timeout={rendezvous.join_timeout_s}"]
+                    f"--rdzv-conf={conf}"]
         run += ["--max-restarts=0"]
     return run + ENTRY + [str(job_path), str(metrics_path)]
 
@@ -233,7 +237,8 @@ def run_multinode_ray(job: EpochJob, nnodes: int, nproc_per_node: int, *, addres
                       log: Callable[[str], None] = print) -> dict[str, Any]:
     """The epoch on ``nnodes`` nodes of a Ray cluster: one Ray task per node, pinned to it (hard
     node affinity), each running that node's torchrun launcher; the rendezvous endpoint is
-    ``rdzv_endpoint`` or the first node's address at ``rdzv_port``. Connects to ``address`` (or
+    ``rdzv_endpoint`` or the first node's address at ``rdzv_port`` (then that node serves the c10d
+store). Connects to ``address`` (or
     RAY_ADDRESS, or starts a local Ray) unless Ray is already initialised. Each task asks Ray for
     ``nproc_per_node`` GPUs on a CUDA job, one CPU otherwise. Returns global rank 0's metrics."""
     import ray
@@ -245,16 +250,18 @@ def run_multinode_ray(job: EpochJob, nnodes: int, nproc_per_node: int, *, addres
     try:
         gpus = nproc_per_node if job.device.startswith("cuda") else 0
         nodes = ray_nodes(nnodes, allow_shared=allow_shared_nodes, need_gpus=gpus)
-        endpoint = rdzv_endpoint or f"{nodes[0]['NodeManagerAddress']}:{rdzv_port}"
+        endpoint = rdzv_endpoint or f"{nodes[0]['NodeManagerAddress']}:{rdzv_port}"  # node 0 serves it
         rendezvous = new_rendezvous(endpoint, backend)
-        task = ray.remote(_node_launcher).options(num_cpus=0 if gpus else 1, num_gpus=gpus, max_retries=0)
+        task = ray.remote(_node_launcher)
         refs = []
         for r, node in enumerate(nodes):
-            args = {"nproc_per_node": nproc_per_node, "nnodes": nnodes, "node_rank": r, "rendezvous": rendezvous}
+            args = {"nproc_per_node": nproc_per_node, "nnodes": nnodes, "node_rank": r, "rendezvous": rendezvous,
+                    "is_host": None if rdzv_endpoint else r == 0}
             log(f"node {r} ({node['NodeManagerAddress']}): torchrun --nnodes={nnodes} --nproc-per-node={nproc_per_node} "
                 f"--rdzv-backend={backend} --rdzv-endpoint={endpoint} --rdzv-id={rendezvous.run_id}")
-            refs.append(task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False))
-                        .remote(json.dumps(asdict(job)), args, timeout_s))
+            pinned = task.options(num_cpus=0 if gpus else 1, num_gpus=gpus, max_retries=0,
+                                  scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False))
+            refs.append(pinned.remote(json.dumps(asdict(job)), args, timeout_s))
         results = _gather(ray, refs)
     finally:
         if started:

@@ -67,7 +67,7 @@ def checkpoint(context: dg.AssetExecutionContext, config: TrainingConfig, sample
     A feedback recipe's plan is drawn here first (``feedback_plan``, see the module doc)."""
     from dynamics_assets.core.io.versions import StalePlanError
     from dynamics_assets.core.train.epoch import EpochJob, run_epoch
-    from dynamics_assets.core.train.launch import LaunchError, run_under_torchrun
+    from dynamics_assets.core.train.launch import LaunchError, run_multinode_ray, run_under_torchrun
 
     recipe, epoch_key = recipe_and_epoch(context)
     from dynamics_assets.core.train.settings import batch_for
@@ -92,10 +92,17 @@ def checkpoint(context: dg.AssetExecutionContext, config: TrainingConfig, sample
         previous_checkpoint=previous_checkpoint.checkpoint if previous_checkpoint else None,
         device=gpu.resolved_device(), precision=gpu.resolved_precision(),
         reference_checkpoint=reference_model.checkpoint if settings.selection else None,
-        cluster_ids=str(Path(clusters.clusters_dir) / "cluster_id.npy"), n_clusters=clusters.k)
+        cluster_ids=str(Path(clusters.clusters_dir) / "cluster_id.npy"), n_clusters=clusters.k,
+        num_workers=gpu.num_workers)
     with mlflow.start_run(context, run_name=f"train {recipe.key} {epoch_key}", tags={"recipe": recipe.key}) as run:
-        run.log_params({**dataclasses.asdict(job), "num_processes": gpu.num_processes})
-        if gpu.num_processes > 1:
+        run.log_params({**dataclasses.asdict(job), "num_processes": gpu.num_processes, "num_nodes": gpu.num_nodes})
+        if gpu.num_nodes > 1:
+            try:
+                metrics = run_multinode_ray(job, gpu.num_nodes, gpu.num_processes, address=gpu.ray_address or None,
+                                            rdzv_endpoint=gpu.rdzv_endpoint or None, log=context.log.info)
+            except LaunchError as e:
+                raise dg.Failure(str(e), metadata={"stderr": e.stderr}) from e
+        elif gpu.num_processes > 1:
             try:
                 metrics = run_under_torchrun(job, gpu.num_processes, context.log.info)
             except LaunchError as e:
