@@ -310,13 +310,16 @@ def _read_sample(shard: Path, sample: RawSample, row_of: Mapping[int, int]) -> t
     return sample.members[image_ext].data, row_of[concept_id], caption
 
 
-def load_eval_set(eval_dir: str | Path) -> EvalSet:
-    """Read ``eval-*.tar`` (streamed), ``concepts.parquet`` and ``templates.json`` from ``eval_dir``."""
+def load_eval_set(eval_dir: str | Path, concepts_dir: str | Path | None = None) -> EvalSet:
+    """Read ``eval-*.tar`` (streamed), ``concepts.parquet`` and ``templates.json`` from ``eval_dir``
+    (the last two from ``concepts_dir`` when given: a second eval set of the same concepts, such as
+    the generator's ``eval_train_style/`` beside ``eval/``)."""
     eval_dir = Path(eval_dir)
+    meta_dir = Path(concepts_dir) if concepts_dir is not None else eval_dir
     shards = sorted(eval_dir.glob(SHARD_PATTERN))
     if not shards:
         raise FileNotFoundError(f"{eval_dir}: no {SHARD_PATTERN} shards")
-    concepts = _read_concepts(eval_dir / CONCEPTS_FILE)
+    concepts = _read_concepts(meta_dir / CONCEPTS_FILE)
     row_of = {cid: row for row, cid in enumerate(concepts.column("concept_id").to_pylist())}
     keys, images, labels, captions = [], [], [], []
     for shard in shards:
@@ -333,7 +336,7 @@ def load_eval_set(eval_dir: str | Path) -> EvalSet:
         raise ValueError(f"{eval_dir / keys[with_caption.index(False)]}: no .txt caption while other "
                          "eval samples have one (captions must be on all samples or none)")
     return EvalSet(eval_dir, tuple(keys), tuple(images), np.asarray(labels, dtype=np.int64), concepts,
-                   _read_templates(eval_dir / TEMPLATES_FILE), tuple(captions) if all(with_caption) else None)
+                   _read_templates(meta_dir / TEMPLATES_FILE), tuple(captions) if all(with_caption) else None)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -84,14 +84,15 @@ def _with_train_style(report, raw_pairs: PoolManifest, enc, device: str):
     its per-image outcomes (per_image_train_style.parquet). The main set stays the held-out style."""
     import dataclasses
 
-    from dynamics_assets.core.evaluate.report import evaluate_model
+    from dynamics_assets.core.evaluate.report import evaluate_model, load_eval_set
 
     if raw_pairs.eval_kind != "synthetic" or not raw_pairs.eval_dir:
         return report
     train_dir = Path(raw_pairs.eval_dir).parent / TRAIN_STYLE_DIR
-    if not (train_dir / "concepts.parquet").is_file():
+    if not any(train_dir.glob("eval-*.tar")):
         return report
-    style = evaluate_model(enc.model, enc.preprocess, enc.tokenizer, train_dir, device=device, progress=None)
+    eval_set = load_eval_set(train_dir, concepts_dir=raw_pairs.eval_dir)  # the same concepts and prompts
+    style = evaluate_model(enc.model, enc.preprocess, enc.tokenizer, eval_set, device=device, progress=None)
     metrics = dict(report.metrics)
     metrics |= {f"train_style/{k.split('/', 1)[1]}": v for k, v in style.metrics.items()
                 if k.startswith("zero_shot/") and "freq_bin" not in k}
