@@ -299,3 +299,18 @@ def test_flops_of_tiny_clip_scale_with_batch(tiny_clip):
     # lower bound: the vision transformer's 2 layers of 4·64² (qkv + out) + 2·4·64² (MLP) on 17 tokens
     assert one > 2 * 17 * 2 * 12 * 64 * 64
     assert forward_flops(model, 32, 32, batch_size=2) == pytest.approx(2 * one, rel=0.01)
+
+
+def test_load_eval_set_takes_concepts_from_another_set(tmp_path):
+    """A second set of the same concepts (the generator's eval_train_style/: tars only)."""
+    import shutil
+
+    eval_dir = write_eval_set(tmp_path / "eval")
+    (tmp_path / "train_style").mkdir()
+    for tar in eval_dir.glob("eval-*.tar"):
+        shutil.copy(tar, tmp_path / "train_style" / tar.name)
+    with pytest.raises(FileNotFoundError):
+        load_eval_set(tmp_path / "train_style")
+    other = load_eval_set(tmp_path / "train_style", concepts_dir=eval_dir)
+    same = load_eval_set(eval_dir)
+    assert other.labels.tolist() == same.labels.tolist() and other.templates == same.templates
