@@ -70,7 +70,7 @@ def test_assets_pass_typed_records_not_dicts():
 
     for spec_key in defs.resolve_asset_graph().get_all_asset_keys():
         assets_def = defs.resolve_assets_def(spec_key)
-        out_type = assets_def.op.outs["result"].dagster_type
+        out_type = assets_def.op.outs[assets_def.get_output_name_for_asset_key(spec_key)].dagster_type
         assert out_type.typing_type is not dict and "dict" not in str(out_type.typing_type).lower(), spec_key
 
 

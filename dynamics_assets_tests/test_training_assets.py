@@ -54,7 +54,7 @@ def trained(tmp_path_factory):
 
 def test_checkpoints_chain_across_epochs(trained):
     results, _ = trained
-    cks = [results[("dynamics-50.s0", k)].output_for_node("checkpoint") for k in epoch_partitions.get_partition_keys()]
+    cks = [results[("dynamics-50.s0", k)].output_for_node("checkpoint", "checkpoint") for k in epoch_partitions.get_partition_keys()]
     assert [c.epoch for c in cks] == [1, 2, 3]
     seen = [c.samples_seen for c in cks]
     steps = [c.global_step for c in cks]
@@ -79,8 +79,8 @@ def test_eval_reports_and_learning_curve(trained):
     assert comparison.entries == 2
     md = (Path(comparison.report_dir) / "comparison.md").read_text()
     assert "dynamics-50" in md and "uniform-100" in md and "equal compute" in md
-    full = results[("uniform-100.s0", "epoch-001")].output_for_node("checkpoint")
-    half = results[("dynamics-50.s0", "epoch-001")].output_for_node("checkpoint")
+    full = results[("uniform-100.s0", "epoch-001")].output_for_node("checkpoint", "checkpoint")
+    half = results[("dynamics-50.s0", "epoch-001")].output_for_node("checkpoint", "checkpoint")
     assert full.samples_seen > 1.8 * half.samples_seen, "uniform-100 sees twice the samples"
 
 

@@ -43,20 +43,22 @@ TrainingConfig = config_from(
     __name__)
 
 
-_INPUTS = {dg.AssetKey(k) for k in ("sample_plan", "clusters", "reference_model", "checkpoint")}
-
-
 @dg.multi_asset(
     name="checkpoint", group_name=GROUP, partitions_def=recipe_epoch_partitions, pool="gpu",
-    outs={"result": dg.AssetOut(key="checkpoint", kinds={"pytorch"}, dagster_type=CheckpointRecord,
-                                description="An open_clip checkpoint after epoch e of a recipe."),
-          "feedback_plan": dg.AssetOut(
-              key="feedback_plan", is_required=False, kinds={"numpy"}, dagster_type=PlanRecord,
-              description="A feedback recipe's plan of epoch e, drawn with the per-cluster loss of epoch e−1's "
-                          "training (learnability sampler); the plan its checkpoint trains on.")},
-    ins={"previous_checkpoint": dg.AssetIn(key="checkpoint", partition_mapping=PREVIOUS_EPOCH)},
-    internal_asset_deps={"result": _INPUTS | {dg.AssetKey("feedback_plan")},
-                         "feedback_plan": {dg.AssetKey("checkpoint"), dg.AssetKey("clusters")}},
+    # specs, not outs + internal_asset_deps: dagster 1.13 gives an internal dep the partition mapping of
+    # the *output's* own key (here: checkpoint's previous-epoch mapping), which would show
+    # checkpoint(e) ← feedback_plan(e−1). The io_manager key makes the outputs values, not Nothing.
+    specs=[
+        dg.AssetSpec("checkpoint", kinds={"pytorch"}, description="An open_clip checkpoint after epoch e of a recipe.",
+                     deps=["sample_plan", "clusters", "reference_model", "feedback_plan",
+                           dg.AssetDep("checkpoint", partition_mapping=PREVIOUS_EPOCH)]).with_io_manager_key("io_manager"),
+        dg.AssetSpec("feedback_plan", kinds={"numpy"}, skippable=True,
+                     description="A feedback recipe's plan of epoch e, drawn with the per-cluster loss of epoch e−1's "
+                                 "training (learnability sampler); the plan its checkpoint trains on.",
+                     deps=["clusters", dg.AssetDep("checkpoint", partition_mapping=PREVIOUS_EPOCH)]
+                     ).with_io_manager_key("io_manager"),
+    ],
+    ins={"previous_checkpoint": dg.AssetIn(key="checkpoint")},
 )
 def checkpoint(context: dg.AssetExecutionContext, config: TrainingConfig, sample_plan: PlanRecord,
                clusters: PoolClusters, reference_model: ReferenceModel,
@@ -113,13 +115,13 @@ def checkpoint(context: dg.AssetExecutionContext, config: TrainingConfig, sample
             except StalePlanError as e:
                 raise dg.Failure(str(e)) from e
         run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
-    context.add_output_metadata(output_name="result", metadata={
+    context.add_output_metadata(output_name="checkpoint", metadata={
         "checkpoint": dg.MetadataValue.path(str(metrics["checkpoint"])), "plan_dir": plan.plan_dir,
         **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str))},
         "mlflow_run": run.url_hint,
     })
     before = previous_checkpoint
-    yield dg.Output(output_name="result", value=CheckpointRecord(
+    yield dg.Output(output_name="checkpoint", value=CheckpointRecord(
         checkpoint=str(metrics["checkpoint"]), model_name=job.model_name, recipe=recipe.key, epoch=job.epoch,
         pool_version=plan.pool_version, samples_seen=int(metrics["samples_seen"]),
         device_seconds=(before.device_seconds if before else 0.0) + float(metrics["device_seconds"]),
