@@ -79,6 +79,8 @@ def test_a_failed_node_fails_the_run_and_stops_the_others(pool, tmp_path):
              for code in ("import time; time.sleep(600)", "raise SystemExit(3)")]
     codes = _wait_all(procs, timeout_s=120)
     assert codes[1] == 3 and codes[0] != 0 and time.monotonic() - started < 30
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
+    assert _wait_all([sleeper], timeout_s=1) != [0], "past the timeout the launcher is stopped and failed"
 
 
 def test_ray_starts_one_launcher_per_node(pool, monkeypatch):

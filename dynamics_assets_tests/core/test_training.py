@@ -252,10 +252,10 @@ def test_reference_model_resumes_after_a_crash_and_is_open_clip_loadable(tmp_pat
         if step == 7:
             raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt):
-        train_reference_model(manifest_dir, shards_dir, out, on_step=crash, **kwargs)
+    with pytest.raises(KeyboardInterrupt):  # decoded in 2 workers: the same batches, the same weights
+        train_reference_model(manifest_dir, shards_dir, out, on_step=crash, num_workers=2, **kwargs)
     assert not out.exists() and (tmp_path / "resumed.step.pt").exists()
-    resumed = train_reference_model(manifest_dir, shards_dir, out, **kwargs)
+    resumed = train_reference_model(manifest_dir, shards_dir, out, num_workers=2, **kwargs)
     assert resumed["resumed_from_step"] == 6 and resumed["steps"] == 8
     assert not (tmp_path / "resumed.step.pt").exists()
 

@@ -161,9 +161,10 @@ def _wait_all(procs: Sequence[subprocess.Popen], timeout_s: float | None) -> lis
         if any(c not in (None, 0) for c in codes):
             _stop(procs)
             return [p.wait() for p in procs]
-        if deadline is not None and time.monotonic() > deadline:
+        if deadline is not None and time.monotonic() > deadline:  # a launcher stopped here has failed
+            running = [c is None for c in codes]
             _stop(procs)
-            return [p.wait() if p.returncode is not None else -signal.SIGKILL for p in procs]
+            return [124 if was and p.returncode == 0 else p.returncode for p, was in zip(procs, running)]
         time.sleep(0.2)
 
 

@@ -269,11 +269,12 @@ def batch_loader(batches: PairBatches, collate_fn: Callable[[list[Pair]], Any], 
     if num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
 
+    shards = pool_shards(batches.manifest_dir)  # read once here, inherited by the workers
+
     class Collated(IterableDataset):
         def __iter__(self) -> Iterator[Any]:
             info = get_worker_info()
             worker, n_workers = (0, 1) if info is None else (info.id, info.num_workers)
-            shards = pool_shards(batches.manifest_dir)
             reader = PairReader(shards, batches.shards_dir)
             for i, batch in enumerate(batches.record_batches(skip, shards), start=skip):
                 if stop is not None and i >= stop:

@@ -14,6 +14,7 @@ so a resumed run skips exactly the batches already trained on.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -34,7 +35,7 @@ from dynamics_assets.core.model.clip import autocast_for, create_model, read_che
 from dynamics_assets.core.io.hashing import file_sha256
 from dynamics_assets.core.io.progress import Progress, bar
 from dynamics_assets.core.ingest.pool import Pair, collate, pool_shards
-from dynamics_assets.core.train.loader import PairBatches
+from dynamics_assets.core.train.loader import PairBatches, batch_loader
 
 REFERENCE_MODEL = "dynamics-tiny-32"
 REFERENCE_EPOCHS = 2
@@ -240,13 +241,15 @@ def _example_losses(image_features: torch.Tensor, text_features: torch.Tensor, l
     return ((-logits.log_softmax(dim=1).diagonal() - logits.log_softmax(dim=0).diagonal()) / 2).cpu()
 
 
-def _batches_from(passes: Sequence[PairBatches], lengths: Sequence[int], step: int) -> Iterator[list[Pair]]:
-    """The concatenated batches of ``passes`` from global batch ``step`` on."""
+def _batches_from(passes: Sequence[PairBatches], lengths: Sequence[int], step: int,
+                  collate_fn: Callable[[list[Pair]], Batch], num_workers: int = 0) -> Iterator[Batch]:
+    """The concatenated collated batches of ``passes`` from global batch ``step`` on (decoded in
+    ``num_workers`` DataLoader workers; the same batches for every number)."""
     for batches, length in zip(passes, lengths):
         if step >= length:
             step -= length
             continue
-        yield from batches.batches(skip=step)
+        yield from batch_loader(batches, collate_fn, skip=step, num_workers=num_workers)
         step = 0
 
 
@@ -265,6 +268,7 @@ def train_reference_model(
     checkpoint_every_steps: int = 20,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     reuse: bool = True,
+    num_workers: int = 0,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Train a small open_clip model on every ok pair of the pool and write its checkpoint.
@@ -274,6 +278,7 @@ def train_reference_model(
     finished checkpoint whose record (``<out>.json``) names the same arguments, the same pool
     (``pool_identity``) and the checkpoint's own hash is returned as it is (``"reused": True``):
     re-curating an unchanged pool keeps its encoder, hence its embeddings and clusters.
+    ``num_workers``: DataLoader workers decoding the batches (the batches do not depend on it).
     """
     started = time.perf_counter()
     out_path = Path(out_path)
@@ -309,7 +314,8 @@ def train_reference_model(
         else:
             state = resumed
     resumed_from = state.step
-    batches = (collate(b, preprocess, tokenizer) for b in _batches_from(passes, lengths, state.step))
+    batches = _batches_from(passes, lengths, state.step, functools.partial(collate, preprocess=preprocess,
+                                                                           tokenizer=tokenizer), num_workers)
     state = train_steps(model, batches, cfg, state=state, step_checkpoint_path=step_path,
                         model_name=model_name, on_step=on_step,
                         progress=progress if progress is not None else bar("reference model", "step"))
