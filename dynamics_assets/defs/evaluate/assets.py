@@ -8,6 +8,7 @@ import dagster as dg
 from dynamics_assets.core.records import CheckpointRecord, EvalRecord, PoolClusters, PoolManifest, ReportRecord
 from dynamics_assets.defs.experiments import EXPERIMENTS, partition_dir, recipe_and_epoch, recipe_epoch_partitions
 from dynamics_assets.defs.metadata import md_image, md_table
+from dynamics_assets.defs.partitions import N_EPOCHS
 from dynamics_assets.defs.resources import GpuResource, StorageResource
 from dynamics_assets.defs.tracking import MlflowResource
 
@@ -39,7 +40,8 @@ def eval_report(context: dg.AssetExecutionContext, checkpoint: CheckpointRecord,
                         if eval_set is not None else None)
     report = evaluate_model(enc.model, enc.preprocess, enc.tokenizer, eval_set, device=device,
                             cluster_of_image=cluster_of_image, held_out=held_out, notes=notes)
-    report = _with_train_style(report, raw_pairs, enc, device)
+    if checkpoint.epoch == N_EPOCHS:  # the training-style set at the last epoch only (what the comparison reads)
+        report = _with_train_style(report, raw_pairs, enc, device)
     visual, text = enc.model.visual, enc.model
     flops_pair = forward_flops_per_pair(enc.model, visual.image_size, text.context_length)
     training = float(train_flops(checkpoint.samples_seen, flops_pair))
