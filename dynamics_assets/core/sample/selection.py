@@ -1,19 +1,22 @@
 """Streaming selection kernels shared by the samplers.
 
-Both kernels walk the pool once, chunk by chunk, in index order, so their output is already
-sorted and their working memory is O(chunk + output). Random numbers are 31-bit integers from a
-PCG64 stream seeded by (seed, epoch, stream, chunk index): a plan is a pure function of its inputs
-and independent of threading.
+Both kernels walk the pool chunk by chunk, in index order, so their output is already sorted and
+their working memory is O(chunk + output). Random numbers are 31-bit integers from a PCG64 stream
+seeded by (seed, epoch, stream, chunk index): a plan is a pure function of its inputs and
+independent of threading, and a chunk's numbers can be regenerated at will.
 
 ``bernoulli``: sample i is kept iff u_i < p_c · 2^31 (the DynamiCS reference's per-pass coin).
 
 ``exact``: stratum s (a cluster, or the whole pool) receives exactly R_s draws. Each member gets
 ⌊R_s / N_s⌋ copies, and e_s = R_s mod N_s members get one more: those with the e_s smallest u_i of
-the stratum — a uniform sample without replacement. Finding the e_s-th smallest u per stratum
-needs no sort of the pool: members with u_i below q_s − δ_s (q_s = e_s/N_s, δ_s six standard
-deviations of the empirical quantile) are certainly in, those above q_s + δ_s certainly out, and
-only the few in the band are sorted at the end. A stratum whose band misses is redone with the
-band spanning [0, 1] (a second pass; it practically never happens, and the result is the same).
+the stratum (ties: lower index) — a uniform sample without replacement. Finding the e_s-th
+smallest u per stratum needs no sort of the pool: members with u_i below q_s − δ_s (q_s = e_s/N_s,
+δ_s six standard deviations of the empirical quantile) are certainly in, those above q_s + δ_s
+certainly out. A first pass counts the certain members per stratum and collects the few in the
+band; one sort of the band's (stratum, u) keys then gives each stratum's exact cut t_s; a second
+pass regenerates the same numbers and writes every member with u_i < t_s straight into the
+preallocated plan. A stratum whose band misses is redone with the band spanning [0, 1] (it
+practically never happens, and the result is the same).
 """
 from __future__ import annotations
 
@@ -34,16 +37,24 @@ def random31(seed: int, epoch: int, stream: int, chunk_index: int, m: int) -> np
     return raw >> np.uint32(1)
 
 
-def _map_chunks(pool: ClusterPool, fn: Callable[[int, int, np.ndarray], object]) -> list:
-    """fn(chunk_index, start, ids) over the pool's chunks, two at a time (numpy drops the GIL)."""
+def _map_chunks(pool: ClusterPool, fn: Callable[[int, int, np.ndarray], object], *,
+                collect: bool = True):
+    """fn(chunk_index, start, ids) over the pool's chunks, two at a time (numpy drops the GIL);
+    a list of the results in chunk order, or (``collect=False``) a generator yielding them in
+    chunk order with at most 2·WORKERS chunks in flight."""
+    results = _iter_chunks(pool, fn)
+    return list(results) if collect else results
+
+
+def _iter_chunks(pool: ClusterPool, fn: Callable[[int, int, np.ndarray], object]):
     with ThreadPoolExecutor(WORKERS) as ex:
-        futures, out = [], []
+        futures = []
         for k, (start, ids) in enumerate(pool.chunks()):
             futures.append(ex.submit(fn, k, start, ids))
             if len(futures) >= 2 * WORKERS:
-                out.append(futures.pop(0).result())
-        out.extend(f.result() for f in futures)
-    return out
+                yield futures.pop(0).result()
+        for f in futures:
+            yield f.result()
 
 
 def _index_dtype(n: int) -> np.dtype:
@@ -90,8 +101,8 @@ def exact(pool: ClusterPool, targets: np.ndarray, *, seed: int, epoch: int, stre
 
     full_band = np.zeros(n_strata, dtype=bool)
     while True:
-        result = _exact_pass(pool, strata, sizes, base, extra, full_band,
-                             seed=seed, epoch=epoch, stream=stream)
+        result = _exact_pass(pool, strata, sizes, base, extra, full_band, seed=seed, epoch=epoch,
+                             stream=stream, stratum_is_cluster=stratum_of_cluster is None)
         if isinstance(result, tuple):
             return result
         full_band |= result  # strata whose band missed: redo them with the whole range
@@ -108,107 +119,122 @@ def _bands(sizes, extra, full_band) -> tuple[np.ndarray, np.ndarray]:
     return lo.astype(np.uint64), (hi - lo).astype(np.uint64)
 
 
-def _exact_pass(pool, strata, sizes, base, extra, full_band, *, seed, epoch, stream):
+def _exact_pass(pool, strata, sizes, base, extra, full_band, *, seed, epoch, stream, stratum_is_cluster=False):
+    """Two streaming passes that regenerate the same random numbers (counter-based by chunk):
+
+    1. count, per cluster, the members below their stratum's band (u < lo: certainly in) and
+       collect the few band members (lo ≤ u < lo + width) with their u;
+    2. having fixed each stratum's exact cut t_s from its band — the ``need`` smallest (u, index)
+       of the band are in, i.e. u < t_s — emit every member with u < t_s of its stratum (or with
+       ⌊R/N⌋ ≥ 1 copies), chunk by chunk in index order, straight into the preallocated plan.
+
+    No sort or merge over the pool: the output is the only array of pool scale."""
     K = pool.n_clusters
+    n_strata = len(sizes)
     lo, width = _bands(sizes, extra, full_band)
-    # One gather per sample: low 32 bits = lo, high 32 bits = band width (little-endian views).
-    packed = np.zeros(K + 1, dtype=np.uint64)
-    packed[:-1] = (lo | (width << np.uint64(32)))[strata]
-    has_base = bool(base.max(initial=0) > 0)
-    base_of_cluster = np.zeros(K + 1, dtype=np.uint16)
-    base_of_cluster[:-1] = base[strata]
-    idt = _index_dtype(len(pool))
+    # Per-cluster tables; the last entry serves cluster -1 (lo = width = 0: never drawn).
+    lo_of_cluster = np.zeros(K + 1, dtype=np.uint32)
+    lo_of_cluster[:-1] = lo[strata]
+    width_of_cluster = np.zeros(K + 1, dtype=np.uint32)
+    width_of_cluster[:-1] = width[strata]
 
-    def kernel(k: int, start: int, ids: np.ndarray):
+    def count(k: int, start: int, ids: np.ndarray):
         u = random31(seed, epoch, stream, k, len(ids))
-        g = np.take(packed, ids).view(np.uint32)
-        g_lo, g_width = g[0::2], g[1::2]
+        ix = ids.astype(np.intp)
+        g_lo = lo_of_cluster.take(ix)
         definite = u < g_lo
-        ci = np.flatnonzero((u - g_lo) < g_width)  # unsigned wrap-around excludes u < lo
-        cands = (ci + start, ids.take(ci), u.take(ci))
-        keep = np.flatnonzero(definite)
-        n_def = np.bincount(ids.take(keep), minlength=K)
-        mult = None
-        if has_base:  # members of clusters with ⌊R/N⌋ ≥ 1 are all in, with that multiplicity
-            b = np.take(base_of_cluster, ids)
-            keep = np.flatnonzero(definite | (b > 0))
-            mult = b.take(keep) + definite.take(keep)
-        return (keep + start).astype(idt), mult, n_def, cands, start, start + len(ids)
+        u -= g_lo  # unsigned wrap-around: members below the band become huge, so not candidates
+        ci = np.flatnonzero(u < width_of_cluster.take(ix))
+        # Certain members per cluster by one bincount over key 2·(cluster + 1) + definite (a
+        # boolean-mask gather of the ids would cost several times more: branch mispredictions).
+        ix += 1
+        ix <<= 1
+        ix += definite
+        n_def = np.bincount(ix, minlength=2 * K + 2)[3::2]
+        return n_def, (ci + start, ids.take(ci), u.take(ci) + g_lo.take(ci))
 
-    parts = _map_chunks(pool, kernel)
+    parts = _map_chunks(pool, count)
     n_def_cluster = np.zeros(K, dtype=np.int64)
     for p in parts:
-        n_def_cluster += p[2]
-    n_def = np.bincount(strata, weights=n_def_cluster, minlength=len(sizes)).astype(np.int64)
-    c_idx = np.concatenate([p[3][0] for p in parts]) if parts else np.empty(0, np.int64)
-    c_cluster = np.concatenate([p[3][1] for p in parts]) if parts else np.empty(0, np.int32)
+        n_def_cluster += p[0]
+    n_def = np.bincount(strata, weights=n_def_cluster, minlength=n_strata).astype(np.int64)
+    c_idx = np.concatenate([p[1][0] for p in parts]) if parts else np.empty(0, np.int64)
+    c_cluster = np.concatenate([p[1][1] for p in parts]) if parts else np.empty(0, np.int32)
+    c_u = np.concatenate([p[1][2] for p in parts]) if parts else np.empty(0, np.uint32)
+    del parts
     c_str = strata[c_cluster]
-    c_u = np.concatenate([p[3][2] for p in parts]) if parts else np.empty(0, np.uint32)
 
     need = extra - n_def
-    n_cand = np.bincount(c_str, minlength=len(sizes))
+    n_cand = np.bincount(c_str, minlength=n_strata)
     missed = (need < 0) | (need > n_cand)
     if missed.any():
         return missed
 
-    # Among each stratum's band, the `need` smallest u (ties: lower index) are drawn.
-    order = np.lexsort((c_idx, c_u, c_str))
-    s_sorted = c_str[order]
-    first = np.searchsorted(s_sorted, np.arange(len(sizes)))
-    rank = np.arange(len(order)) - first[s_sorted]
-    picked = order[rank < need[s_sorted]]
-    chosen = np.sort(c_idx[picked]).astype(idt)
-    realised = (base[strata] * pool.sizes + n_def_cluster
-                + np.bincount(c_cluster[picked], minlength=K))
+    # Among each stratum's band, the `need` smallest u (ties: lower index) are drawn. The cut
+    # t_s = (u of the last one drawn) + 1 selects exactly them, unless the first one not drawn
+    # has the same u (a tie split by index): then t_s = that u, and the drawn members with
+    # u == t_s are named explicitly (``tie_idx``). One sort of the keys (stratum, u) as uint64
+    # (vectorised sort; no argsort of the candidates).
+    key = np.sort((c_str.astype(np.uint64) << np.uint64(32)) | c_u.astype(np.uint64))
+    u_sorted = (key & np.uint64(0xFFFFFFFF)).astype(np.int64)
+    first = np.searchsorted(key, np.arange(n_strata, dtype=np.uint64) << np.uint64(32))
+    del key
+    cut = lo.astype(np.int64)  # need = 0: only the certain members (u < lo)
+    has_need = need > 0
+    last = first + need - 1
+    cut[has_need] = u_sorted[last[has_need]] + 1
+    tie = has_need & (need < n_cand)
+    tie[tie] = u_sorted[first[tie] + need[tie]] == u_sorted[last[tie]]
+    cut[tie] -= 1
+    del u_sorted
+    tie_parts = []
+    for s_ in np.flatnonzero(tie):  # rare: the lowest-index band members with u == cut
+        at = np.flatnonzero((c_str == s_) & (c_u == cut[s_]))
+        n_below = int(((c_str == s_) & (c_u < cut[s_])).sum())
+        tie_parts.append(c_idx[at[: need[s_] - n_below]])
+    tie_idx = np.sort(np.concatenate(tie_parts)) if tie_parts else np.empty(0, np.int64)
+    if stratum_is_cluster:
+        realised = base * pool.sizes + extra
+    else:
+        picked = c_u < cut[c_str]
+        realised = (base[strata] * pool.sizes + n_def_cluster
+                    + np.bincount(c_cluster[picked], minlength=K)
+                    + np.bincount(c_cluster[np.isin(c_idx, tie_idx)], minlength=K))
+    del c_idx, c_cluster, c_u, c_str
 
-    indices, mult = _assemble(parts, chosen, idt)
-    return indices, mult, realised
+    thr = np.zeros(K + 1, dtype=np.uint32)
+    thr[:-1] = cut.astype(np.uint32)[strata]
+    has_base = bool(base.max(initial=0) > 0)
+    base_of_cluster = np.zeros(K + 1, dtype=np.uint16)
+    base_of_cluster[:-1] = base[strata]
+    idt = _index_dtype(len(pool))
+    distinct = int(np.where(base > 0, sizes, extra).sum())
+    out_idx = np.empty(distinct, dtype=idt)
+    out_mult = np.empty(distinct, dtype=np.uint16) if has_base else np.ones(distinct, dtype=np.uint16)
 
+    def emit(k: int, start: int, ids: np.ndarray):
+        u = random31(seed, epoch, stream, k, len(ids))
+        ix = ids.astype(np.intp)
+        keep = u < thr.take(ix)
+        a, b = np.searchsorted(tie_idx, [start, start + len(ids)])
+        if b > a:
+            keep[tie_idx[a:b].astype(np.int64) - start] = True
+        if not has_base:
+            return (np.flatnonzero(keep) + start).astype(idt), None
+        m = base_of_cluster.take(ix)
+        m += keep
+        sel = np.flatnonzero(m)
+        return (sel + start).astype(idt), m.take(sel)
 
-def _assemble(parts: list, chosen: np.ndarray, idt: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """The plan arrays: each chunk's members merged with the chosen band members of its index
-    range — a chosen sample already present (cluster with ⌊R/N⌋ ≥ 1) gets one more copy, the
-    others are inserted in order. The output is allocated once and filled chunk by chunk, and
-    each chunk's part is released as soon as it is copied, so the peak stays near the output."""
-    merges, total = [], 0
-    for p in parts:
-        idx = p[0]
-        lo, hi = np.searchsorted(chosen, [p[4], p[5]])
-        c = chosen[lo:hi]
-        pos = np.searchsorted(idx, c)
-        present = np.zeros(len(c), dtype=bool)
-        if len(idx):
-            present = (pos < len(idx)) & (idx[np.minimum(pos, len(idx) - 1)] == c)
-        merges.append((c, pos, present))
-        total += len(idx) + int((~present).sum())
-    out_idx = np.empty(total, dtype=idt)
-    out_mult = np.empty(total, dtype=np.uint16)
     o = 0
-    for k, (c, pos, present) in enumerate(merges):
-        idx, mult = parts[k][0], parts[k][1]
-        mult = np.ones(len(idx), np.uint16) if mult is None else mult.astype(np.uint16)
-        mult[pos[present]] += 1
-        new = ~present
-        idx, mult = _insert_sorted(idx, mult, pos[new], c[new])
-        out_idx[o:o + len(idx)], out_mult[o:o + len(idx)] = idx, mult
+    for idx, mult in _map_chunks(pool, emit, collect=False):
+        out_idx[o:o + len(idx)] = idx
+        if mult is not None:
+            out_mult[o:o + len(idx)] = mult
         o += len(idx)
-        parts[k] = None
-    return out_idx, out_mult
-
-
-def _insert_sorted(indices: np.ndarray, mult: np.ndarray, pos: np.ndarray,
-                   new: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Insert ``new`` (sorted, multiplicity 1) before positions ``pos`` (sorted): np.insert
-    without its slow boolean mask — old elements shift by the number of insertions before them."""
-    m, n = len(pos), len(indices)
-    segments = np.diff(np.concatenate(([0], pos, [n])))
-    dest_old = np.arange(n) + np.repeat(np.arange(m + 1), segments)
-    dest_new = pos + np.arange(m)
-    out_idx = np.empty(n + m, dtype=indices.dtype)
-    out_mult = np.empty(n + m, dtype=np.uint16)
-    out_idx[dest_old], out_mult[dest_old] = indices, mult
-    out_idx[dest_new], out_mult[dest_new] = new, 1
-    return out_idx, out_mult
+    if o != distinct:
+        raise AssertionError(f"exact selection emitted {o} samples, expected {distinct}")
+    return out_idx, out_mult, realised
 
 
 def realised_per_cluster(pool: ClusterPool, indices: np.ndarray, mult: np.ndarray) -> np.ndarray:
