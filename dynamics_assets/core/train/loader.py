@@ -190,16 +190,19 @@ class PairBatches:
 class PairReader:
     """The pairs of given records (a batch), read from the pool's shards in file order.
 
-    Keeps the manifest rows of the ``cache`` shards used last (a shuffled batch draws from the few
-    shards its shuffle buffer spans). With the manifest's image offsets (uncompressed tars) it
+    Keeps the manifest rows of the shards used last, up to ``cache_rows`` rows (at least two
+    shards): a shuffled batch draws from the shards its shuffle buffer spans, and the last batches of
+    a pass (the buffer drained) from all of them at once, so the cache must hold many times the
+    buffer, or every drained batch re-reads every manifest. With the manifest's image offsets (uncompressed tars) it
     seeks to each image; without them (a compressed shard) it parses the shard for the batch's
     members, which is correct but slow for a shard that many batches touch."""
 
-    def __init__(self, shards: list[PoolShard], shards_dir: str | Path, cache: int = 8) -> None:
+    def __init__(self, shards: list[PoolShard], shards_dir: str | Path, cache_rows: int = 1 << 18) -> None:
         self.shards = shards
         self.shards_dir = Path(shards_dir)
         self._offsets = np.array([s.offset for s in shards], dtype=np.int64)
-        self._cache = cache
+        self._cache_rows = cache_rows
+        self._cached_rows = 0
         self._rows: OrderedDict[int, dict[str, list]] = OrderedDict()
 
     def read(self, batch: Sequence[Record]) -> list[Pair]:
@@ -240,8 +243,9 @@ class PairReader:
         rows.setdefault("image_offset", None)
         rows.setdefault("image_size", None)
         self._rows[k] = rows
-        while len(self._rows) > self._cache:
-            self._rows.popitem(last=False)
+        self._cached_rows += shard.n_ok
+        while self._cached_rows > self._cache_rows and len(self._rows) > 2:
+            self._cached_rows -= self.shards[self._rows.popitem(last=False)[0]].n_ok
         return rows
 
 
