@@ -96,7 +96,8 @@ def test_mlflow_runs_are_tagged_and_finished(trained):
     train1 = next(r for r in runs if r.info.run_name == "train dynamics-50.s0 epoch-001")
     assert train1.data.tags["dagster.partition"] == "epoch-001|dynamics-50.s0"
     assert train1.data.tags["recipe"] == "dynamics-50.s0"
-    assert train1.data.tags["dagster.asset"] == "checkpoint"
+    # the training step is one multi_asset: its checkpoint and, for feedback recipes, the plan it draws
+    assert train1.data.tags["dagster.asset"] == "checkpoint, feedback_plan"
     assert train1.data.tags["dagster.run_id"] == results[("dynamics-50.s0", "epoch-001")].run_id
     assert len(client.get_metric_history(train1.info.run_id, "loss")) >= 2, "per-step metrics"
 
