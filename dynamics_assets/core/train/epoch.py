@@ -199,6 +199,9 @@ def _run_epoch(job: EpochJob, work_dir: Path, *, on_step: Callable[[int, dict[st
 
     import open_clip
 
+    if job.dnc_experts and job.epoch >= 2:  # Divide and Contrast: experts (epoch 2), distillation (≥ 3)
+        from dynamics_assets.core.train.divide_contrast import run_phase
+        return run_phase(job, work_dir, on_step=on_step)
     started = time.perf_counter()
     rank, world = _rank_world()
     device = resolve_device(job.device)
@@ -230,7 +233,7 @@ def _run_epoch(job: EpochJob, work_dir: Path, *, on_step: Callable[[int, dict[st
     # (batch size, seed, shuffle buffer, plan) or of other settings is never resumed.
     identity = {"plan": plan.meta.get("pool_version"), "plan_meta": {k: plan.meta.get(k) for k in ("recipe", "seed", "epoch", "strategy")},
                 "epoch": job.epoch, "world": world, "plan_size": plan.size, "start_step": start_step,
-                "settings": asdict(job.settings()), "n_epochs": job.n_epochs}
+                "settings": _settings_identity(job), "n_epochs": job.n_epochs}
     if job.selection is not None:
         identity["selection"] = _selection_identity(job)
     if step_path.exists():
@@ -283,6 +286,12 @@ def _run_epoch(job: EpochJob, work_dir: Path, *, on_step: Callable[[int, dict[st
                                **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}})
         step_path.unlink(missing_ok=True)
     return metrics
+
+
+def _settings_identity(job: EpochJob) -> dict[str, Any]:
+    """The settings a step checkpoint must match; DnC's settings only when on (older step checkpoints,
+    written before they existed, still resume)."""
+    return {k: v for k, v in asdict(job.settings()).items() if job.dnc_experts or not k.startswith("dnc_")}
 
 
 def _epoch_progress(progress: Progress | None, epoch: int, start_step: int, n_batches: int, rank: int) -> Progress:

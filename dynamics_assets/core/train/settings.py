@@ -32,6 +32,8 @@ class TrainSettings:
     selection: Optional[str] = None  # online batch selection: None (off), 'jest' or 'activeclip'
     filter_ratio: float = FILTER_RATIO
     n_chunks: int = N_CHUNKS
+    dnc_experts: int = 0  # Divide and Contrast (train.divide_contrast): K super-cluster experts; 0 = off
+    dnc_weight: float = 1.0  # with dnc_experts: λ of the student's feature distillation loss
 
     def __post_init__(self) -> None:
         problems = []
@@ -51,6 +53,12 @@ class TrainSettings:
             problems.append(f"filter_ratio must lie in (0, 1) (got {self.filter_ratio})")
         if self.n_chunks < 1:
             problems.append(f"n_chunks must be ≥ 1 (got {self.n_chunks})")
+        if self.dnc_experts == 1 or self.dnc_experts < 0:
+            problems.append(f"dnc_experts must be 0 (off) or ≥ 2 (got {self.dnc_experts})")
+        if self.dnc_experts and self.selection is not None:
+            problems.append("dnc_experts and selection cannot be combined")
+        if not self.dnc_weight >= 0:
+            problems.append(f"dnc_weight must be ≥ 0 (got {self.dnc_weight})")
         if problems:
             raise ValueError("training settings: " + "; ".join(problems))
 

@@ -1,0 +1,336 @@
+"""Divide and Contrast (DnC): experts on super-clusters of the current model, distilled into one.
+
+Paper: Tian, Hénaff, van den Oord, "Divide and Contrast: Self-supervised Learning from Uncurated
+Data" (ICCV 2021). A base model is trained on all data; its features are clustered into K
+super-clusters (k-means); one expert per super-cluster, initialised from the base, is trained on
+that super-cluster's data alone (its negatives come from the same region, so they are hard); base
+and experts are distilled into one student with the contrastive loss plus a regression of the
+student's features onto the teachers'.
+
+Here, for CLIP (training setting ``dnc_experts = K``; a recipe's epoch partitions map to phases):
+
+  epoch 1   base: an ordinary epoch on the plan (``train.epoch``).
+  epoch 2   divide: embed the plan's unique samples' images with the base (f = normalised
+            ``encode_image``), spherical k-means (faiss, ``seed``) into K super-clusters with unit
+            centroids μ_k; expert k = the base (weights, AdamW state) trained on the plan entries of
+            super-cluster k only (with their multiplicities), continuing the run's cosine schedule
+            from the base's global step. Σ_k samples of expert k = the plan's size: one epoch's worth.
+            Written next to the epoch's ``checkpoint.pt`` (= the base, unchanged, so the eval of
+            epoch 2 evaluates the base): ``dnc-expert-<k>.pt`` (open_clip checkpoints) and
+            ``dnc-super-clusters.npz`` (sample indices, their super-cluster, the centroids).
+            The checkpoint's global step is advanced by one epoch's steps, so the student continues
+            the schedule where a plain run's epoch 3 would.
+  epoch ≥ 3 contrast/distil: the student, initialised from the base, trains on the plan with
+            L = CLIP(x, y) + λ · ½ Σ_{t ∈ {base, expert k(i)}} [ (1 − cos(x_i, x_i^t)) + (1 − cos(y_i, y_i^t)) ] / 2
+            averaged over the batch, x / y the student's image / text features of pair i, x^t / y^t
+            the frozen teacher's, k(i) = argmax_k ⟨f_base(image_i), μ_k⟩ (the base's super-cluster
+            of the sample, computed on the fly, so any plan works), λ = ``dnc_weight``.
+            ``checkpoint.pt`` = the student (a normal open_clip checkpoint).
+
+Compute, all counted: ``samples_seen`` includes every expert's training samples (epoch 2) and the
+student's; ``device_seconds`` is the whole phase (embedding, k-means, experts; teachers' forwards);
+``scoring_flops`` = the base's image-encoder forward FLOPs × samples embedded (epoch 2) and the
+teachers' forward FLOPs (base + one expert, image + text) × samples distilled (epoch ≥ 3).
+The paper's student regresses with one prediction head per teacher; here the student's own
+features regress onto both teachers (no heads). One process only (no DDP); an interrupted DnC epoch
+restarts from its beginning (no step checkpoints; ordinary epochs still resume).
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+import numpy as np
+import torch
+
+from dynamics_assets.core.ingest.pool import collate
+from dynamics_assets.core.model.clip import autocast_for, create_model, read_checkpoint, save_checkpoint
+from dynamics_assets.core.model.flops import forward_flops_per_pair
+from dynamics_assets.core.sample import read_plan
+from dynamics_assets.core.train.loader import PairBatches
+from dynamics_assets.core.train.loop import MAX_LOGIT_SCALE, TrainState, _clip_loss, make_optimizer, train_steps
+
+if TYPE_CHECKING:
+    from dynamics_assets.core.train.epoch import EpochJob
+
+EXPERT_NAME = "dnc-expert-{k}.pt"
+SUPER_CLUSTERS_NAME = "dnc-super-clusters.npz"
+EMBED_BATCH = 256
+
+__all__ = ["EXPERT_NAME", "SUPER_CLUSTERS_NAME", "run_phase", "super_clusters", "distillation_loss"]
+
+
+def run_phase(job: "EpochJob", work_dir: Path, *, on_step: Callable[[int, dict[str, float]], None] | None = None,
+              ) -> dict[str, Any]:
+    """Epoch ``job.epoch`` (≥ 2) of a DnC recipe; writes ``checkpoint.pt`` (and for epoch 2 the
+    experts) into ``work_dir`` and returns the epoch's metrics (as ``epoch._run_epoch``)."""
+    from dynamics_assets.core.train.epoch import _rank_world
+
+    if _rank_world()[1] != 1:
+        raise ValueError("divide_contrast trains in one process (world size 1)")
+    if job.epoch < 2 or not job.previous_checkpoint:
+        raise ValueError("divide_contrast phases start at epoch 2, from the base's checkpoint")
+    if job.epoch == 2:
+        return _divide(job, work_dir, on_step)
+    return _distil(job, work_dir, on_step)
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+
+def _load(job: "EpochJob", path: str | Path, device: str) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
+    ckpt = read_checkpoint(path)
+    model, _, preprocess = create_model(job.model_name, None, torch.device(device), seed=job.seed)
+    model.load_state_dict(ckpt["state_dict"])
+    return model, preprocess, ckpt
+
+
+def _collate_fn(job: "EpochJob", preprocess) -> Callable:
+    import open_clip
+
+    tokenizer = open_clip.get_tokenizer(job.model_name)
+    return lambda pairs: collate(pairs, preprocess=preprocess, tokenizer=tokenizer)
+
+
+def _indexed_batches(batches: PairBatches, collate_fn: Callable) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
+    """(sample indices, images, tokens) of every batch of a pass (decoded in this process)."""
+    for pairs in batches.batches():
+        images, tokens = collate_fn(pairs)
+        yield np.fromiter((p.sample_index for p in pairs), dtype=np.int64, count=len(pairs)), images, tokens
+
+
+def _image_features(model: torch.nn.Module, images: torch.Tensor, device: str, precision: str) -> torch.Tensor:
+    with torch.no_grad(), autocast_for(torch.device(device), precision):
+        return torch.nn.functional.normalize(model.encode_image(images.to(device)).float(), dim=-1)
+
+
+def _image_flops(model: torch.nn.Module) -> int:
+    """Forward FLOPs of one image through ``model``'s image encoder (the pair's minus the text's)."""
+    import open_clip
+    from torch.utils.flop_counter import FlopCounterMode
+
+    context_length = open_clip.get_model_tokenize_cfg(model)["context_length"]
+    tokens = torch.zeros(1, context_length, dtype=torch.long, device=next(model.parameters()).device)
+    counter = FlopCounterMode(display=False)
+    was = model.training
+    model.train()
+    try:
+        with torch.no_grad(), counter:
+            model.encode_text(tokens)
+    finally:
+        model.train(was)
+    return _pair_flops(model) - int(counter.get_total_flops())
+
+
+def _pair_flops(model: torch.nn.Module) -> int:
+    import open_clip
+
+    return forward_flops_per_pair(model, open_clip.get_model_preprocess_cfg(model)["size"],
+                                  open_clip.get_model_tokenize_cfg(model)["context_length"])
+
+
+def super_clusters(features: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Spherical k-means (faiss) of unit ``features`` (N, D) into ``k``: (assignment (N,), centroids (k, D))."""
+    import faiss
+
+    x = np.ascontiguousarray(features, dtype=np.float32)
+    if len(x) < k:
+        raise ValueError(f"divide_contrast: {len(x)} samples cannot form {k} super-clusters")
+    kmeans = faiss.Kmeans(x.shape[1], k, niter=20, spherical=True, seed=seed, verbose=False, max_points_per_centroid=100000)
+    kmeans.train(x)
+    centroids = kmeans.centroids / np.linalg.norm(kmeans.centroids, axis=1, keepdims=True)
+    return np.argmax(x @ centroids.T, axis=1).astype(np.int64), centroids.astype(np.float32)
+
+
+def _metrics(job: "EpochJob", started: float, *, device: str, state: TrainState, samples_seen: int, before: int,
+             scoring_flops: int, previous_extra: dict[str, Any], steps: int, **extra: Any) -> dict[str, Any]:
+    seconds = time.perf_counter() - started
+    return {"ranks_in_sync": True, "epoch": job.epoch, "steps": steps, "global_step": state.step,
+            "samples_seen": samples_seen, "epoch_samples": samples_seen - before, "final_loss": state.last_loss,
+            "seconds": seconds, "device": device, "world_size": 1, "device_seconds": seconds, "resumed_at_step": 0,
+            "precision": job.precision, "scoring_flops": scoring_flops,
+            "scoring_flops_total": int(previous_extra.get("scoring_flops_total", 0)) + scoring_flops, **extra}
+
+
+# ---------------------------------------------------------------------------------------------
+# epoch 2: divide
+# ---------------------------------------------------------------------------------------------
+
+def _divide(job: "EpochJob", work_dir: Path, on_step) -> dict[str, Any]:
+    from dynamics_assets.core.model.devices import resolve_device, resolve_precision
+    from dynamics_assets.core.train.epoch import CHECKPOINT_NAME, checkpoint_file, steps_per_epoch, train_config
+
+    started = time.perf_counter()
+    device = resolve_device(job.device)
+    precision = resolve_precision(job.precision, device)
+    plan = read_plan(job.plan_dir)
+    base, preprocess, ckpt = _load(job, checkpoint_file(job.previous_checkpoint), device)
+    collate_fn = _collate_fn(job, preprocess)
+    base.eval()
+
+    # 1. the base's image features of the plan's unique samples
+    embed = PairBatches(Path(job.manifest_dir), Path(job.shards_dir), (job.seed, job.epoch, 0, 1), EMBED_BATCH,
+                        job.buffer_size, indices=plan.indices, counts=np.ones(len(plan.indices), np.uint16), keep_last=True)
+    ids, feats = [], []
+    for index, images, _ in _indexed_batches(embed, collate_fn):
+        ids.append(index)
+        feats.append(_image_features(base, images, device, precision).cpu().numpy())
+    ids, feats = np.concatenate(ids), np.concatenate(feats)
+    order = np.argsort(ids, kind="stable")
+    ids, feats = ids[order], feats[order]
+    if not np.array_equal(ids, np.asarray(plan.indices, dtype=np.int64)):
+        raise RuntimeError("divide_contrast: the embedded samples are not the plan's")
+    embed_flops = len(ids) * _image_flops(base)
+
+    # 2. K super-clusters
+    assign, centroids = super_clusters(feats, job.dnc_experts, job.seed)
+    np.savez(work_dir / SUPER_CLUSTERS_NAME, indices=ids, super_cluster=assign, centroids=centroids)
+
+    # 3. one expert per super-cluster, from the base, on its samples only
+    cfg = train_config(job, plan.size, 1, device)
+    base_state = {k: v.detach().clone() for k, v in base.state_dict().items()}
+    expert_samples, final_losses = [], []
+    for k in range(job.dnc_experts):
+        mask = assign == k
+        expert = copy.deepcopy(base)
+        expert.load_state_dict(base_state)
+        batches = PairBatches(Path(job.manifest_dir), Path(job.shards_dir), (job.seed, job.epoch, 0, 2, k),
+                              job.batch_size, job.buffer_size, indices=plan.indices[mask],
+                              counts=plan.multiplicity[mask], keep_last=True)
+        state = TrainState(step=ckpt["step"], optimizer=copy.deepcopy(ckpt["optimizer"]))
+        state = train_steps(expert, (b for _, *b in _indexed_batches(batches, collate_fn)), cfg, state=state,
+                            model_name=job.model_name, on_step=on_step, progress=lambda *_: None)
+        expert_samples.append(state.samples_seen)
+        final_losses.append(state.last_loss)
+        save_checkpoint(work_dir / EXPERT_NAME.format(k=k), expert, model_name=job.model_name, epoch=job.epoch,
+                        step=state.step, samples_seen=state.samples_seen,
+                        extra={"super_cluster": k, "n_samples": int(mask.sum()), "last_loss": state.last_loss})
+        del expert
+
+    # 4. checkpoint.pt = the base; the schedule advanced by one epoch; every expert sample counted
+    before = int(ckpt["samples_seen"])
+    samples_seen = before + int(sum(expert_samples))
+    steps = steps_per_epoch(plan.size, job.batch_size, 1)
+    state = TrainState(step=int(ckpt["step"]) + steps, samples_seen=samples_seen,
+                       last_loss=float(np.average(final_losses, weights=expert_samples)))
+    metrics = _metrics(job, started, device=device, state=state, samples_seen=samples_seen, before=before,
+                       scoring_flops=embed_flops, previous_extra=ckpt["extra"], steps=steps,
+                       dnc_phase="divide", dnc_samples_embedded=len(ids))
+    metrics["dnc_expert_samples"] = [int(s) for s in expert_samples]
+    save_checkpoint(work_dir / CHECKPOINT_NAME, base, model_name=job.model_name, epoch=job.epoch, step=state.step,
+                    samples_seen=samples_seen, optimizer=ckpt["optimizer"],
+                    extra={"last_loss": state.last_loss, "job": asdict(job), "dnc_expert_samples": metrics["dnc_expert_samples"],
+                           **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}})
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# epoch ≥ 3: distil
+# ---------------------------------------------------------------------------------------------
+
+def distillation_loss(student: tuple[torch.Tensor, torch.Tensor], teachers: list[tuple[torch.Tensor, torch.Tensor]]
+                      ) -> torch.Tensor:
+    """Mean over teachers and the batch of ½[(1 − cos(x, x^t)) + (1 − cos(y, y^t))]."""
+    x, y = student
+    cos = torch.nn.functional.cosine_similarity
+    terms = [((1 - cos(x, xt.detach(), dim=-1)) + (1 - cos(y, yt.detach(), dim=-1))) / 2 for xt, yt in teachers]
+    return torch.stack(terms).mean()
+
+
+def _experts_dir(job: "EpochJob", previous_extra: dict[str, Any]) -> Path:
+    from dynamics_assets.core.train.epoch import checkpoint_file
+
+    recorded = previous_extra.get("dnc_experts_dir")
+    here = checkpoint_file(job.previous_checkpoint).parent
+    for candidate in (here, Path(recorded) if recorded else None):
+        if candidate is not None and (candidate / SUPER_CLUSTERS_NAME).is_file():
+            return candidate
+    raise FileNotFoundError(f"divide_contrast: no experts next to {here} (nor at {recorded!r}): run epoch 2 first")
+
+
+def _distil(job: "EpochJob", work_dir: Path, on_step) -> dict[str, Any]:
+    from open_clip_train.scheduler import cosine_lr
+
+    from dynamics_assets.core.model.devices import resolve_device, resolve_precision
+    from dynamics_assets.core.train.epoch import CHECKPOINT_NAME, checkpoint_file, train_config
+
+    started = time.perf_counter()
+    device = resolve_device(job.device)
+    precision = resolve_precision(job.precision, device)
+    plan = read_plan(job.plan_dir)
+    student, preprocess, ckpt = _load(job, checkpoint_file(job.previous_checkpoint), device)
+    experts_dir = _experts_dir(job, ckpt["extra"])
+    # the base (teacher) = the epoch-2 checkpoint (the base itself); a later epoch's previous is a student
+    base_path = experts_dir / CHECKPOINT_NAME
+    base = _load(job, base_path, device)[0].eval()
+    centroids = torch.from_numpy(np.load(experts_dir / SUPER_CLUSTERS_NAME)["centroids"]).to(device)
+    experts = [_load(job, experts_dir / EXPERT_NAME.format(k=k), device)[0].eval() for k in range(len(centroids))]
+    for teacher in (base, *experts):
+        teacher.requires_grad_(False)
+    teacher_flops = 2 * _pair_flops(base)  # base + one expert, image + text, per pair
+
+    cfg = train_config(job, plan.size, 1, device)
+    collate_fn = _collate_fn(job, preprocess)
+    batches = PairBatches(Path(job.manifest_dir), Path(job.shards_dir), (job.seed, job.epoch, 0), job.batch_size,
+                          job.buffer_size, indices=plan.indices, counts=plan.multiplicity, keep_last=True)
+    torch.manual_seed(cfg.seed)
+    student.to(device).train()
+    optimizer = make_optimizer(student, cfg)
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
+    set_lr = cosine_lr(optimizer, cfg.lr, cfg.warmup_steps, cfg.total_steps)
+    loss_fn = _clip_loss()
+    before = int(ckpt["samples_seen"])
+    state = TrainState(step=int(ckpt["step"]), samples_seen=before)
+    start_step, distilled = state.step, 0
+    counts = np.zeros(len(centroids), dtype=np.int64)
+    dev = torch.device(device)
+    for _, images, tokens in _indexed_batches(batches, collate_fn):
+        images, tokens = images.to(device), tokens.to(device)
+        with torch.no_grad(), autocast_for(dev, precision):
+            bx, by = base.encode_image(images), base.encode_text(tokens)
+            which = (torch.nn.functional.normalize(bx.float(), dim=-1) @ centroids.T).argmax(dim=1)
+            ex, ey = torch.empty_like(bx), torch.empty_like(by)
+            for k in which.unique().tolist():
+                rows = which == k
+                ex[rows] = experts[k].encode_image(images[rows]).to(ex.dtype)
+                ey[rows] = experts[k].encode_text(tokens[rows]).to(ey.dtype)
+        counts += np.bincount(which.cpu().numpy(), minlength=len(centroids))
+        lr = set_lr(min(state.step, cfg.total_steps))
+        with autocast_for(dev, precision):
+            x, y, logit_scale = student(images, tokens)[:3]
+            clip = loss_fn(x, y, logit_scale)
+            distil = distillation_loss((x.float(), y.float()), [(bx.float(), by.float()), (ex.float(), ey.float())])
+            loss = clip + job.dnc_weight * distil
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss {loss.item()} at step {state.step}")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if cfg.grad_clip_norm is not None:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.grad_clip_norm, norm_type=2.0)
+        scaler.step(optimizer)
+        scaler.update()
+        with torch.no_grad():
+            student.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+        state.step += 1
+        state.samples_seen += len(images)
+        distilled += len(images)
+        state.last_loss = clip.item()
+        if on_step is not None:
+            on_step(state.step, {"loss": state.last_loss, "distil_loss": distil.item(), "lr": lr,
+                                 "samples_seen": state.samples_seen})
+    metrics = _metrics(job, started, device=device, state=state, samples_seen=state.samples_seen, before=before,
+                       scoring_flops=distilled * teacher_flops, previous_extra=ckpt["extra"], steps=state.step - start_step,
+                       dnc_phase="distil", dnc_experts_dir=str(experts_dir))
+    metrics["dnc_samples_per_expert"] = counts.tolist()
+    save_checkpoint(work_dir / CHECKPOINT_NAME, student, model_name=job.model_name, epoch=job.epoch, step=state.step,
+                    samples_seen=state.samples_seen, optimizer=optimizer,
+                    extra={"last_loss": state.last_loss, "job": asdict(job),
+                           "dnc_samples_per_expert": metrics["dnc_samples_per_expert"],
+                           **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}})
+    return metrics
