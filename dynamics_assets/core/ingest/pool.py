@@ -227,16 +227,35 @@ def collate(
     *,
     max_pixels: int | None = MAX_PIXELS,
     min_side: int | None = None,
+    on_undecodable: Callable[[Pair, str], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(images [B,3,H,W], tokens [B,L])`` for a batch of pairs, decoding one image at a time.
 
     An image whose header says more than ``max_pixels`` is refused (``ValueError`` naming the
     sample). Each image is decoded reduced while its shorter side stays >= ``min_side`` (default
-    ``DECODE_SCALE`` x the input side of ``preprocess``; full size if that is unknown)."""
+    ``DECODE_SCALE`` x the input side of ``preprocess``; full size if that is unknown).
+    An image that does not decode raises ``UndecodableImage``, unless ``on_undecodable`` is given:
+    then the pair is left out of the batch and handed to it (with the reason) to be recorded —
+    for pools whose manifest read image headers only (``decode: header``)."""
     if min_side is None and (side := input_side(preprocess)) is not None:
         min_side = DECODE_SCALE * side
-    images = torch.stack([_preprocess(preprocess, p, max_pixels, min_side) for p in pairs])
-    return images, tokenizer([p.caption for p in pairs])
+    tensors, kept = [], []
+    for p in pairs:
+        try:
+            tensors.append(_preprocess(preprocess, p, max_pixels, min_side))
+        except UndecodableImage as e:
+            if on_undecodable is None:
+                raise
+            on_undecodable(p, str(e))
+            continue
+        kept.append(p)
+    if not tensors:
+        raise UndecodableImage(f"no image of this batch of {len(pairs)} decodes (first: {pairs[0].sample_id})")
+    return torch.stack(tensors), tokenizer([p.caption for p in kept])
+
+
+class UndecodableImage(ValueError):
+    """An image the manifest accepted (from its header) whose data does not decode."""
 
 
 def _preprocess(preprocess: Callable[[Image.Image], torch.Tensor], pair: Pair, max_pixels: int | None,
@@ -246,7 +265,7 @@ def _preprocess(preprocess: Callable[[Image.Image], torch.Tensor], pair: Pair, m
     try:
         image = decode_bounded(pair.image, min_side)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:  # e.g. a truncated file
-        raise ValueError(f"{where}: image does not decode ({e})") from e
+        raise UndecodableImage(f"{where}: image does not decode ({e})") from e
     try:
         return preprocess(image)
     finally:

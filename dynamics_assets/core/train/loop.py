@@ -253,6 +253,28 @@ def _batches_from(passes: Sequence[PairBatches], lengths: Sequence[int], step: i
         step = 0
 
 
+class UndecodableLog:
+    """Pairs left out of a batch because their image does not decode, one JSON line each, appended
+    by whichever process decodes (DataLoader workers included: single ``O_APPEND`` writes)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def __call__(self, pair: Pair, reason: str) -> None:
+        line = json.dumps({"sample_id": pair.sample_id, "index": int(pair.sample_index), "reason": reason}) + "\n"
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+
+    def read(self) -> dict[str, str]:
+        """sample_id → reason, each sample once (a resumed epoch may decode a batch twice)."""
+        if not self.path.is_file():
+            return {}
+        return {r["sample_id"]: r["reason"] for r in map(json.loads, self.path.read_text().splitlines()) if r}
+
+
 def train_reference_model(
     manifest_dir: str | os.PathLike,
     shards_dir: str | os.PathLike,
@@ -314,14 +336,24 @@ def train_reference_model(
         else:
             state = resumed
     resumed_from = state.step
-    batches = _batches_from(passes, lengths, state.step, functools.partial(collate, preprocess=preprocess,
-                                                                           tokenizer=tokenizer), num_workers)
+    # A pool whose manifest read headers only (decode: header) may hold images that do not decode:
+    # the reference model is the first step to decode every image; it leaves such pairs out of
+    # their batch and records them (the embedding records them again, the assignment quarantines them).
+    undecodable = UndecodableLog(out_path.with_name(f"{out_path.name}.undecodable.jsonl"))
+    if resumed_from == 0:
+        undecodable.path.unlink(missing_ok=True)
+    batches = _batches_from(passes, lengths, state.step, functools.partial(
+        collate, preprocess=preprocess, tokenizer=tokenizer, on_undecodable=undecodable), num_workers)
     state = train_steps(model, batches, cfg, state=state, step_checkpoint_path=step_path,
                         model_name=model_name, on_step=on_step,
                         progress=progress if progress is not None else bar("reference model", "step"))
+    skipped = undecodable.read()
+    if skipped:
+        log.warning("%d image(s) of the pool do not decode and were left out of the reference model's batches "
+                    "(first: %s); recorded in %s", len(skipped), next(iter(skipped)), undecodable.path)
     metrics = {"steps": state.step, "samples_seen": state.samples_seen, "final_loss": state.last_loss,
                "resumed_from_step": resumed_from, "seconds": time.perf_counter() - started,
-               "config": asdict(cfg) | run}
+               "undecodable_images": len(skipped), "config": asdict(cfg) | run}
     save_checkpoint(out_path, model, model_name=model_name, epoch=epochs, step=state.step,
                     samples_seen=state.samples_seen, extra={k: v for k, v in metrics.items() if k != "seconds"})
     step_path.unlink(missing_ok=True)

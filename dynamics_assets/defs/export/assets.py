@@ -11,6 +11,24 @@ from dynamics_assets.defs.resources import StorageResource
 GROUP = "export"
 
 
+def trained_plan_dir(recipe, epoch_key: str, sample_plan: PlanRecord, storage: StorageResource) -> str:
+    """The plan this recipe × epoch trains on. For most recipes that is ``sample_plan``; a feedback
+    recipe (``learnability``) trains on the ``feedback_plan`` its training step draws from epoch
+    e−1's per-cluster loss, so its export reads that plan's committed version and is refused, with
+    the reason, until the training step has drawn it (it is not the size-only ``sample_plan``)."""
+    from dynamics_assets.core.io.versions import Artefact
+    from dynamics_assets.defs.sample.assets import FEEDBACK_STRATEGIES
+
+    if recipe.sampler.get("strategy") not in FEEDBACK_STRATEGIES:
+        return sample_plan.plan_dir
+    current = Artefact(storage.layout.artifact("feedback_plan", str(partition_dir(recipe, epoch_key)))).current()
+    if current is None:
+        raise dg.Failure(f"{recipe.key} {epoch_key}: this recipe trains on the feedback_plan its checkpoint step "
+                         "draws from the previous epoch's per-cluster loss; materialise checkpoint for this "
+                         "partition first, then export")
+    return str(current)
+
+
 class ExportConfig(dg.Config):
     """How the plan is written: ``samples_per_shard`` per tar; ``shuffle_buffer`` > 1: a seeded
     buffer shuffle of that many samples (seed from the recipe's seed and the epoch) so shards mix
@@ -32,7 +50,7 @@ def webdataset_export(context: dg.AssetExecutionContext, config: ExportConfig, s
     recipe, epoch_key = recipe_and_epoch(context)
     settings = TrainSettings().with_overrides(recipe.training, source=f"recipe {recipe.name}")
     out = export_plan(
-        sample_plan.plan_dir, clusters.manifest_dir, clusters.shards_dir,
+        trained_plan_dir(recipe, epoch_key, sample_plan, storage), clusters.manifest_dir, clusters.shards_dir,
         storage.layout.artifact("webdataset_export", str(partition_dir(recipe, epoch_key))),
         pool_version=clusters.clusters_dir, samples_per_shard=config.samples_per_shard,
         shuffle_buffer=config.shuffle_buffer, seed=recipe.seed * 1000 + sample_plan.epoch,
@@ -60,7 +78,7 @@ def datacomp_subset(context: dg.AssetExecutionContext, sample_plan: PlanRecord, 
 
     recipe, epoch_key = recipe_and_epoch(context)
     try:
-        out = write_subset(sample_plan.plan_dir, clusters.manifest_dir,
+        out = write_subset(trained_plan_dir(recipe, epoch_key, sample_plan, storage), clusters.manifest_dir,
                            storage.layout.artifact("datacomp_subset", str(partition_dir(recipe, epoch_key))),
                            pool_version=clusters.clusters_dir)
     except StalePlanError as e:
