@@ -75,7 +75,7 @@ def test_sigkill_during_the_embedding(shards, tmp_path, record):
             f"from dynamics_assets.core.embed.encode import embed_shards; "
             f"embed_shards(EncoderSpec('dynamics-tiny-32'), {str(manifest.version_dir)!r}, "
             f"{str(ds.out_dir / 'shards')!r}, {str(root)!r}, batch_size=64, device='cpu')")
-    killed_child("dynamics_assets.core.embed.encode", "_embed_shard", 2, body)
+    killed_child("dynamics_assets.core.embed.encode", "_write_shard", 2, body)  # killed writing the 2nd shard
     assert versions.Artefact(root).current() is None
     summary = embed_shards(EncoderSpec("dynamics-tiny-32"), manifest.version_dir, ds.out_dir / "shards", root,
                            batch_size=64, device="cpu")
