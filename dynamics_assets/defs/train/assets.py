@@ -46,11 +46,15 @@ TrainingConfig = config_from(
 @dg.multi_asset(
     name="checkpoint", group_name=GROUP, partitions_def=recipe_epoch_partitions, pool="gpu",
     # specs, not outs + internal_asset_deps: dagster 1.13 gives an internal dep the partition mapping of
-    # the *output's* own key (here: checkpoint's previous-epoch mapping), which would show
-    # checkpoint(e) ← feedback_plan(e−1). The io_manager key makes the outputs values, not Nothing.
+    # the *output's* own key (here: checkpoint's previous-epoch mapping). The io_manager key makes the
+    # outputs values, not Nothing. The lineage shows feedback_plan(e) ← checkpoint(e−1) only: the
+    # edge checkpoint(e) ← feedback_plan(e) (true: the step trains on the plan it has just drawn) would
+    # close a cycle between two asset keys, and the UI then refuses to draw any lineage ("Cycle
+    # detected"); it is stated in checkpoint's metadata (trained_plan) instead.
     specs=[
-        dg.AssetSpec("checkpoint", kinds={"pytorch"}, description="An open_clip checkpoint after epoch e of a recipe.",
-                     deps=["sample_plan", "clusters", "reference_model", "feedback_plan",
+        dg.AssetSpec("checkpoint", kinds={"pytorch"}, description="An open_clip checkpoint after epoch e of a recipe "
+                     "(a feedback recipe's: trained on the feedback_plan the same step draws first).",
+                     deps=["sample_plan", "clusters", "reference_model",
                            dg.AssetDep("checkpoint", partition_mapping=PREVIOUS_EPOCH)]).with_io_manager_key("io_manager"),
         dg.AssetSpec("feedback_plan", kinds={"numpy"}, skippable=True,
                      description="A feedback recipe's plan of epoch e, drawn with the per-cluster loss of epoch e−1's "
@@ -84,8 +88,9 @@ def checkpoint(context: dg.AssetExecutionContext, config: TrainingConfig, sample
     settings = dataclasses.replace(settings, seed=settings.seed + 1000 * recipe.seed)
     plan = sample_plan
     if recipe.sampler["strategy"] in FEEDBACK_STRATEGIES:
+        # drawn, written and checked before training; yielded after the checkpoint (Dagster wants a
+        # multi_asset's outputs in the order of its lineage, and feedback_plan(e) ← checkpoint(e−1))
         plan, plan_md = feedback_plan_of(recipe, epoch_key, clusters, previous_checkpoint, storage, context.log)
-        yield dg.Output(plan, output_name="feedback_plan", metadata=plan_md)
     out = storage.layout.artifact("checkpoint", str(partition_dir(recipe, epoch_key)))
     job = EpochJob(
         **dataclasses.asdict(settings) | {"n_epochs": settings.n_epochs or N_EPOCHS},
@@ -117,6 +122,7 @@ def checkpoint(context: dg.AssetExecutionContext, config: TrainingConfig, sample
         run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
     context.add_output_metadata(output_name="checkpoint", metadata={
         "checkpoint": dg.MetadataValue.path(str(metrics["checkpoint"])), "plan_dir": plan.plan_dir,
+        "trained_plan": "feedback_plan" if plan is not sample_plan else "sample_plan",
         **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str))},
         "mlflow_run": run.url_hint,
     })
@@ -128,4 +134,6 @@ def checkpoint(context: dg.AssetExecutionContext, config: TrainingConfig, sample
         scoring_flops=(before.scoring_flops if before else 0.0) + float(metrics.get("scoring_flops", 0.0)),
         global_step=int(metrics["global_step"]), final_loss=float(metrics["final_loss"]),
         cluster_loss=metrics.get("cluster_loss"), plan_dir=plan.plan_dir))
+    if plan is not sample_plan:
+        yield dg.Output(plan, output_name="feedback_plan", metadata=plan_md)
 
