@@ -51,7 +51,7 @@ from dynamics_assets.core.model.clip import autocast_for, create_model, read_che
 from dynamics_assets.core.model.flops import forward_flops_per_pair
 from dynamics_assets.core.sample import read_plan
 from dynamics_assets.core.train.loader import PairBatches
-from dynamics_assets.core.train.loop import MAX_LOGIT_SCALE, TrainState, _clip_loss, make_optimizer, train_steps
+from dynamics_assets.core.train.loop import TrainState, _clip_loss, make_optimizer, optimizer_step, train_steps
 
 if TYPE_CHECKING:
     from dynamics_assets.core.train.epoch import EpochJob
@@ -308,15 +308,7 @@ def _distil(job: "EpochJob", work_dir: Path, on_step) -> dict[str, Any]:
             loss = clip + job.dnc_weight * distil
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss {loss.item()} at step {state.step}")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if cfg.grad_clip_norm is not None:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.grad_clip_norm, norm_type=2.0)
-        scaler.step(optimizer)
-        scaler.update()
-        with torch.no_grad():
-            student.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+        optimizer_step(loss, student, student, optimizer, scaler, cfg.grad_clip_norm)
         state.step += 1
         state.samples_seen += len(images)
         distilled += len(images)

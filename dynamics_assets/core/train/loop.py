@@ -158,6 +158,21 @@ def load_train_state(
     )
 
 
+def optimizer_step(loss: torch.Tensor, model: torch.nn.Module, core: torch.nn.Module,
+                   optimizer: torch.optim.Optimizer, scaler: Any, grad_clip_norm: float | None) -> None:
+    """Backward, optional gradient clipping, the (scaled) optimiser step, and CLIP's logit-scale
+    clamp on ``core`` (the unwrapped model under DDP)."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if grad_clip_norm is not None:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm, norm_type=2.0)
+    scaler.step(optimizer)
+    scaler.update()
+    with torch.no_grad():
+        core.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+
+
 def train_steps(
     model: torch.nn.Module,
     batches: Iterable[Batch],
@@ -209,15 +224,7 @@ def train_steps(
         if on_example_losses is not None:
             with torch.no_grad():
                 on_example_losses(_example_losses(image_features, text_features, logit_scale))
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if cfg.grad_clip_norm is not None:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip_norm, norm_type=2.0)
-        scaler.step(optimizer)
-        scaler.update()
-        with torch.no_grad():
-            core.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+        optimizer_step(loss, model, core, optimizer, scaler, cfg.grad_clip_norm)
         state.step += 1
         state.samples_seen += len(images)
         state.last_loss = loss.item()
