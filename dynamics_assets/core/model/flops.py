@@ -22,8 +22,9 @@ BACKWARD_FORWARD_RATIO = 2  # backward ≈ 2 × forward
 
 
 def forward_flops(model: torch.nn.Module, image_size: int | tuple[int, int], context_length: int, *,
-                  batch_size: int = 1) -> int:
-    """FLOPs of one forward pass of ``batch_size`` image–text pairs (image + text encoders)."""
+                  batch_size: int = 1, towers: tuple[str, ...] = ("image", "text")) -> int:
+    """FLOPs of one forward pass of ``batch_size`` image–text pairs through ``towers`` (default
+    both encoders; ``("image",)`` for an image-only pass)."""
     height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
     parameter = next(model.parameters())
     images = torch.zeros(batch_size, 3, height, width, device=parameter.device, dtype=parameter.dtype)
@@ -35,8 +36,10 @@ def forward_flops(model: torch.nn.Module, image_size: int | tuple[int, int], con
     model.train()
     try:
         with torch.no_grad(), counter:
-            model.encode_image(images)
-            model.encode_text(tokens)
+            if "image" in towers:
+                model.encode_image(images)
+            if "text" in towers:
+                model.encode_text(tokens)
     finally:
         model.train(was_training)
     return int(counter.get_total_flops())

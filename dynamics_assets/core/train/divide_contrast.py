@@ -48,7 +48,7 @@ import torch
 
 from dynamics_assets.core.ingest.pool import collate
 from dynamics_assets.core.model.clip import autocast_for, create_model, read_checkpoint, save_checkpoint
-from dynamics_assets.core.model.flops import forward_flops_per_pair
+from dynamics_assets.core.model.flops import forward_flops, forward_flops_per_pair
 from dynamics_assets.core.sample import read_plan
 from dynamics_assets.core.train.loader import PairBatches
 from dynamics_assets.core.train.loop import TrainState, _clip_loss, make_optimizer, optimizer_step, train_steps
@@ -109,21 +109,11 @@ def _image_features(model: torch.nn.Module, images: torch.Tensor, device: str, p
 
 
 def _image_flops(model: torch.nn.Module) -> int:
-    """Forward FLOPs of one image through ``model``'s image encoder (the pair's minus the text's)."""
+    """Forward FLOPs of one image through ``model``'s image encoder."""
     import open_clip
-    from torch.utils.flop_counter import FlopCounterMode
 
-    context_length = open_clip.get_model_tokenize_cfg(model)["context_length"]
-    tokens = torch.zeros(1, context_length, dtype=torch.long, device=next(model.parameters()).device)
-    counter = FlopCounterMode(display=False)
-    was = model.training
-    model.train()
-    try:
-        with torch.no_grad(), counter:
-            model.encode_text(tokens)
-    finally:
-        model.train(was)
-    return _pair_flops(model) - int(counter.get_total_flops())
+    return forward_flops(model, open_clip.get_model_preprocess_cfg(model)["size"],
+                         open_clip.get_model_tokenize_cfg(model)["context_length"], towers=("image",))
 
 
 def _pair_flops(model: torch.nn.Module) -> int:
