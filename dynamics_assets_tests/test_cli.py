@@ -3,6 +3,7 @@ command's options and output switches (without running the pipeline), the progre
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import subprocess
@@ -59,29 +60,39 @@ def test_verbose_switches_log_level():
     assert pipeline.run_config(False) == {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
+# Run in a fresh interpreter, as the command runs: the console logger's output must not depend on
+# what earlier tests left in this process (a full-suite CI run once lost the step lines here).
+_TINY_JOB = """
+import io, json, sys
+import dagster as dg
+from dynamics_assets import pipeline
+
 @dg.asset
 def _tiny(context) -> dg.MaterializeResult:
     context.log.info("tiny says hello")
     return dg.MaterializeResult(metadata={"ok": 7, "quarantined": 2})
 
-
-def _tiny_job() -> dg.JobDefinition:
-    return dg.Definitions(assets=[_tiny], jobs=[dg.define_asset_job("tiny", selection=[_tiny])]).resolve_job_def("tiny")
+job = dg.Definitions(assets=[_tiny], jobs=[dg.define_asset_job("tiny", selection=[_tiny])]).resolve_job_def("tiny")
+out, seen = io.StringIO(), {}
+with dg.instance_for_test() as instance:
+    result = pipeline.execute(job, instance, verbose=sys.argv[1] == "1", title="tiny job", out=out, seen=seen)
+print(json.dumps({"success": result.success, "lines": out.getvalue().splitlines(), "seen": seen}))
+"""
 
 
 @pytest.mark.parametrize("verbose", [False, True])
-def test_step_lines_and_dagster_log_level(verbose, capfd):
-    out = io.StringIO()
-    seen: dict = {}
-    with dg.instance_for_test() as instance:
-        result = pipeline.execute(_tiny_job(), instance, verbose=verbose, title="tiny job", out=out, seen=seen)
-    assert result.success
-    lines = out.getvalue().splitlines()
+def test_step_lines_and_dagster_log_level(verbose):
+    proc = subprocess.run([sys.executable, "-c", _TINY_JOB, "1" if verbose else "0"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["success"]
+    lines = report["lines"]
     assert lines[0] == "tiny job" and len(lines) == 2
     assert lines[1].split()[0] == "_tiny" and " s " in lines[1] and lines[1].rstrip().endswith("ok 7, quarantined 2")
-    assert seen["_tiny"] == {"ok": 7, "quarantined": 2}
-    logged = capfd.readouterr().err
-    assert ("STEP_SUCCESS" in logged and "tiny says hello" in logged) is verbose
+    assert report["seen"]["_tiny"] == {"ok": 7, "quarantined": 2}
+    logged = proc.stderr
+    assert ("STEP_SUCCESS" in logged and "tiny says hello" in logged) is verbose, logged[-3000:]
 
 
 @dg.asset
