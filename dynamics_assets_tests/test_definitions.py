@@ -38,7 +38,7 @@ def test_lineage_and_groups():
     assert deps["checkpoint"] == {"sample_plan", "clusters", "reference_model", "checkpoint"}
     assert deps["feedback_plan"] == {"checkpoint", "clusters"}  # of the previous epoch (test_feedback_lineage)
     assert deps["eval_report"] == {"checkpoint", "raw_pairs", "clusters"}
-    assert deps["comparison_report"] == {"eval_report"} and deps["learning_curve"] == {"eval_report"}
+    assert deps["comparison_report"] == {"eval_report", "raw_shards", "clusters"} and deps["learning_curve"] == {"eval_report"}
     groups = {key.to_user_string(): graph.get(key).group_name for key in graph.get_all_asset_keys()}
     assert groups["raw_pairs"] == "raw_data" and groups["pair_embeddings"] == "embeddings"
     assert groups["shard_embeddings"] == "embeddings"

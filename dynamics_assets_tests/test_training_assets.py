@@ -2,6 +2,8 @@
 reports, the learning curve, and MLflow runs that always end."""
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import dagster as dg
@@ -79,6 +81,12 @@ def test_eval_reports_and_learning_curve(trained):
     assert comparison.entries == 2
     md = (Path(comparison.report_dir) / "comparison.md").read_text()
     assert "dynamics-50" in md and "uniform-100" in md and "equal compute" in md
+    # the synthetic pool's structure and the tail's share of every plan (2 recipes × 3 epochs), same version
+    structure = json.loads((Path(comparison.report_dir) / "pool_structure.json").read_text())
+    assert 0 < structure["pool"]["tail_pool_share"] < 1 and 0 < structure["pool"]["purity"] <= 1
+    assert len(structure["plans"]) == 6 and not structure["plans_of_another_pool_version"]
+    assert {r["recipe"] for r in structure["recipes"]} == {"dynamics-50", "uniform-100"}
+    assert all(0 <= r["tail_share"] <= 1 for r in structure["plans"])
     full = results[("uniform-100.s0", "epoch-001")].output_for_node("checkpoint", "checkpoint")
     half = results[("dynamics-50.s0", "epoch-001")].output_for_node("checkpoint", "checkpoint")
     assert full.samples_seen > 1.8 * half.samples_seen, "uniform-100 sees twice the samples"

@@ -12,6 +12,7 @@ and with ``--readme README.md`` between the markers ``<!-- comparison:start -->`
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -43,6 +44,12 @@ def load(root: Path, profile: str) -> tuple[list[dict], Path]:
     return pq.read_table(path).to_pylist(), current
 
 
+def load_structure(report_dir: Path) -> dict | None:
+    """The report's pool_structure.json (None for a report written before it existed)."""
+    path = report_dir / "pool_structure.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def block(root: Path, profiles: list[str], wall_seconds: float | None) -> str:
     lines = [START, "", "<!-- produced by scripts/comparison_table.py from the comparison reports; do not edit -->", ""]
     settings = {}
@@ -51,6 +58,8 @@ def block(root: Path, profiles: list[str], wall_seconds: float | None) -> str:
         if exp.is_file():
             settings[p] = yaml.safe_load(exp.read_text())
     any_exp = next(iter(settings.values()), None)
+    online = {name for exp in settings.values() for name, r in exp.get("recipes", {}).items()
+              if (r.get("training") or {}).get("selection")}  # pick their batches online
     if any_exp:
         first = next(iter(any_exp["recipes"].values()))
         t = first.get("training", {})
@@ -70,11 +79,19 @@ def block(root: Path, profiles: list[str], wall_seconds: float | None) -> str:
                            for s, name in (("train_style", "training style"), ("eval", "held-out style"))
                            if (s, "top1") in u)
         seeds = next((r["seeds"] for r in rows), 0)
+        structure = load_structure(where)
+        tail_of = {t["recipe"]: t for t in structure["recipes"]} if structure else {}
         lines += [f"### Profile `{p}`", "",
-                  f"uniform-100: {styles or 'not run'} (mean of {seeds} seeds; chance = 1/120 = 0.8%).", "",
-                  "| recipe | compute | top-1 % | Δ top-1 [95% CI] | Δ head [95% CI] | Δ tail [95% CI] | "
-                  "MDE top-1 / head / tail | verdict top-1 / head / tail |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  f"uniform-100: {styles or 'not run'} (mean of {seeds} seeds; chance = 1/120 = 0.8%).", ""]
+        if structure:
+            s = structure["pool"]
+            lines += [f"Pool: {s['k']} clusters of {s['n']:,} pairs; the largest 10% of clusters hold {s['top10_share']:.2f} "
+                      f"of them, Gini {s['gini']:.2f}; concept purity {s['purity']:.2f} (NMI {s['nmi']:.2f}); the "
+                      f"{s['n_tail_concepts']} tail concepts hold {100 * s['tail_pool_share']:.1f}% of the pool and are "
+                      f"the majority of {s['tail_majority_clusters']} clusters.", ""]
+        lines += ["| recipe | compute | top-1 % | Δ top-1 [95% CI] | Δ head [95% CI] | Δ tail [95% CI] | "
+                  "MDE top-1 / head / tail | verdict top-1 / head / tail | tail share of plans (× pool) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         held = [r for r in rows if r["eval_set"] == "eval"]
         full = max((r["compute"] for r in held if r["recipe"] == "uniform-100"), default=None) or \
             max(r["compute"] for r in held)
@@ -89,10 +106,14 @@ def block(root: Path, profiles: list[str], wall_seconds: float | None) -> str:
             lines.append("| " + " | ".join([
                 name, f"{t['compute'] / full:.2f}×", f"{100 * t['recipe_mean']:.1f}", cell(t), cell(h), cell(tl),
                 " / ".join(f"{100 * r['mde']:.1f}" for r in (t, h, tl)),
-                " / ".join(_short(r["verdict"]) for r in (t, h, tl))]) + " |")
-        lines += ["", f"Held-out style eval set; Δ in points against uniform at equal compute. Full report: "
+                " / ".join(_short(r["verdict"]) for r in (t, h, tl)),
+                f"{100 * tail_of[name]['tail_share']:.2f}% ({tail_of[name]['ratio_to_pool']:.2f}×)"
+                + (" †" if name in online else "") if name in tail_of else "–"]) + " |")
+        lines += ["", "Held-out style eval set; Δ in points against uniform at equal compute; tail share of plans: "
+                      "the 20% least frequent concepts' share of the pairs each recipe's plans draw (mean over seeds "
+                      "and epochs; † online selectors: share of the candidates their batches are picked from). Full report: "
                       f"`{where.relative_to(root.parent) if where.is_relative_to(root.parent) else where}/statistics.md` "
-                      "(also the training-style set), plots `accuracy_vs_frequency.png`, `tail_vs_compute.png`.", ""]
+                      "(also the training-style set) and `pool_structure.md`, plots `accuracy_vs_frequency.png`, `tail_vs_compute.png`.", ""]
     mde_by = {}
     for m, v in mdes:
         mde_by.setdefault(m, []).append(v)

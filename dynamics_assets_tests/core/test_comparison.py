@@ -143,15 +143,21 @@ def test_readme_block_from_the_statistics_and_between_the_markers(tmp_path):
         _write_outcome(tmp_path / "ev", f"dyn-50.s{s}", 1, 100.0, u | (labels >= 8), labels)
     c = statistical_comparison(collect_outcomes(tmp_path / "ev"), n_boot=200)
     root = tmp_path / "comparison"
-    write_comparison(compare(collect_reports(tmp_path / "ev")), root / "web" / "artifacts" / "comparison_report", c)
+    structure = {"pool": {"k": 10, "n": 200, "top10_share": 0.31, "gini": 0.42, "purity": 0.6, "nmi": 0.5,
+                          "n_tail_concepts": 2, "tail_pool_share": 0.05, "tail_majority_clusters": 1},
+                 "recipes": [{"recipe": "dyn-50", "tail_share": 0.08, "ratio_to_pool": 1.6}]}
+    write_comparison(compare(collect_reports(tmp_path / "ev")), root / "web" / "artifacts" / "comparison_report", c,
+                     texts={"pool_structure.json": json.dumps(structure)})
     table = _script("comparison_table")
     text = table.block(root, ["web"], 125.0)
     assert text.startswith(table.START) and text.rstrip().endswith(table.END)
     assert "| dyn-50 | 1.00× |" in text and "better" in text and "2.1 min" in text
+    assert "largest 10% of clusters hold 0.31" in text and "Gini 0.42" in text and "hold 5.0% of the pool" in text
+    assert "| 8.00% (1.60×) |" in text
     assert "training style" in text and "held-out style" in text
     readme = "# Title\n\nintro\n<!-- comparison:start -->\nold\n<!-- comparison:end -->\n\n## Next\n"
     new = table.replace_block(readme, text)
-    assert "old" not in new and new.startswith("# Title") and new.endswith("## Next\n") and "dyn-50" in new
+    assert "\nold\n" not in new and new.startswith("# Title") and new.endswith("## Next\n") and "dyn-50" in new
     assert table.replace_block("# T\n", text).startswith("# T\n\n" + table.START)
 
 

@@ -149,14 +149,17 @@ def _markdown(rows, s_star, f_star) -> str:
     return "\n".join(lines)
 
 
-def write_comparison(c: Comparison, out_dir: str | Path,
-                     statistics: "StatisticalComparison | None" = None) -> dict[str, Path]:
+def write_comparison(c: Comparison, out_dir: str | Path, statistics: "StatisticalComparison | None" = None,
+                     texts: dict[str, str] | None = None) -> dict[str, Path]:
     """Commit the comparison (PNG, Markdown, JSON) — and, when given, the statistical comparison
-    (``write_statistics``' files) — as one new version of the artefact root ``out_dir``; returns
-    the files inside the committed version."""
+    (``write_statistics``' files) and ``texts`` (file name → content, e.g. the pool structure) — as
+    one new version of the artefact root ``out_dir``; returns the files inside the committed version."""
     with versions.Artefact(out_dir).write() as staging:
         _write_comparison(c, staging.path)
         extra = write_statistics(statistics, staging.path) if statistics is not None else {}
+        for name, text in (texts or {}).items():
+            (staging.path / name).write_text(text)
+            extra[name] = staging.path / name
     paths = {name: staging.version_dir / f"comparison.{ext}" for name, ext in (("png", "png"), ("md", "md"), ("json", "json"))}
     return paths | {name: staging.version_dir / p.name for name, p in extra.items()}
 

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from dynamics_assets.core.records import CheckpointRecord, EvalRecord, PoolClusters, PoolManifest, ReportRecord
+from dynamics_assets.core.records import (CheckpointRecord, EvalRecord, PoolClusters, PoolManifest, RawShards,
+                                          ReportRecord)
 from dynamics_assets.defs.experiments import EXPERIMENTS, partition_dir, recipe_and_epoch, recipe_epoch_partitions
 from dynamics_assets.defs.metadata import md_image, md_table
 from dynamics_assets.defs.partitions import N_EPOCHS
@@ -154,15 +155,18 @@ def learning_curve(context: dg.AssetExecutionContext, storage: StorageResource, 
     return ReportRecord(report_dir=str(paths["png"].parent), entries=len(table))
 
 
-@dg.asset(group_name=GROUP, kinds={"mlflow"}, deps=["eval_report"])
-def comparison_report(context: dg.AssetExecutionContext, storage: StorageResource,
-                      mlflow: MlflowResource) -> ReportRecord:
+@dg.asset(group_name=GROUP, kinds={"mlflow", "duckdb"}, deps=["eval_report"])
+def comparison_report(context: dg.AssetExecutionContext, storage: StorageResource, mlflow: MlflowResource,
+                      raw_shards: RawShards, clusters: PoolClusters) -> ReportRecord:
     """Every recipe side by side at equal samples seen and equal compute: overall, head and
     tail accuracy (mean ± spread over seeds), as Markdown and PNG; and, when the eval reports
     carry per-image outcomes and a uniform recipe was run, every recipe against uniform at equal
     compute: paired differences with 95% intervals (bootstrap over seeds and eval images), the
     minimum detectable effect and a verdict (statistics.md / .parquet / .csv), accuracy against
-    concept frequency per recipe and tail accuracy against compute (PNG)."""
+    concept frequency per recipe and tail accuracy against compute (PNG). On a synthetic pool, also
+    the pool's structure against the generator's concepts (cluster-size share of the largest 10%,
+    Gini, purity, NMI, the tail's share of the pool) and the tail's share of every recipe's plans
+    (pool_structure.md / .json)."""
     from dynamics_assets.core.evaluate.comparison import (collect_outcomes, collect_reports, compare,
                                                           statistical_comparison, write_comparison)
 
@@ -180,7 +184,8 @@ def comparison_report(context: dg.AssetExecutionContext, storage: StorageResourc
     except ValueError as e:  # e.g. no uniform recipe evaluated: the statistics are left out, said why
         why_not = str(e)
     out = storage.layout.artifact("comparison_report")
-    paths = write_comparison(comparison, out, statistics)
+    structure_meta, texts = _pool_structure(raw_shards, clusters, storage, order)
+    paths = write_comparison(comparison, out, statistics, texts=texts)
     with mlflow.start_run(context, run_name="comparison report") as run:
         for path in paths.values():
             run.log_artifact(path)
@@ -205,15 +210,33 @@ def comparison_report(context: dg.AssetExecutionContext, storage: StorageResourc
                  f"[{100 * r['ci_low']:+.1f}, {100 * r['ci_high']:+.1f}]", f"{100 * r['mde']:.1f}", r["verdict"]]
                 for r in statistics.rows], max_rows=300),
         }
-        meta |= _pool_structure_metadata()
     else:
         meta["statistics"] = f"not computed: {why_not}"
-    context.add_output_metadata(meta)
+    context.add_output_metadata(meta | structure_meta)
     return ReportRecord(report_dir=str(paths["png"].parent), entries=len(comparison.rows))
 
 
-def _pool_structure_metadata() -> dict:
-    """Hook for the pool's structure figures (core/evaluate/pool_structure.py: cluster-size share of
-    the largest 10%, Gini, purity, tail share of pool and plans): shown here once a pool-structure
-    asset records them; nothing yet."""
-    return {}
+def _pool_structure(raw_shards: RawShards, clusters: PoolClusters, storage: StorageResource,
+                    order: list[str]) -> tuple[dict, dict[str, str]]:
+    """The pool's structure and the tail's share of every plan (core/evaluate/pool_structure.py):
+    metadata, and the files committed with the comparison (pool_structure.md / .json); a pool
+    without the generator's ground truth says so."""
+    import json
+
+    from dynamics_assets.core.evaluate import pool_structure as ps
+
+    concepts = Path(raw_shards.eval_dir or "") / "concepts.parquet"
+    if not raw_shards.ground_truth or not Path(raw_shards.ground_truth).is_file() or not concepts.is_file():
+        return {"pool_structure": "not measured: the pool has no ground-truth concepts (only the synthetic generator's do)"}, {}
+    pool = ps.measure_pool(raw_shards.ground_truth, str(concepts), clusters.manifest_dir,
+                           str(Path(clusters.clusters_dir) / "assignments.parquet"), clusters.k)
+    rows, other_pool = ps.plan_tail_rows(storage.layout.artifact("sample_plan"), pool,
+                                         storage.layout.artifact("feedback_plan"), pool_version=clusters.pool_version)
+    online = {r.name for r in EXPERIMENTS.recipes.values() if r.training.get("selection")}
+    markdown, table = ps.structure_markdown(pool, rows, recipe_order=order, online=online, other_pool=len(other_pool))
+    texts = {"pool_structure.md": markdown,
+             "pool_structure.json": json.dumps({"pool": pool.structure.as_dict(), "recipes": table, "plans": rows,
+                                                      "plans_of_another_pool_version": other_pool}, indent=1)}
+    s = pool.structure
+    return {"pool_structure": dg.MetadataValue.md(markdown), "top10_cluster_share": s.top10_share,
+            "cluster_size_gini": s.gini, "concept_purity": s.purity, "tail_pool_share": s.tail_pool_share}, texts
