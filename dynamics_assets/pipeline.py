@@ -17,6 +17,7 @@ Dagster's own event log lines and its beta / preview / deprecation warnings show
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
 import os
 import sys
@@ -119,8 +120,14 @@ def recipe_keys(requested: Sequence[str] | None, experiments) -> list[str]:
 
 
 def configure_output(verbose: bool, progress: bool = True) -> None:
-    """Warnings filters and the progress switch for this process."""
-    if not verbose:
+    """Warnings filters, the progress switch and (verbose) Dagster's log-tail wait for this process."""
+    if verbose:
+        # Dagster's console lines of a run's steps reach the terminal through its compute-log
+        # capture (a file and `tail -F`, which polls once a second when no inotify instance is
+        # left, as in a long test session): give the tail two seconds after the
+        # steps end so the last lines are not lost (dagster-io/dagster#23336); once per run
+        os.environ.setdefault("DAGSTER_COMPUTE_LOG_TAIL_WAIT_AFTER_FINISH", "2")
+    else:
         from dagster import BetaWarning, PreviewWarning, SupersessionWarning
 
         for category in (BetaWarning, PreviewWarning, SupersessionWarning):
@@ -281,11 +288,31 @@ def _root_cause(error: Any) -> str:
     return lines[0] if lines else ""
 
 
+_CONSOLE: TextIO | None = None
+
+
+def console() -> TextIO:
+    """This process's standard output as it is now, on its own file descriptor. While a run's steps
+    execute, Dagster's compute-log capture points fd 1 and 2 at a file and copies it back to the
+    terminal with ``tail -F``, which can lose the last lines when the capture ends
+    (dagster-io/dagster#23336); the step lines written here bypass it."""
+    global _CONSOLE
+    if _CONSOLE is None:
+        try:
+            sys.stdout.flush()
+            _CONSOLE = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1, encoding="utf-8")
+            atexit.register(_CONSOLE.close)
+        except (AttributeError, OSError, ValueError):  # no real file descriptor (e.g. a captured stream)
+            _CONSOLE = sys.stdout
+    return _CONSOLE
+
+
 def execute(job: "dg.JobDefinition", instance: "dg.DagsterInstance", *, verbose: bool, title: str,
-            out: TextIO = sys.stdout, seen: dict[str, dict[str, Any]] | None = None,
+            out: TextIO | None = None, seen: dict[str, dict[str, Any]] | None = None,
             ops: Mapping[str, Any] | None = None, **kwargs: Any) -> "dg.ExecuteInProcessResult":
     """``job.execute_in_process`` in ``instance``, a title line, then one line per finished step
     (``seen`` collects each materialised asset's metadata)."""
+    out = console() if out is None else out
     print(title, file=out, flush=True)
     run_id = str(uuid.uuid4())
     instance.add_event_listener(run_id, StepReporter(out, seen=seen))

@@ -60,10 +60,11 @@ def test_verbose_switches_log_level():
     assert pipeline.run_config(False) == {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
-# Run in a fresh interpreter, as the command runs: the console logger's output must not depend on
-# what earlier tests left in this process (a full-suite CI run once lost the step lines here).
+# Run in a fresh interpreter, as the command runs, with the process's real stdout / stderr: the
+# step lines and Dagster's console lines pass Dagster's compute-log capture (fd 1 and 2 pointed at a
+# file, copied back by `tail -F`), which once lost the STEP_SUCCESS line of a full-suite CI run.
 _TINY_JOB = """
-import io, json, sys
+import json, sys
 import dagster as dg
 from dynamics_assets import pipeline
 
@@ -72,27 +73,63 @@ def _tiny(context) -> dg.MaterializeResult:
     context.log.info("tiny says hello")
     return dg.MaterializeResult(metadata={"ok": 7, "quarantined": 2})
 
+verbose = sys.argv[1] == "1"
+pipeline.configure_output(verbose, progress=False)
 job = dg.Definitions(assets=[_tiny], jobs=[dg.define_asset_job("tiny", selection=[_tiny])]).resolve_job_def("tiny")
-out, seen = io.StringIO(), {}
+seen = {}
 with dg.instance_for_test() as instance:
-    result = pipeline.execute(job, instance, verbose=sys.argv[1] == "1", title="tiny job", out=out, seen=seen)
-print(json.dumps({"success": result.success, "lines": out.getvalue().splitlines(), "seen": seen}))
+    result = pipeline.execute(job, instance, verbose=verbose, title="tiny job", seen=seen)
+print(json.dumps({"success": result.success, "seen": seen}), flush=True)
+"""
+
+
+# Holds every inotify instance this user may open, so that `tail -F` falls back to polling once a
+# second — the state a long test session reached when CI lost the last step's console lines.
+_HOLD_INOTIFY = """
+import ctypes, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+held = 0
+while libc.inotify_init() >= 0:
+    held += 1
+print(held, flush=True)
+time.sleep(600)
 """
 
 
 @pytest.mark.parametrize("verbose", [False, True])
-def test_step_lines_and_dagster_log_level(verbose):
-    proc = subprocess.run([sys.executable, "-c", _TINY_JOB, "1" if verbose else "0"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+@pytest.mark.parametrize("inotify", ["free", "exhausted"])
+def test_step_lines_and_dagster_log_level(verbose, inotify):
+    env = {k: v for k, v in os.environ.items() if k != "DAGSTER_COMPUTE_LOG_TAIL_WAIT_AFTER_FINISH"}
+    hog = None
+    if inotify == "exhausted":
+        if not sys.platform.startswith("linux"):
+            pytest.skip("inotify is Linux's")
+        hog = subprocess.Popen([sys.executable, "-c", _HOLD_INOTIFY], stdout=subprocess.PIPE, text=True)
+    try:
+        if hog is not None:
+            assert int(hog.stdout.readline()) >= 0
+        proc = subprocess.run([sys.executable, "-c", _TINY_JOB, "1" if verbose else "0"], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=300)
+    finally:
+        if hog is not None:
+            hog.kill()
+            hog.wait()
     assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert report["success"]
-    lines = report["lines"]
-    assert lines[0] == "tiny job" and len(lines) == 2
+    *lines, last = proc.stdout.strip().splitlines()
+    report = json.loads(last)
+    assert report["success"] and report["seen"]["_tiny"] == {"ok": 7, "quarantined": 2}
+    assert lines[0] == "tiny job" and len(lines) == 2, proc.stdout
     assert lines[1].split()[0] == "_tiny" and " s " in lines[1] and lines[1].rstrip().endswith("ok 7, quarantined 2")
-    assert report["seen"]["_tiny"] == {"ok": 7, "quarantined": 2}
     logged = proc.stderr
+    # the run's own events are logged outside the capture; the step's pass through it
+    assert ("RUN_START" in logged and "RUN_SUCCESS" in logged) is verbose, logged[-3000:]
     assert ("STEP_SUCCESS" in logged and "tiny says hello" in logged) is verbose, logged[-3000:]
+
+
+def test_step_lines_go_to_their_own_descriptor():
+    out = pipeline.console()
+    assert out is sys.stdout or out.fileno() != sys.stdout.fileno()
+    assert pipeline.console() is out
 
 
 @dg.asset
