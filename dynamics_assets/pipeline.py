@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="train_epoch without its exports (datacomp_subset, webdataset_export): plan, "
                              "checkpoint, eval report only (the benchmark comparison)")
     parser.add_argument("-v", "--verbose", action="store_true",
-                        help="Dagster's event log (DEBUG) and its beta/preview/deprecation warnings")
+                        help="Dagster's event log (DEBUG) and its beta/preview/deprecation warnings; each run "
+                             "ends 2 s later so that its last step lines reach the console")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
