@@ -51,7 +51,7 @@ from dynamics_assets.core.model.clip import autocast_for, create_model, read_che
 from dynamics_assets.core.model.flops import forward_flops, forward_flops_per_pair
 from dynamics_assets.core.sample import read_plan
 from dynamics_assets.core.train.loader import PairBatches
-from dynamics_assets.core.train.loop import TrainState, _clip_loss, make_optimizer, optimizer_step, train_steps
+from dynamics_assets.core.train.loop import TrainState, train_steps
 
 if TYPE_CHECKING:
     from dynamics_assets.core.train.epoch import EpochJob
@@ -136,14 +136,39 @@ def super_clusters(features: np.ndarray, k: int, seed: int) -> tuple[np.ndarray,
     return np.argmax(x @ centroids.T, axis=1).astype(np.int64), centroids.astype(np.float32)
 
 
-def _metrics(job: "EpochJob", started: float, *, device: str, state: TrainState, samples_seen: int, before: int,
+def _start(job: "EpochJob") -> tuple[float, str, str, Any, torch.nn.Module, Any, dict[str, Any]]:
+    """(start time, device, precision, plan, the previous checkpoint's model, its preprocess, the
+    checkpoint): what both phases begin with."""
+    from dynamics_assets.core.model.devices import resolve_device, resolve_precision
+    from dynamics_assets.core.train.epoch import checkpoint_file
+
+    started = time.perf_counter()
+    device = resolve_device(job.device)
+    model, preprocess, ckpt = _load(job, checkpoint_file(job.previous_checkpoint), device)
+    return started, device, resolve_precision(job.precision, device), read_plan(job.plan_dir), model, preprocess, ckpt
+
+
+def _metrics(job: "EpochJob", started: float, *, device: str, state: TrainState, before: int,
              scoring_flops: int, previous_extra: dict[str, Any], steps: int, **extra: Any) -> dict[str, Any]:
     seconds = time.perf_counter() - started
     return {"ranks_in_sync": True, "epoch": job.epoch, "steps": steps, "global_step": state.step,
-            "samples_seen": samples_seen, "epoch_samples": samples_seen - before, "final_loss": state.last_loss,
-            "seconds": seconds, "device": device, "world_size": 1, "device_seconds": seconds, "resumed_at_step": 0,
-            "precision": job.precision, "scoring_flops": scoring_flops,
+            "samples_seen": state.samples_seen, "epoch_samples": state.samples_seen - before,
+            "final_loss": state.last_loss, "seconds": seconds, "device": device, "world_size": 1,
+            "device_seconds": seconds, "resumed_at_step": 0, "precision": job.precision, "scoring_flops": scoring_flops,
             "scoring_flops_total": int(previous_extra.get("scoring_flops_total", 0)) + scoring_flops, **extra}
+
+
+def _save(job: "EpochJob", work_dir: Path, model: torch.nn.Module, state: TrainState, metrics: dict[str, Any],
+          optimizer: dict[str, Any], **lists: list[int]) -> dict[str, Any]:
+    """``checkpoint.pt`` of the phase (its metrics, with ``lists``, in the checkpoint's extra); the metrics."""
+    from dynamics_assets.core.train.epoch import CHECKPOINT_NAME
+
+    metrics.update(lists)
+    save_checkpoint(work_dir / CHECKPOINT_NAME, model, model_name=job.model_name, epoch=job.epoch, step=state.step,
+                    samples_seen=state.samples_seen, optimizer=optimizer,
+                    extra={"last_loss": state.last_loss, "job": asdict(job), **lists,
+                           **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}})
+    return metrics
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,14 +176,9 @@ def _metrics(job: "EpochJob", started: float, *, device: str, state: TrainState,
 # ---------------------------------------------------------------------------------------------
 
 def _divide(job: "EpochJob", work_dir: Path, on_step) -> dict[str, Any]:
-    from dynamics_assets.core.model.devices import resolve_device, resolve_precision
-    from dynamics_assets.core.train.epoch import CHECKPOINT_NAME, checkpoint_file, steps_per_epoch, train_config
+    from dynamics_assets.core.train.epoch import steps_per_epoch, train_config
 
-    started = time.perf_counter()
-    device = resolve_device(job.device)
-    precision = resolve_precision(job.precision, device)
-    plan = read_plan(job.plan_dir)
-    base, preprocess, ckpt = _load(job, checkpoint_file(job.previous_checkpoint), device)
+    started, device, precision, plan, base, preprocess, ckpt = _start(job)
     collate_fn = _collate_fn(job, preprocess)
     base.eval()
 
@@ -207,15 +227,10 @@ def _divide(job: "EpochJob", work_dir: Path, on_step) -> dict[str, Any]:
     steps = steps_per_epoch(plan.size, job.batch_size, 1)
     state = TrainState(step=int(ckpt["step"]) + steps, samples_seen=samples_seen,
                        last_loss=float(np.average(final_losses, weights=expert_samples)))
-    metrics = _metrics(job, started, device=device, state=state, samples_seen=samples_seen, before=before,
-                       scoring_flops=embed_flops, previous_extra=ckpt["extra"], steps=steps,
-                       dnc_phase="divide", dnc_samples_embedded=len(ids))
-    metrics["dnc_expert_samples"] = [int(s) for s in expert_samples]
-    save_checkpoint(work_dir / CHECKPOINT_NAME, base, model_name=job.model_name, epoch=job.epoch, step=state.step,
-                    samples_seen=samples_seen, optimizer=ckpt["optimizer"],
-                    extra={"last_loss": state.last_loss, "job": asdict(job), "dnc_expert_samples": metrics["dnc_expert_samples"],
-                           **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}})
-    return metrics
+    metrics = _metrics(job, started, device=device, state=state, before=before, scoring_flops=embed_flops,
+                       previous_extra=ckpt["extra"], steps=steps, dnc_phase="divide", dnc_samples_embedded=len(ids))
+    return _save(job, work_dir, base, state, metrics, ckpt["optimizer"],
+                 dnc_expert_samples=[int(s) for s in expert_samples])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -243,45 +258,21 @@ def _experts_dir(job: "EpochJob", previous_extra: dict[str, Any]) -> Path:
 
 
 def _distil(job: "EpochJob", work_dir: Path, on_step) -> dict[str, Any]:
-    from open_clip_train.scheduler import cosine_lr
+    from dynamics_assets.core.train.epoch import CHECKPOINT_NAME, train_config
 
-    from dynamics_assets.core.model.devices import resolve_device, resolve_precision
-    from dynamics_assets.core.train.epoch import CHECKPOINT_NAME, checkpoint_file, train_config
-
-    started = time.perf_counter()
-    device = resolve_device(job.device)
-    precision = resolve_precision(job.precision, device)
-    plan = read_plan(job.plan_dir)
-    student, preprocess, ckpt = _load(job, checkpoint_file(job.previous_checkpoint), device)
+    started, device, precision, plan, student, preprocess, ckpt = _start(job)
     experts_dir = _experts_dir(job, ckpt["extra"])
     # the base (teacher) = the epoch-2 checkpoint (the base itself); a later epoch's previous is a student
-    base_path = experts_dir / CHECKPOINT_NAME
-    base = _load(job, base_path, device)[0].eval()
+    base = _load(job, experts_dir / CHECKPOINT_NAME, device)[0].eval()
     centroids = torch.from_numpy(np.load(experts_dir / SUPER_CLUSTERS_NAME)["centroids"]).to(device)
     experts = [_load(job, experts_dir / EXPERT_NAME.format(k=k), device)[0].eval() for k in range(len(centroids))]
     for teacher in (base, *experts):
         teacher.requires_grad_(False)
-    teacher_flops = 2 * _pair_flops(base)  # base + one expert, image + text, per pair
-
-    cfg = train_config(job, plan.size, 1, device)
-    collate_fn = _collate_fn(job, preprocess)
-    batches = PairBatches(Path(job.manifest_dir), Path(job.shards_dir), (job.seed, job.epoch, 0), job.batch_size,
-                          job.buffer_size, indices=plan.indices, counts=plan.multiplicity, keep_last=True)
-    torch.manual_seed(cfg.seed)
-    student.to(device).train()
-    optimizer = make_optimizer(student, cfg)
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
-    set_lr = cosine_lr(optimizer, cfg.lr, cfg.warmup_steps, cfg.total_steps)
-    loss_fn = _clip_loss()
-    before = int(ckpt["samples_seen"])
-    state = TrainState(step=int(ckpt["step"]), samples_seen=before)
-    start_step, distilled = state.step, 0
     counts = np.zeros(len(centroids), dtype=np.int64)
-    dev = torch.device(device)
-    for _, images, tokens in _indexed_batches(batches, collate_fn):
-        images, tokens = images.to(device), tokens.to(device)
-        with torch.no_grad(), autocast_for(dev, precision):
+
+    def distil(images, tokens, x, y):
+        """λ × the distillation term onto the base and the sample's expert (their forwards frozen)."""
+        with torch.no_grad():
             bx, by = base.encode_image(images), base.encode_text(tokens)
             which = (torch.nn.functional.normalize(bx.float(), dim=-1) @ centroids.T).argmax(dim=1)
             ex, ey = torch.empty_like(bx), torch.empty_like(by)
@@ -289,30 +280,20 @@ def _distil(job: "EpochJob", work_dir: Path, on_step) -> dict[str, Any]:
                 rows = which == k
                 ex[rows] = experts[k].encode_image(images[rows]).to(ex.dtype)
                 ey[rows] = experts[k].encode_text(tokens[rows]).to(ey.dtype)
-        counts += np.bincount(which.cpu().numpy(), minlength=len(centroids))
-        lr = set_lr(min(state.step, cfg.total_steps))
-        with autocast_for(dev, precision):
-            x, y, logit_scale = student(images, tokens)[:3]
-            clip = loss_fn(x, y, logit_scale)
-            distil = distillation_loss((x.float(), y.float()), [(bx.float(), by.float()), (ex.float(), ey.float())])
-            loss = clip + job.dnc_weight * distil
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss {loss.item()} at step {state.step}")
-        optimizer_step(loss, student, student, optimizer, scaler, cfg.grad_clip_norm)
-        state.step += 1
-        state.samples_seen += len(images)
-        distilled += len(images)
-        state.last_loss = clip.item()
-        if on_step is not None:
-            on_step(state.step, {"loss": state.last_loss, "distil_loss": distil.item(), "lr": lr,
-                                 "samples_seen": state.samples_seen})
-    metrics = _metrics(job, started, device=device, state=state, samples_seen=state.samples_seen, before=before,
-                       scoring_flops=distilled * teacher_flops, previous_extra=ckpt["extra"], steps=state.step - start_step,
-                       dnc_phase="distil", dnc_experts_dir=str(experts_dir))
-    metrics["dnc_samples_per_expert"] = counts.tolist()
-    save_checkpoint(work_dir / CHECKPOINT_NAME, student, model_name=job.model_name, epoch=job.epoch, step=state.step,
-                    samples_seen=state.samples_seen, optimizer=optimizer,
-                    extra={"last_loss": state.last_loss, "job": asdict(job),
-                           "dnc_samples_per_expert": metrics["dnc_samples_per_expert"],
-                           **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}})
-    return metrics
+        counts[:] += np.bincount(which.cpu().numpy(), minlength=len(centroids))
+        term = distillation_loss((x.float(), y.float()), [(bx.float(), by.float()), (ex.float(), ey.float())])
+        return job.dnc_weight * term, {"distil_loss": term.item()}
+
+    batches = PairBatches(Path(job.manifest_dir), Path(job.shards_dir), (job.seed, job.epoch, 0), job.batch_size,
+                          job.buffer_size, indices=plan.indices, counts=plan.multiplicity, keep_last=True)
+    before = int(ckpt["samples_seen"])
+    state = TrainState(step=int(ckpt["step"]), samples_seen=before, optimizer=ckpt["optimizer"])
+    start_step = state.step
+    state = train_steps(student, (b for _, *b in _indexed_batches(batches, _collate_fn(job, preprocess))),
+                        train_config(job, plan.size, 1, device), state=state, model_name=job.model_name,
+                        on_step=on_step, progress=lambda *_: None, extra_loss=distil)
+    teacher_flops = 2 * _pair_flops(base)  # base + one expert, image + text, per pair
+    metrics = _metrics(job, started, device=device, state=state, before=before,
+                       scoring_flops=(state.samples_seen - before) * teacher_flops, previous_extra=ckpt["extra"],
+                       steps=state.step - start_step, dnc_phase="distil", dnc_experts_dir=str(experts_dir))
+    return _save(job, work_dir, student, state, metrics, state.optimizer, dnc_samples_per_expert=counts.tolist())

@@ -184,6 +184,8 @@ def train_steps(
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     progress: Progress | None = None,
     on_example_losses: Callable[[torch.Tensor], None] | None = None,
+    extra_loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+                         tuple[torch.Tensor, dict[str, float]]] | None = None,
 ) -> TrainState:
     """One optimiser step per ``(images, tokens)`` batch, continuing from ``state``.
 
@@ -193,6 +195,9 @@ def train_steps(
     called with ``(global step, cfg.total_steps)`` after each step (default: ``io.progress.bar``).
     ``on_example_losses`` gets every batch's per-example CLIP losses (detached, float32, this
     process's batch: ``online_selection.per_example_softmax_losses``) — no extra forward pass.
+    ``extra_loss(images, tokens, image_features, text_features)`` → ``(term, logs)``: a term added
+    to the CLIP loss (e.g. Divide and Contrast's distillation), its figures added to ``on_step``'s;
+    ``state.last_loss`` stays the CLIP loss.
     """
     device = torch.device(resolve_device(cfg.device))
     core = getattr(model, "module", model)  # the open_clip model inside a DDP wrapper
@@ -216,9 +221,14 @@ def train_steps(
 
     for images, tokens in batches:
         lr = set_lr(min(state.step, cfg.total_steps))
+        images, tokens = images.to(device), tokens.to(device)
+        extra_logs: dict[str, float] = {}
         with autocast_for(device, precision):
-            image_features, text_features, logit_scale = model(images.to(device), tokens.to(device))[:3]
-            loss = loss_fn(image_features, text_features, logit_scale)
+            image_features, text_features, logit_scale = model(images, tokens)[:3]
+            loss = clip_loss = loss_fn(image_features, text_features, logit_scale)
+            if extra_loss is not None:
+                term, extra_logs = extra_loss(images, tokens, image_features, text_features)
+                loss = clip_loss + term
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss {loss.item()} at step {state.step}")
         if on_example_losses is not None:
@@ -227,12 +237,12 @@ def train_steps(
         optimizer_step(loss, model, core, optimizer, scaler, cfg.grad_clip_norm)
         state.step += 1
         state.samples_seen += len(images)
-        state.last_loss = loss.item()
+        state.last_loss = clip_loss.item()
         if step_checkpoint_path is not None and every and state.step % every == 0:
             _save_step_checkpoint(Path(step_checkpoint_path), core, optimizer, scaler, state, cfg, model_name)
         if on_step is not None:
             on_step(state.step, {"loss": state.last_loss, "lr": lr, "samples_seen": state.samples_seen,
-                                 "logit_scale": logit_scale.item()})
+                                 "logit_scale": logit_scale.item(), **extra_logs})
         if progress is not None:
             progress(state.step, cfg.total_steps)
 
