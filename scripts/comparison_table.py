@@ -58,8 +58,6 @@ def block(root: Path, profiles: list[str], wall_seconds: float | None) -> str:
         if exp.is_file():
             settings[p] = yaml.safe_load(exp.read_text())
     any_exp = next(iter(settings.values()), None)
-    online = {name for exp in settings.values() for name, r in exp.get("recipes", {}).items()
-              if (r.get("training") or {}).get("selection")}  # pick their batches online
     if any_exp:
         first = next(iter(any_exp["recipes"].values()))
         t = first.get("training", {})
@@ -108,7 +106,7 @@ def block(root: Path, profiles: list[str], wall_seconds: float | None) -> str:
                 " / ".join(f"{100 * r['mde']:.1f}" for r in (t, h, tl)),
                 " / ".join(_short(r["verdict"]) for r in (t, h, tl)),
                 f"{100 * tail_of[name]['tail_share']:.2f}% ({tail_of[name]['ratio_to_pool']:.2f}×)"
-                + (" †" if name in online else "") if name in tail_of else "–"]) + " |")
+                + (" †" if tail_of[name].get("online") else "") if name in tail_of else "–"]) + " |")
         lines += ["", "Held-out style eval set; Δ in points against uniform at equal compute; tail share of plans: "
                       "the 20% least frequent concepts' share of the pairs each recipe's plans draw (mean over seeds "
                       "and epochs; † online selectors: share of the candidates their batches are picked from). Full report: "

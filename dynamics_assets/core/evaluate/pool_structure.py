@@ -66,14 +66,19 @@ def tail_concepts(frequencies: np.ndarray, fraction: float = TAIL_FRACTION) -> n
 
 def plan_tail_share(plan_concepts: np.ndarray, tail: np.ndarray, multiplicity: np.ndarray | None = None) -> float:
     """Share of a plan's draws (``multiplicity`` per entry, default 1) whose concept is a tail concept."""
+    tail_draws, total = _tail_draws(plan_concepts, tail, multiplicity)
+    return tail_draws / total if total else 0.0
+
+
+def _tail_draws(plan_concepts: np.ndarray, tail: np.ndarray, multiplicity: np.ndarray | None) -> tuple[int, int]:
+    """(draws of a tail concept, all draws) of plan entries (one chunk of a plan, or all of it)."""
     plan_concepts = np.asarray(plan_concepts, dtype=np.int64)
-    weights = np.ones(len(plan_concepts)) if multiplicity is None else np.asarray(multiplicity, dtype=np.float64)
+    weights = np.ones(len(plan_concepts), np.int64) if multiplicity is None else np.asarray(multiplicity, dtype=np.int64)
     if len(weights) != len(plan_concepts):
         raise ValueError(f"multiplicity has {len(weights)} entries, the plan {len(plan_concepts)}")
     if (weights < 0).any():
         raise ValueError("multiplicity must be non-negative")
-    total = weights.sum()
-    return float((weights * tail[plan_concepts]).sum() / total) if total else 0.0
+    return int((weights * tail[plan_concepts]).sum()), int(weights.sum())
 
 
 class Contingency:
@@ -233,23 +238,19 @@ def measure_pool(ground_truth: str, concepts: str, manifest_dir: str, assignment
                         tail_concepts(frequencies, tail_fraction))
 
 
-def plan_tail_share_of(plan_dir, pool: PoolConcepts, chunk: int = 1 << 22) -> float:
-    """Tail share of one plan (a plan version directory or artefact root), read memory-mapped in
-    chunks. A plan index outside the assignment is an error (the plan is of another pool)."""
-    from dynamics_assets.core.sample.plan_io import read_plan
-
-    plan = read_plan(plan_dir, mmap=True)
+def plan_tail_share_of(plan, pool: PoolConcepts, where: str = "plan", chunk: int = 1 << 22) -> float:
+    """Tail share of one ``Plan`` (e.g. ``read_plan(..., mmap=True)``), in chunks. A plan index
+    outside the assignment is an error (a plan of another pool), naming ``where``."""
     tail_draws = total = 0
     for start in range(0, len(plan.indices), chunk):
         idx = np.asarray(plan.indices[start:start + chunk], dtype=np.int64)
-        mult = np.asarray(plan.multiplicity[start:start + chunk], dtype=np.int64)
         if len(idx) and idx.max() >= len(pool.concept_of_index):
-            raise ValueError(f"{plan_dir}: index {idx.max()} beyond the pool's {len(pool.concept_of_index)} samples")
+            raise ValueError(f"{where}: index {idx.max()} beyond the pool's {len(pool.concept_of_index)} samples")
         concept = pool.concept_of_index[idx]
         if (concept < 0).any():
-            raise ValueError(f"{plan_dir}: {(concept < 0).sum()} plan indices are not in the cluster assignment")
-        tail_draws += int((mult * pool.tail[concept]).sum())
-        total += int(mult.sum())
+            raise ValueError(f"{where}: {(concept < 0).sum()} plan indices are not in the cluster assignment")
+        draws = _tail_draws(concept, pool.tail, plan.multiplicity[start:start + chunk])
+        tail_draws, total = tail_draws + draws[0], total + draws[1]
     return tail_draws / total if total else 0.0
 
 
@@ -260,9 +261,8 @@ def plan_tail_rows(sample_plan_root, pool: PoolConcepts, feedback_plan_root=None
     one instead of its ``sample_plan``. With ``pool_version``, a plan drawn from another version of
     the clustered pool (before a re-curation: its indices count another pool) is not measured but
     returned in the second list (its directory)."""
-    import json
-
     from dynamics_assets.core.io import versions
+    from dynamics_assets.core.sample.plan_io import read_plan
 
     rows, other_pool = [], []
     for plan_dir in sorted(Path(sample_plan_root).glob("*/epoch-*")):
@@ -276,13 +276,12 @@ def plan_tail_rows(sample_plan_root, pool: PoolConcepts, feedback_plan_root=None
                 plan_dir, source = feedback, "feedback_plan"
         if versions.Artefact(plan_dir).current() is None and not (plan_dir / "indices.npy").is_file():
             continue
-        if pool_version is not None:
-            meta = json.loads((versions.resolve(plan_dir) / "plan.json").read_text())
-            if meta.get("pool_version") not in (None, pool_version):
-                other_pool.append(str(plan_dir))
-                continue
+        plan = read_plan(plan_dir, mmap=True)
+        if pool_version is not None and plan.meta.get("pool_version") not in (None, pool_version):
+            other_pool.append(str(plan_dir))
+            continue
         rows.append({"recipe": name, "seed": int(seed), "epoch": int(plan_dir.name.split("-")[-1]),
-                     "plan": source, "tail_share": plan_tail_share_of(plan_dir, pool)})
+                     "plan": source, "tail_share": plan_tail_share_of(plan, pool, str(plan_dir))})
     return rows, other_pool
 
 
@@ -307,12 +306,12 @@ def structure_markdown(pool: PoolConcepts, rows: list[dict], recipe_order: list[
         table.append({"recipe": name, "plans": len(shares), "tail_share": float(shares.mean()),
                       "min": float(shares.min()), "max": float(shares.max()),
                       "ratio_to_pool": float(shares.mean() / s.tail_pool_share) if s.tail_pool_share else float("nan"),
-                      "plan": "+".join(sorted({r["plan"] for r in by[name]}))})
+                      "plan": "+".join(sorted({r["plan"] for r in by[name]})), "online": name in online})
     if table:
         lines += ["## Tail concepts' share of each recipe's plans", "",
                   "| recipe | plans (seeds × epochs) | tail share (mean) | range | × pool's share | plan read |",
                   "|---|---|---|---|---|---|"]
-        lines += [f"| {t['recipe']}{' †' if t['recipe'] in online else ''} | {t['plans']} | {t['tail_share']:.3f} | "
+        lines += [f"| {t['recipe']}{' †' if t['online'] else ''} | {t['plans']} | {t['tail_share']:.3f} | "
                   f"{t['min']:.3f}–{t['max']:.3f} | {t['ratio_to_pool']:.2f} | {t['plan']} |" for t in table]
         lines.append("")
         if online & set(by):
