@@ -158,3 +158,17 @@ def test_rows_that_left_the_manifest_are_dropped_without_encoding(encoder, pool)
 
     again = embed_shards(encoder, manifest_dir, shards_dir, root, batch_size=8)
     assert (again.shards_subset, again.shards_embedded, again.shards_skipped) == (0, 0, 3)
+
+
+def test_another_pool_in_the_same_root_keeps_none_of_the_old_pools_shards(encoder, pool, tmp_path):
+    # the README's order: the default pool, then the user's own, in one data root
+    manifest_dir, shards_dir, _, out = pool
+    first = embed_shards(encoder, manifest_dir, shards_dir, out, batch_size=8)
+    assert sorted(d.name for d in Path(first.version_dir).iterdir() if d.is_dir()) == STEMS
+    other_manifest, other_shards, other_ids = write_pool(tmp_path / "other", [5], seed=1)
+    second = embed_shards(encoder, other_manifest, other_shards, out, batch_size=8)
+    assert sorted(d.name for d in Path(second.version_dir).iterdir() if d.is_dir()) == ["shard-000"]
+    rows = np.load(Path(second.version_dir) / "shard-000" / "sample_id.npy")
+    assert len(rows) == len(other_ids)
+    verify(second.version_dir)
+    assert sorted(d.name for d in Path(first.version_dir).iterdir() if d.is_dir()) == STEMS, "the old version stays"

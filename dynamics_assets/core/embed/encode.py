@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from collections import deque
 from concurrent.futures import Executor
@@ -118,6 +119,12 @@ def embed_shards(
     art = versions.Artefact(out_dir, "embeddings")
     with art.write(base=art.current(), resume=True, keep_on_error=True,
                    refs=versions.pinned(manifest=manifest_dir)) as staging:
+        # the previous version's shards are the base; those not in this manifest (another pool,
+        # embedded before in this data root) are not this version's
+        pool_stems = {s.stem for s in pool_shards(manifest_dir)}
+        for stale in [d for d in staging.path.iterdir() if d.is_dir() and not d.name.startswith((".", "_"))
+                      and d.name not in pool_stems]:
+            shutil.rmtree(stale)
         to_embed: list[tuple[PoolShard, np.ndarray]] = []
         for shard in todo:  # shards already embedded (or whose rows are a subset of stored ones)
             dest = staging.path / shard.stem
