@@ -42,8 +42,8 @@ def test_a_pool_of_embeddings_is_curated_and_planned(tmp_path, layout):
     from dynamics_assets.core.export.datacomp import read_subset
 
     subset = read_subset(plan.output_for_node("datacomp_subset").subset_path)
-    assert len(subset) == round(0.5 * pairs.n_ok) and subset.dtype.names == ("u0", "u1")
-    assert (np.diff(subset["u0"].astype(np.float64)) >= 0).all(), "sorted by the uid's high half first"
+    assert len(subset) == round(0.5 * pairs.n_ok) and subset.dtype == np.dtype("u8,u8")
+    assert (np.diff(subset["f0"].astype(np.float64)) >= 0).all(), "sorted by the uid's high half first"
 
 
 def test_shards_given_with_a_pool_of_embeddings_are_joined_by_uid(tmp_path):

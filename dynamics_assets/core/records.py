@@ -161,7 +161,7 @@ class ExportRecord:
 
 @dataclass(frozen=True)
 class SubsetRecord:
-    subset_path: str  # the sorted (u0, u1) .npy, a uid repeated k times for multiplicity k
+    subset_path: str  # the sorted np.dtype("u8,u8") (f0, f1) .npy, a uid repeated k times for multiplicity k
     recipe: str
     epoch: int
     rows: int

@@ -44,16 +44,16 @@ def test_subset_file_is_the_plan_in_datacomp_format(curated, which):
     assert (plan.multiplicity.max() > 1) == (which == "plan_upsample")  # repeats: the expansion is exercised
     out = write_subset(plan_dir, s.manifest_dir, tmp / f"subset_{which}", pool_version=clusters.clusters_dir)
     subset = np.load(out.path)
-    assert subset.dtype == np.dtype([("u0", "<u8"), ("u1", "<u8")]) and subset.dtype == SUBSET_DTYPE
-    assert subset.dtype.descr == [("u0", "<u8"), ("u1", "<u8")]
-    assert np.array_equal(subset, np.sort(subset, order=("u0", "u1")))
+    assert subset.dtype == np.dtype("u8,u8")  # exactly DataComp resharder's assertion (fields f0, f1)
+    assert subset.dtype == SUBSET_DTYPE and subset.dtype.names == ("f0", "f1")
+    assert np.array_equal(subset, np.sort(subset, order=("f0", "f1")))
     assert len(subset) == out.rows == plan.size and out.distinct == len(plan.indices)
     uids = u8_to_uids(subset)
     assert uids == _expected(mini, plan_dir)  # the planted pool's uids at the plan's indices, k times each
     assert set(uids) <= set(mini.ok_ids)  # quarantined (planted) rows are never listed
     # DataComp's own conversion of a uid gives the same pair
     u = uids[0]
-    assert (int(u[:16], 16), int(u[16:], 16)) == (int(subset[0]["u0"]), int(subset[0]["u1"]))
+    assert (int(u[:16], 16), int(u[16:], 16)) == (int(subset[0]["f0"]), int(subset[0]["f1"]))
     info = json.loads((out.version_dir / "subset.json").read_text())
     assert info["plan_version"] == plan_dir.name and info["pool_version"] == clusters.pool_version
     refs = versions.version_info(out.version_dir)["refs"]
@@ -91,9 +91,13 @@ def test_read_subset_refuses_unsorted_or_wrong_dtype(tmp_path):
     np.save(tmp_path / "wrong.npy", np.zeros(2, dtype=[("u0", "<u4"), ("u1", "<u4")]))
     with pytest.raises(ValueError, match="dtype"):
         read_subset(tmp_path / "wrong.npy")
+    # same bytes, other field names: DataComp's resharder asserts dtype == np.dtype("u8,u8"), so refused
+    np.save(tmp_path / "named.npy", np.zeros(2, dtype=[("u0", "<u8"), ("u1", "<u8")]))
+    with pytest.raises(ValueError, match="u8,u8"):
+        read_subset(tmp_path / "named.npy")
 
 
 def test_content_hash_ids_are_128_bit_uids():
     sid = content_sample_id(b"\x89PNG...", "a caption")
     pair = uids_to_u8(np.array([sid.encode()], dtype="S32"))[0]
-    assert f"{int(pair['u0']):016x}{int(pair['u1']):016x}" == sid
+    assert f"{int(pair['f0']):016x}{int(pair['f1']):016x}" == sid

@@ -3,9 +3,10 @@
 ``write_subset(plan_dir, manifest_dir, out_root, pool_version=...)`` commits one version of the
 artefact root ``out_root`` holding
 
-  subset.npy   sorted, dtype ``[('u0','<u8'),('u1','<u8')]``: each sample's 128-bit id as its high
-               and low 64 bits; a sample planned with multiplicity k is listed k times (DataComp's
-               resharder writes it k times);
+  subset.npy   sorted, dtype exactly ``np.dtype("u8,u8")`` (fields ``f0``, ``f1``: DataComp's resharder
+               asserts ``subset.dtype == np.dtype("u8,u8")``, so other field names are refused although
+               the bytes are the same): each sample's 128-bit id as its high and low 64 bits; a sample
+               planned with multiplicity k is listed k times (DataComp's resharder writes it k times);
   subset.json  rows, distinct, plan / pool / manifest versions, format;
 
 with refs ``plan`` and ``manifest``. The plan's indices are positions in the pool order (the ok rows
@@ -36,7 +37,7 @@ from dynamics_assets.core.ingest.pool import ok_sample_ids, pool_shards
 from dynamics_assets.core.io import versions
 from dynamics_assets.core.sample.plan_io import read_plan
 
-SUBSET_DTYPE = np.dtype([("u0", "<u8"), ("u1", "<u8")])
+SUBSET_DTYPE = np.dtype("u8,u8")  # exactly what DataComp's resharder asserts: fields f0 (high), f1 (low)
 SUBSET_NAME = "subset.npy"
 INFO_NAME = "subset.json"
 MAX_BUCKETS = 256
@@ -61,12 +62,12 @@ def uids_to_u8(ids: np.ndarray) -> np.ndarray:
         return np.zeros(0, dtype=SUBSET_DTYPE)
     raw = np.frombuffer(bytes.fromhex(ids.tobytes().decode("ascii")), dtype=">u8").reshape(-1, 2)
     out = np.empty(len(ids), dtype=SUBSET_DTYPE)
-    out["u0"], out["u1"] = raw[:, 0], raw[:, 1]
+    out["f0"], out["f1"] = raw[:, 0], raw[:, 1]
     return out
 
 
 def u8_to_uids(subset: np.ndarray) -> list[str]:
-    return [f"{int(a):016x}{int(b):016x}" for a, b in zip(subset["u0"], subset["u1"])]
+    return [f"{int(a):016x}{int(b):016x}" for a, b in zip(subset["f0"], subset["f1"])]
 
 
 def _check_manifest_of_pool(pool_version: str | os.PathLike, manifest_dir: Path) -> None:
@@ -110,7 +111,7 @@ def write_subset(plan_dir: str | os.PathLike, manifest_dir: str | os.PathLike, o
                     continue  # no selected row here: the part is not opened
                 local = np.asarray(indices[lo:hi], dtype=np.int64) - shard.offset
                 uids = np.repeat(uids_to_u8(ok_sample_ids(shard)[local]), np.asarray(mult[lo:hi], dtype=np.int64))
-                which = (uids["u0"] >> np.uint64(64 - bits)).astype(np.int64) if bits else np.zeros(len(uids), np.int64)
+                which = (uids["f0"] >> np.uint64(64 - bits)).astype(np.int64) if bits else np.zeros(len(uids), np.int64)
                 for b in np.unique(which).tolist():
                     uids[which == b].tofile(files[b])
         finally:
@@ -122,7 +123,7 @@ def write_subset(plan_dir: str | os.PathLike, manifest_dir: str | os.PathLike, o
                                                        "fortran_order": False, "shape": (rows,)})
             for b in range(n_buckets):
                 chunk = np.fromfile(Path(tmp) / f"{b:03d}.bin", dtype=SUBSET_DTYPE)
-                chunk.sort(order=("u0", "u1"), kind="stable")
+                chunk.sort(order=("f0", "f1"), kind="stable")
                 chunk.tofile(out)
                 written += len(chunk)
         if written != rows:
@@ -144,10 +145,11 @@ def read_subset(path: str | os.PathLike, *, mmap: bool = False) -> np.ndarray:
         p = versions.resolve(p) / SUBSET_NAME
     subset = np.load(p, mmap_mode="r" if mmap else None, allow_pickle=False)
     if subset.dtype != SUBSET_DTYPE or subset.ndim != 1:
-        raise ValueError(f"{p}: expected a 1-d array of dtype {SUBSET_DTYPE.descr}, got {subset.dtype} {subset.shape}")
+        raise ValueError(f"{p}: expected a 1-d array of dtype np.dtype('u8,u8') (fields f0, f1, as DataComp's "
+                         f"resharder asserts), got {subset.dtype} {subset.shape}")
     for s in range(0, len(subset), 1 << 22):
         part = np.asarray(subset[max(0, s - 1):s + (1 << 22)])
-        hi, lo = part["u0"], part["u1"]
+        hi, lo = part["f0"], part["f1"]
         if np.any((hi[1:] < hi[:-1]) | ((hi[1:] == hi[:-1]) & (lo[1:] < lo[:-1]))):
             raise ValueError(f"{p}: not sorted")
     return subset

@@ -71,7 +71,8 @@ def webdataset_export(context: dg.AssetExecutionContext, config: ExportConfig, s
 def datacomp_subset(context: dg.AssetExecutionContext, sample_plan: PlanRecord, clusters: PoolClusters,
                     storage: StorageResource) -> SubsetRecord:
     """The epoch's plan as a DataComp subset file: a sorted ``.npy`` of dtype
-    ``[('u0','<u8'),('u1','<u8')]`` (the 128-bit uid's high and low halves), a uid written k times
+    exactly ``np.dtype("u8,u8")`` (fields f0, f1: the 128-bit uid's high and low halves; DataComp's
+    resharder asserts this dtype), a uid written k times
     for multiplicity k. Refused when the plan was drawn on another pool version."""
     from dynamics_assets.core.export.datacomp import write_subset
     from dynamics_assets.core.io.versions import StalePlanError
