@@ -28,13 +28,13 @@ def pool(tmp_path_factory):
     summary = build_manifest(ds.shards, tmp / "manifest")
     ids = np.random.default_rng(0).integers(0, 4, summary.ok).astype(np.int32)
     plan = DynamicsSampler(0.6, alpha=0.2, mode="upsample").draw(ClusterPool.from_array(ids, 4), epoch=1, seed=0)
-    return tmp, ds, write_plan(tmp / "plan-1", plan)
+    return tmp, ds, write_plan(tmp / "plan-1", plan, pool_version="test-pool")
 
 
 def _job(tmp: Path, ds, plan_dir: Path, name: str, **kw) -> EpochJob:
     return EpochJob(plan_dir=str(plan_dir), manifest_dir=str(tmp / "manifest"), shards_dir=str(ds.out_dir / "shards"),
                     out_checkpoint=str(tmp / name / "epoch-1"), epoch=1, n_epochs=1, batch_size=16, buffer_size=32,
-                    checkpoint_every_steps=0, device="cpu", **kw)
+                    checkpoint_every_steps=0, device="cpu", pool_version="test-pool", **kw)
 
 
 def test_node_command_names_the_rendezvous():

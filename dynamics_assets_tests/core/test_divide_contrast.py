@@ -25,7 +25,8 @@ def dnc(tmp_path_factory):
     ds = generate(tmp / "raw", pairs=360, samples_per_shard=120, eval_per_concept=1, seed=7)
     summary = build_manifest(ds.shards, tmp / "manifest")
     ids = np.zeros(summary.ok, dtype=np.int32)
-    plans = {e: write_plan(tmp / f"plan-{e}", UniformSampler(1.0).draw(ClusterPool.from_array(ids, 1), epoch=e, seed=0))
+    plans = {e: write_plan(tmp / f"plan-{e}", UniformSampler(1.0).draw(ClusterPool.from_array(ids, 1), epoch=e, seed=0),
+                           pool_version="test-pool")
              for e in (1, 2, 3)}
 
     def job(epoch, name="dnc", **kw):
@@ -33,7 +34,7 @@ def dnc(tmp_path_factory):
         return EpochJob(plan_dir=str(plans[epoch]), manifest_dir=str(tmp / "manifest"), shards_dir=str(ds.out_dir / "shards"),
                         out_checkpoint=str(tmp / name / f"epoch-{epoch}"), epoch=epoch, n_epochs=3, batch_size=32,
                         buffer_size=64, checkpoint_every_steps=0, device="cpu", previous_checkpoint=previous,
-                        **{"dnc_experts": K, **kw})
+                        **{"dnc_experts": K, "pool_version": "test-pool", **kw})
 
     metrics = {e: run_epoch(job(e)) for e in (1, 2, 3)}
     return tmp, plans, job, metrics

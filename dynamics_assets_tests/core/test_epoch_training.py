@@ -33,14 +33,14 @@ def pool(tmp_path_factory):
     plans = {}
     for epoch in (1, 2):
         plan = DynamicsSampler(0.5, alpha=0.2, mode="upsample").draw(ClusterPool.from_array(ids, 6), epoch=epoch, seed=0)
-        plans[epoch] = write_plan(tmp / f"plan-{epoch}", plan)
+        plans[epoch] = write_plan(tmp / f"plan-{epoch}", plan, pool_version="test-pool")
     return tmp, ds, plans
 
 
 def job(tmp, ds, plans, epoch=1, **kw) -> EpochJob:
     return EpochJob(plan_dir=str(plans[epoch]), manifest_dir=str(tmp / "manifest"), shards_dir=str(ds.out_dir / "shards"),
                     out_checkpoint=str(tmp / kw.pop("name", "ck") / f"epoch-{epoch}"), epoch=epoch, n_epochs=2,
-                    batch_size=32, buffer_size=64, checkpoint_every_steps=1, device="cpu", **kw)
+                    batch_size=32, buffer_size=64, checkpoint_every_steps=1, device="cpu", **{"pool_version": "test-pool", **kw})
 
 
 def test_plan_share_is_disjoint_and_complete():
@@ -122,7 +122,7 @@ def test_worker_processes_train_the_same_weights_and_resume(pool):
 
 def test_a_plan_of_another_pool_version_is_refused(pool):
     tmp, ds, plans = pool
-    with pytest.raises(StalePlanError, match=r"drawn on pool version <unrecorded>.*reads pool version 0123456789abcdef"):
+    with pytest.raises(StalePlanError, match=r"drawn on pool version test-pool.*reads pool version 0123456789abcdef"):
         run_epoch(job(tmp, ds, plans, 1, name="stale", pool_version="0123456789abcdef"))
     assert not (tmp / "stale").exists()
 

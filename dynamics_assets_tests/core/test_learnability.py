@@ -118,10 +118,10 @@ def test_training_records_the_per_cluster_loss_and_the_next_plan_reads_it(tmp_pa
     pool = ClusterPool.from_array(ids, 5)
     sampler = LearnabilitySampler(0.5, alpha=0.2)
     plan1 = sampler.draw(pool, epoch=1, seed=0)
-    job = EpochJob(plan_dir=str(write_plan(tmp_path / "plan-1", plan1)), manifest_dir=str(tmp_path / "manifest"),
+    job = EpochJob(plan_dir=str(write_plan(tmp_path / "plan-1", plan1, pool_version="test-pool")), manifest_dir=str(tmp_path / "manifest"),
                    shards_dir=str(ds.out_dir / "shards"), out_checkpoint=str(tmp_path / "ck"), epoch=1, n_epochs=2,
                    batch_size=16, buffer_size=32, checkpoint_every_steps=0, device="cpu",
-                   cluster_ids=str(tmp_path / "cluster_id.npy"), n_clusters=5)
+                   cluster_ids=str(tmp_path / "cluster_id.npy"), n_clusters=5, pool_version="test-pool")
     metrics = run_epoch(job)
     fb = ClusterFeedback.read(metrics["cluster_loss"])
     assert fb.count.tolist() == plan1.cluster_realised.tolist(), "every trained sample counted in its cluster"

@@ -212,7 +212,7 @@ def pool(tmp_path_factory):
     summary = build_manifest(ds.shards, tmp / "manifest")
     ids = np.random.default_rng(0).integers(0, 6, summary.ok).astype(np.int32)
     plans = {epoch: write_plan(tmp / f"plan-{epoch}", DynamicsSampler(0.3, alpha=0.2, mode="upsample").draw(
-        ClusterPool.from_array(ids, 6), epoch=epoch, seed=0)) for epoch in (1, 2)}
+        ClusterPool.from_array(ids, 6), epoch=epoch, seed=0), pool_version="test-pool") for epoch in (1, 2)}
     reference = tmp / "reference.pt"
     save_checkpoint(reference, create_model(MODEL, seed=7)[0], model_name=MODEL, epoch=1, step=0, samples_seen=0)
     return tmp, ds, plans, reference
@@ -223,7 +223,7 @@ def _job(pool, epoch=1, name="ck", **kw) -> EpochJob:
     return EpochJob(plan_dir=str(plans[epoch]), manifest_dir=str(tmp / "manifest"),
                     shards_dir=str(ds.out_dir / "shards"), out_checkpoint=str(tmp / name / f"epoch-{epoch}"),
                     epoch=epoch, n_epochs=2, batch_size=BATCH, buffer_size=64, checkpoint_every_steps=2,
-                    device="cpu", **{"selection": "jest", "reference_checkpoint": str(reference), **kw})
+                    device="cpu", pool_version="test-pool", **{"selection": "jest", "reference_checkpoint": str(reference), **kw})
 
 
 def test_epoch_job_validates_selection(pool):

@@ -42,7 +42,7 @@ def job(pool, name: str, **kw) -> EpochJob:
     tmp, ds, summary, _, plan_dir = pool
     base = dict(plan_dir=str(plan_dir), manifest_dir=str(summary.version_dir), shards_dir=str(ds.out_dir / "shards"),
                 out_checkpoint=str(tmp / "ck" / name), epoch=1, n_epochs=1, batch_size=64, buffer_size=64,
-                checkpoint_every_steps=1, device="cpu")
+                checkpoint_every_steps=1, device="cpu", pool_version="pool-a")
     return EpochJob(**{**base, **kw})
 
 

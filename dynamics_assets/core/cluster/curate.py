@@ -21,7 +21,7 @@ from dynamics_assets.core.cluster.kmeans import AssignmentSummary, assign, mean_
 from dynamics_assets.core.cluster.refresh import FitRecord, RefreshDecision, decide, encoder_identity
 from dynamics_assets.core.embed.store import EmbeddingStore
 from dynamics_assets.core.engine import Engine
-from dynamics_assets.core.io import versions
+from dynamics_assets.core.io import lineage, versions
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,7 @@ def cluster_pool(embeddings_dir: str | Path, manifest_dir: str | Path, root: str
     (``evaluate.holdout``) out of every plan: cluster -1, quarantine reason ``held_out``.
     ``engine`` (``core.engine``; None: in this process) runs the assignment shard by shard; the
     k-means fit on a sample runs here."""
+    lineage.require_made_from(embeddings_dir, manifest_dir, ref="manifest", what="clusters")
     store = EmbeddingStore(embeddings_dir, kind=params.embedding)
     k = params.k if params.k is not None else k_for(len(store))
     if not 1 <= k <= len(store):

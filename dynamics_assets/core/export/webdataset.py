@@ -234,8 +234,8 @@ def export_plan(plan_dir: str | Path, manifest_dir: str | Path, shards_dir: str 
     if samples_per_shard < 1:
         raise ValueError(f"samples_per_shard must be ≥ 1 (got {samples_per_shard})")
     plan_dir = versions.resolve(plan_dir)
-    versions.require_same_pool(plan_dir, pool_version, what="export")
     manifest_dir = versions.resolve(manifest_dir)
+    lineage.check_plan_inputs(plan_dir, pool_version, "export", manifest=manifest_dir)
     plan = read_plan(plan_dir, mmap=True)
     samples = plan.size
     if samples == 0:

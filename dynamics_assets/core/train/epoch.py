@@ -40,7 +40,7 @@ import torch
 
 from dynamics_assets.core.model.devices import resolve_device, resolve_precision
 from dynamics_assets.core.model.clip import EncoderSpec, autocast_for, create_model, read_checkpoint, resolve_weights, save_checkpoint
-from dynamics_assets.core.io import versions
+from dynamics_assets.core.io import lineage, versions
 from dynamics_assets.core.io.hashing import file_sha256
 from dynamics_assets.core.io.progress import Progress, bar
 from dynamics_assets.core.train.online_selection import check_same_inputs, load_reference_model, scoring_flops_per_pair, seeded_generator, select, super_batch_size
@@ -61,6 +61,9 @@ class EpochJob(TrainSettings):
 
     plan_dir: str
     manifest_dir: str
+    # The pool (clusters) version this run reads (its id, version directory or root); required: the
+    # plan must have been drawn on it, and the manifest must be the one it pins (``io.lineage``).
+    pool_version: str
     shards_dir: str
     out_checkpoint: str
     epoch: int
@@ -71,7 +74,6 @@ class EpochJob(TrainSettings):
     cluster_ids: str | None = None  # the pool's cluster_id.npy: record the epoch's per-cluster loss (cluster_loss.npy)
     n_clusters: int = 0  # with cluster_ids: K
     reference_checkpoint: str | None = None  # with selection: the reference model's open_clip checkpoint
-    pool_version: str | None = None  # the pool (clusters) version this run reads; set: the plan must match
     num_workers: int = 0  # DataLoader workers decoding per process (0: in it); the batches do not depend on it
 
     def __post_init__(self) -> None:
@@ -154,15 +156,14 @@ def run_epoch(job: EpochJob, *, on_step: Callable[[int, dict[str, float]], None]
     whole epoch, keeps its step checkpoints in the staging directory (never visible to readers;
     an interrupted epoch, by an exception or a kill, resumes from them) and commits one version
     holding ``checkpoint.pt`` (refs: the plan and the previous checkpoint's versions). The metrics
-    name it: ``checkpoint`` (the file), ``version_dir``, ``version_id``. With ``job.pool_version``
-    set, a plan drawn on another pool version is refused (``versions.StalePlanError``).
+    name it: ``checkpoint`` (the file), ``version_dir``, ``version_id``. A plan drawn on another
+    pool version than ``job.pool_version`` is refused (``versions.StalePlanError``), and so is a
+    manifest other than the one that pool pins (``lineage.LineageError``).
 
     ``progress`` gets ``(steps done in this epoch, steps of the epoch)`` on rank 0 (default:
     ``io.progress.bar``)."""
     rank, world = _rank_world()
-    if job.pool_version is not None:
-        versions.require_same_pool({**read_plan(job.plan_dir).meta, "plan_dir": job.plan_dir}, job.pool_version,
-                                   "training")
+    lineage.check_plan_inputs(job.plan_dir, job.pool_version, "training", manifest=job.manifest_dir)
     writer = contextlib.nullcontext()
     if rank == 0:
         refs = versions.pinned(plan=job.plan_dir, previous=_version_of(job.previous_checkpoint))
@@ -231,7 +232,8 @@ def _run_epoch(job: EpochJob, work_dir: Path, *, on_step: Callable[[int, dict[st
     step_path = work_dir / STEP_NAME
     # Everything that changes the sample order or the updates: a step checkpoint of another order
     # (batch size, seed, shuffle buffer, plan) or of other settings is never resumed.
-    identity = {"plan": plan.meta.get("pool_version"), "plan_meta": {k: plan.meta.get(k) for k in ("recipe", "seed", "epoch", "strategy")},
+    identity = {"plan": plan.meta.get("pool_version"), "plan_version": plan_identity(job.plan_dir),
+                "plan_meta": {k: plan.meta.get(k) for k in ("recipe", "seed", "epoch", "strategy")},
                 "epoch": job.epoch, "world": world, "plan_size": plan.size, "start_step": start_step,
                 "settings": _settings_identity(job), "n_epochs": job.n_epochs}
     if job.selection is not None:
@@ -286,6 +288,15 @@ def _run_epoch(job: EpochJob, work_dir: Path, *, on_step: Callable[[int, dict[st
                                **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}})
         step_path.unlink(missing_ok=True)
     return metrics
+
+
+def plan_identity(plan_dir: str | os.PathLike) -> str:
+    """What identifies a plan for resuming: its committed version id, or for a plain directory the
+    sha256 of its indices and multiplicities (another draw at the same size is another plan)."""
+    d = versions.resolve(plan_dir)
+    if versions.is_version_dir(d):
+        return d.name
+    return "sha256:" + file_sha256(d / "indices.npy")[:16] + file_sha256(d / "multiplicity.npy")[:16]
 
 
 def _settings_identity(job: EpochJob) -> dict[str, Any]:

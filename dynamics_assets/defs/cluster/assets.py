@@ -2,6 +2,7 @@
 embedding, and per-cluster statistics in DuckDB. A re-curation keeps the centroids while the new
 data fits them (see core/cluster/refresh.py)."""
 
+import contextlib
 import math
 from typing import Literal
 
@@ -35,6 +36,15 @@ ClusteringConfig = config_from(
 )
 
 
+@contextlib.contextmanager
+def _refused_as_failure(*errors: type[Exception]):
+    """A refusal (``errors``) fails the step with its message alone, not a traceback to read."""
+    try:
+        yield
+    except errors as e:
+        raise dg.Failure(str(e)) from e
+
+
 @dg.asset(group_name=GROUP, kinds={"faiss", "numpy"}, deps=["shard_embeddings"])
 def clusters(context: dg.AssetExecutionContext, config: ClusteringConfig, raw_pairs: PoolManifest,
              pair_embeddings: PoolEmbeddings, storage: StorageResource, gpu: GpuResource) -> PoolClusters:
@@ -43,7 +53,9 @@ def clusters(context: dg.AssetExecutionContext, config: ClusteringConfig, raw_pa
     from dynamics_assets.core.cluster.curate import cluster_pool
 
     params = ClusterParams(**config.model_dump(exclude={"refresh", "drift_threshold"}))
-    with gpu.compute.engine_for(context.log) as engine:
+    from dynamics_assets.core.io.lineage import LineageError
+
+    with gpu.compute.engine_for(context.log) as engine, _refused_as_failure(LineageError):
         result = cluster_pool(pair_embeddings.embeddings_dir, raw_pairs.manifest_dir, storage.layout.artifact("clusters"), params,
                               refresh=config.refresh, drift_threshold=config.drift_threshold,
                               use_gpu="auto" if gpu.resolved_device().startswith("cuda") else False,

@@ -27,7 +27,13 @@ def eval_report(context: dg.AssetExecutionContext, checkpoint: CheckpointRecord,
     from dynamics_assets.core.model.clip import EncoderSpec, load_encoder
     from dynamics_assets.core.model.flops import forward_flops_per_pair, train_flops
 
+    from dynamics_assets.core.io import lineage
+
     recipe, epoch_key = recipe_and_epoch(context)
+    try:
+        lineage.check_evaluation_inputs(checkpoint.checkpoint, clusters.clusters_dir, manifest=raw_pairs.manifest_dir)
+    except ValueError as e:  # StalePlanError, LineageError
+        raise dg.Failure(str(e)) from e
     if checkpoint.pool_version != clusters.pool_version:
         raise dg.Failure(f"checkpoint {checkpoint.checkpoint} was trained on a plan of pool version "
                          f"{checkpoint.pool_version}; this evaluation reads pool version {clusters.pool_version} "

@@ -71,6 +71,7 @@ def checkpoint(context: dg.AssetExecutionContext, config: TrainingConfig, sample
     """An open_clip checkpoint after epoch e of a recipe: trained on exactly that plan's samples,
     from the recipe's checkpoint of epoch e−1; carries the optimizer state and the samples seen.
     A feedback recipe's plan is drawn here first (``feedback_plan``, see the module doc)."""
+    from dynamics_assets.core.io.lineage import LineageError
     from dynamics_assets.core.io.versions import StalePlanError
     from dynamics_assets.core.train.epoch import EpochJob, run_epoch
     from dynamics_assets.core.train.launch import LaunchError, run_multinode_ray, run_under_torchrun
@@ -95,7 +96,7 @@ def checkpoint(context: dg.AssetExecutionContext, config: TrainingConfig, sample
     job = EpochJob(
         **dataclasses.asdict(settings) | {"n_epochs": settings.n_epochs or N_EPOCHS},
         plan_dir=plan.plan_dir, manifest_dir=clusters.manifest_dir, shards_dir=clusters.shards_dir,
-        out_checkpoint=str(out), epoch=epoch_of(epoch_key), pool_version=clusters.pool_version,
+        out_checkpoint=str(out), epoch=epoch_of(epoch_key), pool_version=clusters.clusters_dir,
         previous_checkpoint=previous_checkpoint.checkpoint if previous_checkpoint else None,
         device=gpu.resolved_device(), precision=gpu.resolved_precision(),
         reference_checkpoint=reference_model.checkpoint if settings.selection else None,
@@ -117,7 +118,7 @@ def checkpoint(context: dg.AssetExecutionContext, config: TrainingConfig, sample
         else:
             try:
                 metrics = run_epoch(job, on_step=lambda step, m: run.log_metrics(m, step=step))
-            except StalePlanError as e:
+            except (StalePlanError, LineageError) as e:
                 raise dg.Failure(str(e)) from e
         run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
     context.add_output_metadata(output_name="checkpoint", metadata={
