@@ -55,7 +55,7 @@ from typing import Iterator
 
 import numpy as np
 
-from dynamics_assets.core.io import versions
+from dynamics_assets.core.io import lineage, versions
 
 MANIFEST_NAME = "manifest.json"
 MODEL_DIR = "model"
