@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from dynamics_assets.core.evaluate.eval_set import HEADER_BYTES, EvalSetError, validate_eval_set
 from dynamics_assets.core.evaluate.frequency import caption_frequency, concept_pattern, name_pattern
 from dynamics_assets.core.evaluate.holdout import (
     HOLDOUT_PER_MILLE, held_out_rows, held_out_sql, holdout_key, is_held_out, load_held_out,
@@ -165,6 +166,167 @@ def test_clip_benchmark_errors_name_the_sample(tmp_path):
         load_clip_benchmark(root)
     with pytest.raises(FileNotFoundError, match="no .tar shards"):
         load_clip_benchmark(root, split="train")
+
+
+def test_loaders_refuse_an_empty_class_and_a_single_class(tmp_path):
+    """Either loader refuses what would leave a class's accuracy undefined (a NaN tail)."""
+    root = write_image_folder(tmp_path / "set", per_class=1)
+    (root / "zebra").mkdir()
+    with pytest.raises(ValueError, match=r"1 class\(es\) without an image, e\.g\. class folder .*zebra"):
+        load_image_folder(root)
+    one = tmp_path / "one"
+    (one / "cat").mkdir(parents=True)
+    (one / "cat" / "0.png").write_bytes(_png((1, 2, 3), 0))
+    with pytest.raises(ValueError, match=r"1 class\(es\); a labelled eval set needs at least two"):
+        load_labelled_set(one)
+    bench = write_clip_benchmark(tmp_path / "bench", per_class=1)
+    (bench / "classnames.txt").write_text("\n".join(CLASSES + ["unicorn"]) + "\n")
+    with pytest.raises(ValueError, match=r"without an image, e\.g\. 'unicorn' \(classnames\.txt line 6\)"):
+        load_clip_benchmark(bench)
+
+
+# ---------------------------------------------------------------------------------------------
+# validate_eval_set: checked before any work
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layout", ["ImageFolder", "clip_benchmark", "clip_benchmark gzip"])
+def test_validate_eval_set_accepts_what_the_loader_reads(tmp_path, layout):
+    if layout == "ImageFolder":
+        root = write_image_folder(tmp_path / "set", per_class=2)
+        (root / "red_square" / "notes.txt").write_text("not read")
+    else:
+        root = write_clip_benchmark(tmp_path / "set", per_class=2, gz_second=layout.endswith("gzip"))
+    info = validate_eval_set(root)
+    es = load_labelled_set(root)
+    assert info.layout == layout.split()[0] and info.root == root
+    assert list(info.classes) == es.concepts.column("concept").to_pylist()
+    assert info.images == len(es) == 10 and info.per_class == (2,) * 5
+    assert info.ignored == (("red_square/notes.txt",) if layout == "ImageFolder" else ())
+    assert f"{layout.split()[0]}: 10 images, 5 classes, 2 … 2 per class" in info.describe()
+
+
+def _jpeg_with_a_long_header(rgb) -> bytes:
+    """A JPEG whose header (a 60 kB comment and a 30 kB EXIF block before its frame) is longer than HEADER_BYTES."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), rgb).save(buffer, format="JPEG", comment=b"x" * 60_000, exif=b"Exif\x00\x00" + b"y" * 30_000)
+    return buffer.getvalue()
+
+
+def test_validate_eval_set_reads_a_header_longer_than_its_prefix(tmp_path):
+    root = write_clip_benchmark(tmp_path / "set", per_class=1)
+    data = _jpeg_with_a_long_header((9, 9, 9))
+    assert len(data) > HEADER_BYTES
+    _write_tar(root / "test" / "2.tar", [("big.jpg", data), ("big.cls", b"0")])
+    assert validate_eval_set(root).per_class == (2, 1, 1, 1, 1)
+
+
+def _image_folder_faults(root: Path, fault: str) -> Path:
+    write_image_folder(root, per_class=2)
+    if fault == "missing":
+        return root / "nowhere"
+    if fault == "a file":
+        return root / "red_square" / "000.png"
+    if fault == "empty class":
+        (root / "zebra").mkdir()
+    elif fault == "one class":
+        for folder in root.iterdir():
+            if folder.name != "red_square":
+                for f in folder.iterdir():
+                    f.unlink()
+                folder.rmdir()
+    elif fault == "not an image":
+        (root / "blue_circle" / "001.png").write_text("<html>404 not found</html>")
+    elif fault == "empty image":
+        (root / "blue_circle" / "001.png").write_bytes(b"")
+    elif fault == "classnames count":
+        (root / "classnames.txt").write_text("a\nb\n")
+    elif fault == "bad template":
+        (root / "zeroshot_classification_templates.txt").write_text("no placeholder\n")
+    elif fault == "no class folder":
+        for folder in list(root.iterdir()):
+            for f in folder.iterdir():
+                f.rename(root / f"{folder.name}-{f.name}")
+            folder.rmdir()
+    return root
+
+
+IMAGE_FOLDER_FAULTS = {
+    "missing": r"eval set .*nowhere does not exist",
+    "a file": r"eval set .*000\.png is a file, not a folder",
+    "empty class": r"1 empty class\(es\).*\n  class folder .*zebra holds no image",
+    "one class": r"one class folder \('red_square'\); .* at least two classes",
+    "not an image": r"1 image\(s\) whose header does not decode:\n  .*blue_circle/001\.png: not an image PIL can read",
+    "empty image": r"blue_circle/001\.png: not an image PIL can read",
+    "classnames count": r"classnames\.txt: 2 names for 5 class folders",
+    "bad template": r"every template needs '\{c\}'",
+    "no class folder": r"no class sub-folders .*neither an ImageFolder .* nor a clip_benchmark",
+}
+
+
+@pytest.mark.parametrize("fault", list(IMAGE_FOLDER_FAULTS))
+def test_validate_eval_set_image_folder_faults(tmp_path, fault):
+    with pytest.raises(EvalSetError, match=IMAGE_FOLDER_FAULTS[fault]):
+        validate_eval_set(_image_folder_faults(tmp_path / "set", fault))
+
+
+def _clip_benchmark_faults(root: Path, fault: str) -> Path:
+    write_clip_benchmark(root, per_class=2)
+    shard = root / "test" / "1.tar"
+    if fault == "no classnames.txt":
+        (root / "classnames.txt").unlink()
+    elif fault == "no shard":
+        for s in (root / "test").iterdir():
+            s.unlink()
+    elif fault == "one class":
+        (root / "classnames.txt").write_text("only\n")
+    elif fault == "empty class":
+        (root / "classnames.txt").write_text("\n".join(CLASSES + ["unicorn"]) + "\n")
+    elif fault == "not an image":
+        _write_tar(shard, [("k1.jpg", b"GIF89a? no, a caption"), ("k1.cls", b"1")])
+    elif fault == "no label":
+        _write_tar(shard, [("k1.png", _png((1, 2, 3), 0))])
+    elif fault == "label out of range":
+        _write_tar(shard, [("k1.png", _png((1, 2, 3), 0)), ("k1.cls", b"9")])
+    elif fault == "label not an integer":
+        _write_tar(shard, [("k1.png", _png((1, 2, 3), 0)), ("k1.cls", b"cat")])
+    elif fault == "cut shard":
+        data = shard.read_bytes()
+        shard.write_bytes(data[: len(data) // 2])
+    elif fault == "not a tar":
+        shard.write_text("hello")
+    return root
+
+
+CLIP_BENCHMARK_FAULTS = {
+    "no classnames.txt": r"classnames\.txt is missing — a clip_benchmark webdataset folder \(2 shard\(s\) in .*test\)",
+    "no shard": r"test holds no \.tar shard \(clip_benchmark webdataset layout",
+    "one class": r"classnames\.txt: 1 class name\(s\); at least two classes",
+    "empty class": r"class 5 'unicorn' \(classnames\.txt line 6\) has no sample",
+    "not an image": r"1\.tar: sample k1\.jpg: not an image PIL can read",
+    "no label": r"1\.tar: sample k1: needs one image \(jpg/jpeg/png/webp\) and a \.cls label, has \['png'\]",
+    "label out of range": r"1\.tar: sample k1: label 9 outside \[0, 5\)",
+    "label not an integer": r"1\.tar: sample k1: \.cls is not an integer \('cat'\)",
+    "cut shard": r"1\.tar: not a complete tar \(cut short or corrupt in sample",
+    "not a tar": r"1\.tar: not a readable tar",
+}
+
+
+@pytest.mark.parametrize("fault", list(CLIP_BENCHMARK_FAULTS))
+def test_validate_eval_set_clip_benchmark_faults(tmp_path, fault):
+    with pytest.raises(EvalSetError, match=CLIP_BENCHMARK_FAULTS[fault]):
+        validate_eval_set(_clip_benchmark_faults(tmp_path / "set", fault))
+
+
+def test_validate_eval_set_lists_every_bad_image(tmp_path):
+    root = write_image_folder(tmp_path / "set", per_class=3)
+    for folder in sorted(root.iterdir()):
+        (folder / "001.png").write_bytes(b"\x00" * 10)
+    with pytest.raises(EvalSetError) as raised:
+        validate_eval_set(root)
+    lines = str(raised.value).splitlines()
+    assert lines[0] == f"eval set {root}: 5 image(s) whose header does not decode:"
+    assert [line.split(": ")[0].strip() for line in lines[1:]] == [str(f / "001.png") for f in sorted(root.iterdir())]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,6 +14,10 @@ path; hidden files and folders skipped). The class name is the folder name with 
 a space, unless ``classnames.txt`` (one name per line, in sorted folder order, as many lines as
 folders) says otherwise. The same optional templates file applies.
 
+Either loader refuses a set with fewer than two classes or a class without an image (an undefined
+accuracy: a NaN in its bucket); ``eval_set.validate_eval_set`` checks that and more (every image's
+header) before a run does any work.
+
 Both layouts may carry **synonyms** (not part of either standard): ``synonyms.json`` (``{"class name
 or folder name": ["synonym", …]}``) or ``synonyms.txt`` (lines ``class name: synonym, synonym``;
 ``#`` starts a comment). A class's prompt names are its name followed by its synonyms: the zero-shot
@@ -33,13 +37,16 @@ class name, ``prompt_names`` = [name, synonyms…] and ``train_frequency`` = 0 u
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
 
+from dynamics_assets.core.evaluate.eval_set import (  # the layout's side files, read without torch
+    CLASSNAMES_FILE, DEFAULT_TEMPLATES, IMAGE_SUFFIXES, SYNONYMS_FILES, TEMPLATES_FILE, _lines, _prompt_names,
+    _visible, is_clip_benchmark, read_synonyms, read_templates,
+)
 from dynamics_assets.core.evaluate.report import EvalSet
 from dynamics_assets.core.io.webdataset import IMAGE_EXTS, iter_samples, read_ranges
 
@@ -60,23 +67,6 @@ __all__ = [
     "read_templates",
     "with_train_frequency",
 ]
-
-CLASSNAMES_FILE = "classnames.txt"
-TEMPLATES_FILE = "zeroshot_classification_templates.txt"
-SYNONYMS_FILES = ("synonyms.json", "synonyms.txt")
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
-
-# A short CLIP-style ensemble (a subset of Radford et al. 2021's ImageNet prompts).
-DEFAULT_TEMPLATES = (
-    "a photo of a {}.",
-    "a bad photo of a {}.",
-    "a photo of the large {}.",
-    "a photo of the small {}.",
-    "a cropped photo of a {}.",
-    "a close-up photo of a {}.",
-    "itap of a {}.",
-)
-
 
 # ---------------------------------------------------------------------------------------------
 # Lazily read image bytes (a Sequence[bytes] standing in for EvalSet.encoded_images)
@@ -126,67 +116,6 @@ class TarImages(Sequence[bytes]):
 # ---------------------------------------------------------------------------------------------
 
 
-def _lines(path: Path) -> list[str]:
-    """Non-empty stripped lines; an empty line between names is an error (it would shift labels)."""
-    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-    while lines and not lines[-1]:
-        lines.pop()
-    if "" in lines:
-        raise ValueError(f"{path}: empty line {lines.index('') + 1} (one entry per line, labels follow line order)")
-    return lines
-
-
-def read_templates(root: str | Path) -> tuple[str, ...]:
-    """``zeroshot_classification_templates.txt`` rewritten from ``{c}`` to ``str.format``'s ``{}``
-    (other braces kept literal); ``DEFAULT_TEMPLATES`` when the file is absent."""
-    path = Path(root) / TEMPLATES_FILE
-    if not path.exists():
-        return DEFAULT_TEMPLATES
-    templates = [line for line in _lines(path) if line]
-    bad = [t for t in templates if "{c}" not in t]
-    if not templates or bad:
-        raise ValueError(f"{path}: every template needs '{{c}}' (got {bad[:3] or 'no template'})")
-    return tuple(t.replace("{", "{{").replace("}", "}}").replace("{{c}}", "{}") for t in templates)
-
-
-def read_synonyms(root: str | Path) -> dict[str, list[str]]:
-    """``{name: [synonyms]}`` from ``synonyms.json`` or ``synonyms.txt`` (empty if neither)."""
-    root = Path(root)
-    json_path, txt_path = (root / name for name in SYNONYMS_FILES)
-    if json_path.exists():
-        data = json.loads(json_path.read_text(encoding="utf-8"))
-        if not isinstance(data, dict) or not all(
-                isinstance(v, list) and all(isinstance(s, str) for s in v) for v in data.values()):
-            raise ValueError(f"{json_path}: expected an object of class name -> list of synonyms")
-        return {str(k).strip(): [s.strip() for s in v if s.strip()] for k, v in data.items()}
-    if not txt_path.exists():
-        return {}
-    out: dict[str, list[str]] = {}
-    for number, line in enumerate(txt_path.read_text(encoding="utf-8").splitlines(), 1):
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        name, colon, rest = line.partition(":")
-        if not colon or not name.strip():
-            raise ValueError(f"{txt_path}:{number}: expected 'class name: synonym, synonym'")
-        out.setdefault(name.strip(), []).extend(s.strip() for s in rest.split(",") if s.strip())
-    return out
-
-
-def _prompt_names(root: Path, names: Sequence[str], folders: Sequence[str] | None = None) -> list[list[str]]:
-    """[name, synonyms…] per class; synonyms keyed by class name (or folder name)."""
-    synonyms = read_synonyms(root)
-    known = {**({f: i for i, f in enumerate(folders)} if folders else {}), **{n: i for i, n in enumerate(names)}}
-    unknown = sorted(set(synonyms) - set(known))
-    if unknown:
-        raise ValueError(f"{root}: synonyms for unknown class(es) {unknown[:5]}")
-    out = [[name] for name in names]
-    for key, values in synonyms.items():
-        names_of_class = out[known[key]]
-        names_of_class += [v for v in values if v.lower() not in {n.lower() for n in names_of_class}]
-    return out
-
-
 def concepts_table(prompt_names: Sequence[Sequence[str]], train_frequency: Sequence[int] | None = None) -> pa.Table:
     """The ``EvalSet.concepts`` table for classes ``0 … C-1``."""
     n = len(prompt_names)
@@ -214,10 +143,6 @@ def with_train_frequency(eval_set: EvalSet, train_frequency: Sequence[int]) -> E
 # ---------------------------------------------------------------------------------------------
 
 
-def _visible(path: Path) -> bool:
-    return not path.name.startswith(".")
-
-
 def load_image_folder(root: str | Path, *, templates: Sequence[str] | None = None) -> EvalSet:
     """An ImageFolder (one sub-folder per class) as an ``EvalSet``; keys are ``class/relative path``."""
     root = Path(root)
@@ -243,13 +168,22 @@ def load_image_folder(root: str | Path, *, templates: Sequence[str] | None = Non
         labels += [label] * len(found)
     if not paths:
         raise ValueError(f"{root}: the class folders hold no image ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    concepts = concepts_table(_prompt_names(root, names, folders))
+    templates = tuple(templates) if templates else read_templates(root)
+    _require_classes(root, [f"class folder {root / f}" for f in folders], labels)
     return EvalSet(root, tuple(keys), FileImages(paths), np.asarray(labels, np.int64),  # type: ignore[arg-type]
-                   concepts_table(_prompt_names(root, names, folders)),
-                   tuple(templates) if templates else read_templates(root), None)
+                   concepts, templates, None)
 
 
-def is_clip_benchmark(root: str | Path, split: str = "test") -> bool:
-    return any((Path(root) / split).glob("*.tar"))
+def _require_classes(root: Path, classes: Sequence[str], labels: Sequence[int]) -> None:
+    """At least two classes, each with an image: a class without one has an undefined accuracy (a
+    NaN in its frequency bucket), and a zero-shot classifier over one class is always right.
+    ``eval_set.validate_eval_set`` says the same before any work; this guards what is read later."""
+    if len(classes) < 2:
+        raise ValueError(f"{root}: {len(classes)} class(es); a labelled eval set needs at least two")
+    counts = np.bincount(np.asarray(labels, np.int64), minlength=len(classes))
+    if empty := [c for c, n in zip(classes, counts) if not n]:
+        raise ValueError(f"{root}: {len(empty)} class(es) without an image, e.g. {', '.join(empty[:3])}")
 
 
 def load_clip_benchmark(root: str | Path, split: str = "test", *,
@@ -296,9 +230,11 @@ def load_clip_benchmark(root: str | Path, split: str = "test", *,
         raise ValueError(f"{root / split}: the shards hold no samples")
     images = TarImages(shards, np.asarray(shard_of, np.int32), np.asarray(offsets, np.int64),
                        np.asarray(sizes, np.int64), inline)
+    concepts = concepts_table(_prompt_names(root, names))
+    templates = tuple(templates) if templates else read_templates(root)
+    _require_classes(root, [f"{n!r} ({CLASSNAMES_FILE} line {i + 1})" for i, n in enumerate(names)], labels)
     return EvalSet(root, tuple(keys), images, np.asarray(labels, np.int64),  # type: ignore[arg-type]
-                   concepts_table(_prompt_names(root, names)),
-                   tuple(templates) if templates else read_templates(root), None)
+                   concepts, templates, None)
 
 
 def load_labelled_set(root: str | Path, *, split: str = "test", templates: Sequence[str] | None = None) -> EvalSet:
