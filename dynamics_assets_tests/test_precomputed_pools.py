@@ -83,3 +83,18 @@ def test_shards_given_with_a_pool_of_embeddings_are_joined_by_uid(tmp_path):
     assert expected >= 1 and meta["uids_with_image"].value == expected
     assert meta["shard_samples_not_in_pool"].value == 1, "the stranger's uid is not in the pool"
     assert meta["uids_with_image"].value + meta["uids_without_image"].value == pairs.n_ok
+
+
+def test_a_broken_clip_retrieval_pool_fails_raw_shards_naming_the_parts(tmp_path):
+    """Given without a layout prefix, a LAION pool whose folders list different parts is not taken
+    for some other source (nor quarantined part by part): raw_shards fails naming the parts."""
+    pool = write_laion_pool(tmp_path / "pool", parts=3, rows_per_part=12)
+    (pool.root / "text_emb" / "text_emb_1.npy").unlink()
+    resources = {"storage": StorageResource(root=str(tmp_path / "data")), "gpu": GpuResource(device="cpu")}
+    config = {"ops": {"raw_shards": {"config": {"source": str(pool.root)}}}}
+    result = dg.materialize_to_memory([raw_data.raw_shards], resources=resources, run_config=config,
+                                      raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    message = str(failure.step_failure_data.error)
+    assert "must list the same parts: text_emb lacks part 1" in message, message

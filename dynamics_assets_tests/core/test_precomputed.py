@@ -5,8 +5,11 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import tarfile
+import tempfile
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -20,7 +23,7 @@ from dynamics_assets.core.ingest import precomputed
 from dynamics_assets.core.ingest.manifest import OK, REASONS, manifest_files, manifest_info, ok_rows, pool_counts
 from dynamics_assets.core.ingest.minipools import write_datacomp_pool, write_laion_pool
 from dynamics_assets.core.ingest.pool import pool_shards
-from dynamics_assets.core.ingest.precomputed import (derived_sample_id, detect_layout, has_images,
+from dynamics_assets.core.ingest.precomputed import (PoolPartsError, derived_sample_id, detect_layout, has_images,
                                                      ingest_precomputed, join_images)
 from dynamics_assets.core.io import versions
 from dynamics_assets.core.sample import ClusterPool, DynamicsSampler, read_plan, write_plan
@@ -142,16 +145,106 @@ def test_laion_parts_in_numeric_order_and_uid_column_wins(tmp_path):
 def test_unreadable_or_misaligned_part_is_quarantined_whole(tmp_path):
     mini = write_datacomp_pool(tmp_path / "pool", parts=3, rows_per_part=40)
     names = mini.parts
-    (tmp_path / "pool" / "metadata" / f"{names[1]}.npz").unlink()  # missing embeddings
+    (tmp_path / "pool" / "metadata" / f"{names[1]}.npz").write_bytes(b"PK\x03\x04 not a zip")  # unreadable
     npz = dict(np.load(tmp_path / "pool" / "metadata" / f"{names[2]}.npz"))
     np.savez(tmp_path / "pool" / "metadata" / f"{names[2]}.npz", **{k: v[:-1] for k, v in npz.items()})  # one row short
     s = ingest_precomputed(mini.root, tmp_path / "m", tmp_path / "e")
     assert s.total == 120 and [p.ok for p in s.parts][1:] == [0, 0]
     assert s.by_reason["unreadable_part"] == 80
     details = {r["shard"]: r["detail"] for r in _manifest_rows(s.manifest_dir) if r["reason"] == "unreadable_part"}
-    assert "missing" in details[names[1]] and "not row-aligned" in details[names[2]]
+    assert "unreadable" in details[names[1]] and "not row-aligned" in details[names[2]]
     store = EmbeddingStore(s.embeddings_dir)
     assert list(store.counts) == [p.ok for p in s.parts] and len(store) == s.ok
+
+
+def _clip_retrieval_names(root, parts: int, folders=("img_emb", "text_emb", "metadata")) -> None:
+    """Rename a ``write_laion_pool`` pool's files as clip-retrieval's writer names them:
+    ``str(n).zfill(int(math.log10(parts)) + 1)`` (clip_inference/writer.py), padded from 10 parts on."""
+    width = int(math.log10(parts)) + 1
+    for folder in folders:
+        for p in sorted((root / folder).iterdir()):
+            stem, ext = p.name.split(".", 1)
+            prefix, n = stem.rsplit("_", 1)
+            p.rename(p.with_name(f"{prefix}_{n.zfill(width)}.{ext}"))
+
+
+@pytest.mark.parametrize("parts,padded", [(1, True), (10, True), (12, True), (12, False), (12, "mixed"), (101, True)])
+def test_laion_parts_are_found_by_listing_padded_or_not(tmp_path, parts, padded):
+    """clip-retrieval pads part numbers from 10 parts on (img_emb_00.npy ...); every part is read,
+    whatever the padding (even padded in one folder and not in another), in numeric order."""
+    rows = 12
+    mini = write_laion_pool(tmp_path / "pool", parts=parts, rows_per_part=rows, dim=16)
+    if padded:
+        _clip_retrieval_names(mini.root, parts, ("img_emb", "metadata") if padded == "mixed" else
+                              ("img_emb", "text_emb", "metadata"))
+    listed = sorted((mini.root / "img_emb").iterdir())
+    if padded is True and parts >= 10:
+        assert listed[0].name == "img_emb_" + "0" * (int(math.log10(parts)) + 1) + ".npy"  # the layout under test
+    source = detect_layout(mini.root)
+    assert [p.name for p in source.parts] == mini.parts == [f"metadata_{n:06d}" for n in range(parts)]
+    for n, part in enumerate(source.parts):  # each part's three files are the same N
+        assert {int(f.stem.rsplit("_", 1)[1]) for f in (part.metadata, part.image, part.text)} == {n}
+    s = ingest_precomputed(mini.root, tmp_path / "m", tmp_path / "e")
+    assert s.total == parts * rows and "unreadable_part" not in s.by_reason  # every row read
+    assert s.ok == len(mini.ok_ids) and s.by_reason == {r: len(w) for r, w in mini.planted.items() if w}
+    assert [sid for t in ok_rows(s.manifest_dir) for sid in t["sample_id"].to_pylist()] == mini.ok_ids
+    assert _store_ids(EmbeddingStore(s.embeddings_dir)) == mini.ok_ids
+
+
+def test_two_files_with_the_same_part_number_are_refused_naming_both(tmp_path):
+    mini = write_laion_pool(tmp_path / "pool", parts=2, rows_per_part=12)
+    meta = mini.root / "metadata"
+    (meta / "metadata_01.parquet").write_bytes((meta / "metadata_1.parquet").read_bytes())
+    with pytest.raises(PoolPartsError, match=r"same part number: metadata_01\.parquet and metadata_1\.parquet"):
+        ingest_precomputed(mini.root, tmp_path / "m", tmp_path / "e")
+    (meta / "metadata_01.parquet").unlink()
+    (mini.root / "img_emb" / "img_emb_000.npy").write_bytes((mini.root / "img_emb" / "img_emb_0.npy").read_bytes())
+    with pytest.raises(PoolPartsError, match=r"img_emb_0\.npy and img_emb_000\.npy"):
+        detect_layout(mini.root)
+    (mini.root / "img_emb" / "img_emb_000.npy").unlink()
+    (meta / "metadata_extra.parquet").write_bytes((meta / "metadata_1.parquet").read_bytes())
+    with pytest.raises(PoolPartsError, match=r"metadata_extra\.parquet not named metadata_N\.parquet"):
+        detect_layout(mini.root)
+    assert not (tmp_path / "m").exists() or not any((tmp_path / "m").rglob("*.parquet"))  # nothing committed
+
+
+@pytest.mark.parametrize("remove,message", [
+    ("text_emb/text_emb_1.npy", r"text_emb lacks part 1 \(present: img_emb/img_emb_1\.npy, metadata/metadata_1\.parquet\)"),
+    ("metadata/metadata_2.parquet", r"metadata lacks part 2 \(present: img_emb/img_emb_2\.npy, text_emb/text_emb_2\.npy\)"),
+    ("img_emb/img_emb_0.npy", r"img_emb lacks part 0 "),
+])
+def test_a_missing_laion_file_is_an_error_naming_the_differing_parts(tmp_path, remove, message):
+    """Not a quarantine of the part's rows: the three folders must list the same parts."""
+    mini = write_laion_pool(tmp_path / "pool", parts=3, rows_per_part=12)
+    (mini.root / remove).unlink()
+    with pytest.raises(PoolPartsError, match="img_emb, text_emb and metadata must list the same parts: " + message):
+        ingest_precomputed(mini.root, tmp_path / "m", tmp_path / "e")
+    assert not isinstance(PoolPartsError("x"), ValueError)  # auto-detection does not take it for "not a pool"
+
+
+def test_a_missing_datacomp_file_is_an_error_naming_it(tmp_path):
+    mini = write_datacomp_pool(tmp_path / "pool", parts=3, rows_per_part=20)
+    folder = mini.root / "metadata"
+    (folder / f"{mini.parts[1]}.npz").unlink()
+    with pytest.raises(PoolPartsError, match=rf"{mini.parts[1]}\.parquet has no \.npz"):
+        ingest_precomputed(mini.root, tmp_path / "m", tmp_path / "e")
+    (folder / f"{mini.parts[1]}.parquet").unlink()
+    (folder / f"{mini.parts[2]}.parquet").unlink()  # an npz alone is not left out silently either
+    with pytest.raises(PoolPartsError, match=rf"{mini.parts[2]}\.npz has no \.parquet"):
+        detect_layout(mini.root)
+
+
+def test_duckdb_settings_are_not_pasted_into_sql(tmp_path, monkeypatch):
+    """The spill folder and memory limit reach DuckDB as settings, not SQL text: a temporary
+    folder with a quote in its name works, and a limit carrying SQL is refused as a bad value."""
+    quoted = tmp_path / "it's tmp"
+    quoted.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(quoted))
+    mini = write_laion_pool(tmp_path / "pool", parts=2, rows_per_part=12)
+    s = ingest_precomputed(mini.root, tmp_path / "m", tmp_path / "e")
+    assert s.by_reason["duplicate_sample_id"] == 1  # the duplicate pass ran with the quoted spill folder
+    with pytest.raises(duckdb.Error, match="memory"):
+        ingest_precomputed(mini.root, tmp_path / "m2", tmp_path / "e2", memory_limit="1GB'; SET threads = 1; --")
 
 
 def test_reads_part_by_part(tmp_path, monkeypatch):

@@ -24,13 +24,24 @@ forces one; anything else is refused with a message naming both):
   ``metadata_NNNNNN`` (zero-padded, so name order is part order). The ``.npy`` files are read
   through a memory map, chunk by chunk.
 
+Parts are found by listing the folders and parsing the names, never by formatting them:
+clip-retrieval writes N zero-padded to the width of the part count once there are 10 or more
+(``str(n).zfill(int(log10(count)) + 1)``: ``img_emb_00.npy`` … ``img_emb_11.npy``), and other
+writers do not pad, so ``img_emb_1.npy`` and ``img_emb_01.npy`` are both part 1. The listing is
+refused (``PoolPartsError``, naming the files) when two files of a folder give the same part
+(``metadata_01.parquet`` and ``metadata_1.parquet``), when a file of a folder's kind does not parse
+(``metadata/extra.parquet``), and when the folders do not list the same parts (LAION: ``img_emb``,
+``text_emb`` and ``metadata``; DataComp: the parquet and npz stems): a missing file is an error,
+not a quarantine. ``PoolPartsError`` is not a ``ValueError``, so a caller that reads "not a pool
+with embeddings" from a ``ValueError`` never takes a broken pool for another kind of source.
+
 Sample ids (the 128-bit identity every later stage keys on, 32 lowercase hex characters):
 a ``uid`` column of 32 hex characters when the metadata has one (DataComp always); otherwise
 (LAION metadata in general) ``sha256(url UTF-8 + b"\\0" + caption UTF-8, caption as stored)[:32]``.
 img2dataset's ``key`` is positional (it differs between downloads of the same data), so it is
 never used as the identity; it is kept in the manifest's ``key`` column.
 
-Reasons (first that applies): ``unreadable_part`` (embeddings file missing or unreadable, lacking
+Reasons (first that applies): ``unreadable_part`` (embeddings file unreadable, lacking
 the chosen keys, of another dimension, or not row-aligned with the metadata: every row of the part;
 ``detail`` says what), ``bad_uid`` (uid null / not 32 hex; LAION without uid column: no url),
 ``missing_caption``, ``empty_caption`` (after stripping), ``invalid_embedding`` (image or text
@@ -76,6 +87,11 @@ MODELS_BY_DIM = {512: "ViT-B-32", 768: "ViT-L-14"}  # LAION-400M: B/32; LAION-5B
 CHUNK_ROWS = 65536
 _UID = re.compile(r"[0-9a-fA-F]{32}")
 _LAION_PART = re.compile(r"metadata_(\d+)\.parquet")
+# LAION folder -> (file name pattern, suffix of the files the folder holds)
+_LAION_FILES = {"img_emb": (re.compile(r"img_emb_(\d+)\.npy"), ".npy", "img_emb_N.npy"),
+                "text_emb": (re.compile(r"text_emb_(\d+)\.npy"), ".npy", "text_emb_N.npy"),
+                "metadata": (_LAION_PART, ".parquet", "metadata_N.parquet")}
+PART_NAME_WIDTH = 6  # metadata_NNNNNN (wider only past 999999 parts)
 EXPECTED = ("a DataComp pool: a folder (or its metadata/ subfolder) of <hash>.parquet files each with a "
             "row-aligned <hash>.npz (keys b32_img, b32_txt[, l14_img, l14_txt]); or a LAION / "
             "clip-retrieval pool: img_emb/img_emb_N.npy, text_emb/text_emb_N.npy and "
@@ -83,6 +99,11 @@ EXPECTED = ("a DataComp pool: a folder (or its metadata/ subfolder) of <hash>.pa
 
 
 # ----------------------------------------------------------------------------- layout
+
+
+class PoolPartsError(Exception):
+    """The pool's files do not list one consistent set of parts (see the module docstring). Not a
+    ``ValueError``: the folder is a pool with embeddings, a broken one."""
 
 
 @dataclass(frozen=True)
@@ -117,8 +138,68 @@ def _datacomp_dir(path: Path) -> Path | None:
 
 
 def _is_laion(path: Path) -> bool:
-    return all((path / d).is_dir() for d in ("img_emb", "text_emb", "metadata")) and \
-        any(_LAION_PART.fullmatch(p.name) for p in (path / "metadata").glob("*.parquet"))
+    return all((path / d).is_dir() for d in _LAION_FILES)
+
+
+def _listed(folder: Path, suffix: str) -> list[Path]:
+    """The folder's files with ``suffix``, hidden files left out, by name."""
+    return sorted(p for p in folder.iterdir() if p.name.endswith(suffix) and not p.name.startswith(".")
+                  and p.is_file())
+
+
+def _laion_numbers(folder: Path, pattern: re.Pattern, suffix: str, label: str) -> dict[int, Path]:
+    """Part number -> file of one LAION folder, by listing and parsing (padded or not)."""
+    found: dict[int, list[Path]] = {}
+    strangers = []
+    for p in _listed(folder, suffix):
+        if (m := pattern.fullmatch(p.name)) is None:
+            strangers.append(p.name)
+        else:
+            found.setdefault(int(m.group(1)), []).append(p)
+    if strangers:
+        raise PoolPartsError(f"{folder}: {', '.join(strangers)} not named {label} "
+                             f"(clip-retrieval layout): rename or remove it")
+    same = {n: ps for n, ps in found.items() if len(ps) > 1}
+    if same:
+        listed = "; ".join(" and ".join(p.name for p in ps) for _, ps in sorted(same.items()))
+        raise PoolPartsError(f"{folder}: two files with the same part number: {listed} (keep one)")
+    return {n: ps[0] for n, ps in found.items()}
+
+
+def _differing(root: Path, listed: dict[str, dict]) -> str:
+    """``'img_emb lacks part 3 (metadata/metadata_3.parquet); ...'`` for the folders' differing parts."""
+    every = set().union(*(set(v) for v in listed.values()))
+    out = []
+    for folder, parts in listed.items():
+        missing = sorted(every - set(parts))
+        if missing:
+            having = [f"{f}/{listed[f][n].name}" for n in missing[:5] for f in listed if n in listed[f]][:5]
+            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            out.append(f"{folder} lacks part{'s' if len(missing) > 1 else ''} "
+                       f"{', '.join(map(str, missing[:5]))}{more} (present: {', '.join(having)})")
+    return "; ".join(out)
+
+
+def _laion_parts(path: Path) -> list[Part]:
+    listed = {d: _laion_numbers(path / d, *spec) for d, spec in _LAION_FILES.items()}
+    if len({frozenset(v) for v in listed.values()}) > 1:
+        raise PoolPartsError(f"{path}: img_emb, text_emb and metadata must list the same parts: "
+                             f"{_differing(path, listed)}")
+    numbers = sorted(listed["metadata"])
+    width = max(PART_NAME_WIDTH, len(str(numbers[-1])) if numbers else 0)
+    return [Part(f"metadata_{n:0{width}d}", listed["metadata"][n], listed["img_emb"][n], listed["text_emb"][n])
+            for n in numbers]
+
+
+def _datacomp_parts(folder: Path) -> list[Part]:
+    listed = {suffix: {p.stem: p for p in _listed(folder, suffix)} for suffix in (".parquet", ".npz")}
+    if set(listed[".parquet"]) != set(listed[".npz"]):
+        lone = [f"{p.name} has no {other}" for suffix, other in ((".parquet", ".npz"), (".npz", ".parquet"))
+                for stem, p in sorted(listed[suffix].items()) if stem not in listed[other]]
+        more = f" and {len(lone) - 5} more" if len(lone) > 5 else ""
+        raise PoolPartsError(f"{folder}: every <hash>.parquet needs its row-aligned <hash>.npz and the "
+                             f"reverse: {', '.join(lone[:5])}{more}")
+    return [Part(stem, p, p.with_suffix(".npz"), p.with_suffix(".npz")) for stem, p in sorted(listed[".parquet"].items())]
 
 
 def detect_layout(source: str | Path, layout: str = "auto") -> PoolSource:
@@ -134,15 +215,9 @@ def detect_layout(source: str | Path, layout: str = "auto") -> PoolSource:
     if datacomp is not None and laion:
         raise ValueError(f"{path}: looks like both a DataComp and a LAION pool; give datacomp:{path} or laion:{path}")
     if datacomp is not None:
-        parts = [Part(p.stem, p, p.with_suffix(".npz"), p.with_suffix(".npz"))
-                 for p in sorted(datacomp.glob("*.parquet")) if not p.name.startswith(".")]
-        return PoolSource("datacomp", datacomp, sorted(parts, key=lambda p: p.name))
+        return PoolSource("datacomp", datacomp, _datacomp_parts(datacomp))
     if laion:
-        numbered = sorted((int(m.group(1)), p) for p in (path / "metadata").glob("*.parquet")
-                          if (m := _LAION_PART.fullmatch(p.name)))
-        parts = [Part(f"metadata_{n:06d}", p, path / "img_emb" / f"img_emb_{n}.npy", path / "text_emb" / f"text_emb_{n}.npy")
-                 for n, p in numbered]
-        return PoolSource("laion", path, parts)
+        return PoolSource("laion", path, _laion_parts(path))
     asked = "" if layout == "auto" else f" as {layout}"
     raise ValueError(f"{path}: not a pool with precomputed embeddings{asked}; expected {EXPECTED}")
 
@@ -162,22 +237,21 @@ class PartEmbeddings:
 
 @contextlib.contextmanager
 def open_embeddings(part: Part, layout: str, embedding: str, n: int, dim: int | None) -> Iterator[PartEmbeddings]:
-    """The part's image and text embeddings (``PartError`` when they are unusable). DataComp's npz
-    is loaded (it cannot be memory-mapped: one part in memory); LAION's .npy are memory-mapped."""
+    """The part's image and text embeddings (``PartError`` when they are unusable; a file listed
+    and gone since is ``PoolPartsError``). DataComp's npz is loaded (it cannot be memory-mapped: one
+    part in memory); LAION's .npy are memory-mapped."""
+    for p in dict.fromkeys((part.image, part.text)):
+        if not p.is_file():
+            raise PoolPartsError(f"{p}: missing (listed with {part.metadata.name}, gone since)")
     try:
         if layout == "datacomp":
             img_key, txt_key, _, _ = EMBEDDINGS[embedding]
-            if not part.image.is_file():
-                raise PartError(f"{part.image.name}: missing (the parquet has no npz)")
             with np.load(part.image, allow_pickle=False) as npz:
                 missing = [k for k in (img_key, txt_key) if k not in npz.files]
                 if missing:
                     raise PartError(f"{part.image.name}: no {', '.join(missing)} (has {sorted(npz.files)})")
                 emb = PartEmbeddings(npz[img_key], npz[txt_key])
         else:
-            for p in (part.image, part.text):
-                if not p.is_file():
-                    raise PartError(f"{p.parent.name}/{p.name}: missing")
             emb = PartEmbeddings(np.load(part.image, mmap_mode="r", allow_pickle=False),
                                  np.load(part.text, mmap_mode="r", allow_pickle=False))
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
@@ -368,9 +442,9 @@ def _mark_duplicates(manifests: list[tuple[str, Path]], embeddings_out: Path, me
     embeddings of the parts concerned rewritten); returns how many."""
     if not manifests:
         return 0
-    with tempfile.TemporaryDirectory(prefix="precomputed-dups-") as spill, duckdb.connect() as con:
-        con.execute(f"SET memory_limit = '{memory_limit}'")
-        con.execute(f"SET temp_directory = '{spill}'")
+    # settings as connection config, never pasted into SQL text (a path may hold a quote)
+    with tempfile.TemporaryDirectory(prefix="precomputed-dups-") as spill, \
+            duckdb.connect(config={"memory_limit": str(memory_limit), "temp_directory": spill}) as con:
         found = con.execute(_DUPLICATES_SQL, [[str(p) for _, p in manifests]]).fetchall()
     by_part: dict[str, dict[int, str]] = {}
     for shard, row, sample_id in found:
@@ -548,6 +622,7 @@ def join_images(manifest_dir: str | Path, shard_paths: Iterable[str | Path], *,
                      int(not_in_pool), built.version_dir if shards_manifest_root is not None else None)
 
 
-__all__ = ["EMBEDDINGS", "LAYOUTS", "ImageJoin", "Part", "PoolSource", "PrecomputedSummary", "derived_sample_id",
+__all__ = ["EMBEDDINGS", "LAYOUTS", "ImageJoin", "Part", "PoolPartsError", "PoolSource", "PrecomputedSummary",
+           "derived_sample_id",
            "detect_layout", "encoder_for", "has_images", "ingest_precomputed", "join_images", "open_embeddings",
            "parse_source"]
