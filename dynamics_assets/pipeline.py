@@ -20,6 +20,7 @@ import argparse
 import atexit
 import logging
 import os
+import re
 import sys
 import time
 import uuid
@@ -35,6 +36,24 @@ if TYPE_CHECKING:
 QUIET_RUN_CONFIG: dict[str, Any] = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
+MAX_EPOCHS = 365  # epoch keys are days of a year (defs/partitions.epoch_partitions_def refuses more)
+_EPOCH_KEY = re.compile(r"epoch-(\d{3})")
+
+
+def epoch_arg(text: str) -> str:
+    """``--epochs``' argparse type: a number N in [1, MAX_EPOCHS] (returned as its decimal digits) or
+    an epoch partition key ``epoch-NNN``; anything else is refused before any work."""
+    value = text.strip()
+    if re.fullmatch(r"[+-]?\d+", value):
+        if not 1 <= int(value) <= MAX_EPOCHS:
+            raise argparse.ArgumentTypeError(f"{text!r}: the number of epochs must be an integer in [1, {MAX_EPOCHS}]")
+        return str(int(value))
+    if (key := _EPOCH_KEY.fullmatch(value)) and 1 <= int(key.group(1)) <= MAX_EPOCHS:
+        return value
+    raise argparse.ArgumentTypeError(f"{text!r} is neither a number of epochs N ≥ 1 (trains epoch-001 … epoch-N) "
+                                     "nor an epoch partition key such as epoch-001")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m dynamics_assets.pipeline", description=__doc__.splitlines()[0])
     parser.add_argument("--source", help="the pool: a folder of webdataset .tar shards (img2dataset layout) as a "
@@ -46,8 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pool-option", dest="pool_options", action="append", default=[], metavar="KEY=VALUE",
                         help="one more raw_shards config value (repeatable), e.g. pairs=5000 or profile=web "
                              "for the synthetic pool")
-    parser.add_argument("--epochs", nargs="*", help="a number of epochs N (epoch-001 … epoch-N), or epoch "
-                        "partition keys (default: every epoch partition, DYNAMICS_EPOCHS)")
+    parser.add_argument("--epochs", nargs="*", type=epoch_arg, help="a number of epochs N ≥ 1 (epoch-001 … "
+                        "epoch-N), or epoch partition keys (default: every epoch partition, DYNAMICS_EPOCHS)")
     parser.add_argument("--recipes", "--recipe", nargs="*", help="recipe names or recipe partition keys "
                         "(dynamics-50 or dynamics-50.s0), or 'all' (default: the default recipe of "
                         "data/experiments.yaml, first seed)")
@@ -97,7 +116,7 @@ def epoch_keys(requested: Sequence[str] | None, available: Sequence[str]) -> lis
             sys.exit(f"--epochs {n}: this code location has epochs 1 … {len(available)} (DYNAMICS_EPOCHS)")
         return list(available[:n])
     if unknown := [e for e in requested if e not in available]:
-        sys.exit(f"unknown epoch(s) {unknown}; known: {list(available)}")
+        sys.exit(f"--epochs: unknown epoch(s) {unknown}; known: {list(available)} (DYNAMICS_EPOCHS, or --epochs N)")
     return list(requested)
 
 
@@ -115,9 +134,92 @@ def recipe_keys(requested: Sequence[str] | None, experiments) -> list[str]:
         elif named := [k for k, v in recipes.items() if v.name == r]:
             keys.append(named[0])
         else:
-            sys.exit(f"unknown recipe {r!r}; known: {sorted({v.name for v in recipes.values()})} "
-                     f"or their partition keys {sorted(recipes)}")
+            sys.exit(f"--recipes {r!r}: unknown recipe; the recipes of this code location (DYNAMICS_EXPERIMENTS, "
+                     f"default data/experiments.yaml): {sorted({v.name for v in recipes.values()})}, or a "
+                     f"partition key such as {next(iter(recipes))}")
     return keys
+
+
+# ---------------------------------------------------------------------------------------------
+# Everything a run needs, checked before any work
+# ---------------------------------------------------------------------------------------------
+
+
+class InputError(ValueError):
+    """A command-line input that would make the run fail later; the message names the option."""
+
+
+def check_source(source: str | None) -> None:
+    """A local ``source`` (a path, a ``file://`` URI, ``datacomp:`` / ``laion:`` + a path) must be
+    an existing folder; remote URIs are listed by raw_shards itself (they may need credentials)."""
+    if not source or source == "synthetic":
+        return
+    from dynamics_assets.core.ingest.landing import local_folder
+    from dynamics_assets.core.ingest.precomputed import parse_source
+    from dynamics_assets.core.ingest.sources import is_local
+
+    kind, path = parse_source(source)
+    if kind == "auto" and not is_local(source):
+        return
+    try:
+        folder = path.expanduser() if kind != "auto" else local_folder(source)
+    except ValueError as e:
+        raise InputError(f"--source: {e}") from e
+    if not folder.exists():
+        raise InputError(f"--source: the folder {folder} does not exist")
+    if not folder.is_dir():
+        raise InputError(f"--source: {folder} is a file; the source is a folder of webdataset .tar shards"
+                         + (f" (or a {kind} pool)" if kind != "auto" else ""))
+
+
+def check_eval(eval_set: str | None, source: str | None) -> str | None:
+    """The labelled set checked as ``core/evaluate/eval_set.validate_eval_set`` does (layout, two
+    classes or more, none empty, every image header); its one-line description, or None."""
+    if not eval_set:
+        return None
+    if not source or source == "synthetic":
+        raise InputError(f"--eval {eval_set}: the synthetic pool is evaluated on its own held-out set and "
+                         "would ignore it; give your pool with --source")
+    from dynamics_assets.core.evaluate.eval_set import EvalSetError, validate_eval_set
+
+    try:
+        return validate_eval_set(eval_set).describe()
+    except EvalSetError as e:
+        raise InputError(f"--eval: {e}") from e
+
+
+def check_pool_inputs(args: argparse.Namespace) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """raw_shards' config (``--source``, ``--eval``, ``--pool-option``) checked without importing
+    Dagster: (the config, lines to print); ``InputError`` naming the option otherwise."""
+    try:
+        pool_ops = pool_config(args.source, args.eval_set, args.pool_options)
+    except SystemExit as e:
+        raise InputError(str(e.code)) from e
+    pool = pool_ops.get("raw_shards", {})
+    check_source(pool.get("source"))
+    described = check_eval(pool.get("eval"), pool.get("source"))
+    return pool_ops, [f"eval set: {described}"] if described else []
+
+
+def check_run_inputs(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """``--recipes`` against the code location's recipes (data/experiments.yaml) and ``--epochs``
+    against its epoch partitions: (recipe keys, epoch keys); ``InputError`` otherwise."""
+    if args.epochs and len(args.epochs) > 1 and any(e.isdigit() for e in args.epochs):
+        raise InputError(f"--epochs {' '.join(args.epochs)}: give one number N, or epoch partition keys")
+    from dynamics_assets.defs.partitions import epoch_partitions
+
+    try:
+        return recipe_keys(args.recipes, _experiments()), epoch_keys(args.epochs, epoch_partitions.get_partition_keys())
+    except SystemExit as e:
+        raise InputError(str(e.code)) from e
+
+
+def check_inputs(args: argparse.Namespace) -> tuple[dict[str, dict[str, Any]], list[str], list[str], list[str]]:
+    """Every input of the run, checked before any Dagster run starts: (raw_shards' config, recipe
+    keys, epoch keys, lines to print); ``InputError`` naming the option otherwise."""
+    pool_ops, notes = check_pool_inputs(args)
+    recipes, epochs = check_run_inputs(args)
+    return pool_ops, recipes, epochs, notes
 
 
 def configure_output(verbose: bool, progress: bool = True) -> None:
@@ -351,20 +453,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ["DYNAMICS_EPOCHS"] = args.epochs[0]
     if "DAGSTER_HOME" not in os.environ:
         sys.exit("DAGSTER_HOME is not set: run `bash scripts/pipeline.sh`, which sets it to data/dagster_home")
-    configure_output(args.verbose, progress=not args.no_progress)
+    # before any run: a wrong input is refused here in seconds, not after curation and training
+    try:
+        pool_ops, notes = check_pool_inputs(args)  # no Dagster import: the fastest refusals first
+        configure_output(args.verbose, progress=not args.no_progress)
+        recipes, epochs = check_run_inputs(args)
+    except InputError as e:
+        print(f"refused before any work: {e}", file=sys.stderr, flush=True)
+        return 2
+    for line in notes:
+        print(line, flush=True)
 
     import dagster as dg
 
     from dynamics_assets.definitions import defs
 
-    experiments = _experiments()
     instance = dg.DagsterInstance.get()
     started = time.perf_counter()
     seen: dict[str, dict[str, Any]] = {}
     run = lambda job, title, **kw: execute(job, instance, verbose=args.verbose, title=title, seen=seen, **kw)  # noqa: E731
 
     curation = defs.resolve_job_def("curate_pool")
-    pool_ops = pool_config(args.source, args.eval_set, args.pool_options)
     selection = _missing_curation(defs, curation, instance) if args.skip_existing else None
     if selection == []:
         print("curate_pool: every asset already materialised (--skip-existing)", flush=True)
@@ -378,8 +487,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     # A pool that ships embeddings without images is planned and exported, not trained on.
     images = _pool_has_images(instance)
     epoch_job = defs.resolve_job_def("train_epoch" if images else "plan_epoch")
-    epochs = epoch_keys(args.epochs, epoch_job.partitions_def.get_partitions_def_for_dimension("epoch").get_partition_keys())
-    recipes = recipe_keys(args.recipes, experiments)
     epoch_selection = None
     if args.no_export and images:
         exports = {dg.AssetKey("datacomp_subset"), dg.AssetKey("webdataset_export")}

@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -194,3 +195,154 @@ def test_progress_switch(monkeypatch, capsys):
     for i in range(1, 4):
         progress.offset(tick, 0, 3)(i, 99)
     assert "demo" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# Every input checked before any work (issue 17, item 8)
+# ---------------------------------------------------------------------------------------------
+
+
+def _png(rgb) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), rgb).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def eval_folder(root: Path, classes=("cat", "dog"), per_class: int = 2) -> Path:
+    """A small valid ImageFolder eval set."""
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            (root / name / f"{i}.png").write_bytes(_png((40 * c, 10 * i, 100)))
+    return root
+
+
+def run_command(args: list[str], tmp_path: Path, timeout: float = 120) -> tuple[subprocess.CompletedProcess, float]:
+    """The main command in a fresh interpreter on an empty instance and data root; its wall time."""
+    import time
+
+    home, data = tmp_path / "home", tmp_path / "data"
+    home.mkdir(exist_ok=True)
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    env = {k: v for k, v in os.environ.items() if k != "DYNAMICS_EPOCHS"}
+    env.update(DAGSTER_HOME=str(home), DYNAMICS_DATA_DIR=str(data), NO_COLOR="1")
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "dynamics_assets.pipeline", "--no-progress", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    return proc, time.perf_counter() - started
+
+
+def test_a_wrong_eval_is_refused_before_any_run(tmp_path):
+    """The command with an eval set that does not exist exits 2 within seconds, naming it; no run
+    was started (the instance holds nothing but its config, the data root was never made)."""
+    source = tmp_path / "shards"
+    source.mkdir()
+    proc, seconds = run_command(["--source", str(source), "--eval", str(tmp_path / "no-such-set")], tmp_path)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == \
+        f"refused before any work: --eval: eval set {tmp_path / 'no-such-set'} does not exist"
+    assert "curate_pool" not in proc.stdout
+    assert sorted(p.name for p in (tmp_path / "home").iterdir()) == ["dagster.yaml"]
+    assert not (tmp_path / "data").exists()
+    assert seconds < 30, seconds
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--epochs", "-1"], "argument --epochs: '-1': the number of epochs must be an integer in [1, 365]"),
+    (["--epochs", "abc"], "argument --epochs: 'abc' is neither a number of epochs N ≥ 1"),
+    (["--epochs", "0"], "argument --epochs: '0': the number of epochs must be an integer in [1, 365]"),
+    (["--epochs", "366"], "argument --epochs: '366': the number of epochs must be an integer in [1, 365]"),
+    (["--epochs", "epoch-1"], "argument --epochs: 'epoch-1' is neither"),
+])
+def test_epochs_is_refused_by_the_parser(argv, message, capsys):
+    with pytest.raises(SystemExit) as raised:
+        pipeline.build_parser().parse_args(argv)
+    assert raised.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_epochs_accepted_forms():
+    parse = pipeline.build_parser().parse_args
+    assert parse(["--epochs", "2"]).epochs == ["2"] and parse(["--epochs", "+02"]).epochs == ["2"]
+    assert parse(["--epochs", "epoch-002", "epoch-003"]).epochs == ["epoch-002", "epoch-003"]
+    assert parse(["--epochs"]).epochs == []
+
+
+@pytest.fixture
+def no_run(monkeypatch, tmp_path):
+    """main() in this process on an empty instance; starting any run fails the test."""
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DYNAMICS_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("DYNAMICS_EPOCHS", raising=False)  # main sets it for --epochs N
+
+    def started(*args, **kwargs):
+        raise AssertionError("a Dagster run started before the inputs were checked")
+
+    monkeypatch.setattr(pipeline, "execute", started)
+    source = tmp_path / "shards"
+    source.mkdir()
+    return source
+
+
+def _bad_eval(root: Path, fault: str) -> Path:
+    if fault == "missing":
+        return root / "nowhere"
+    if fault == "clip_benchmark without classnames.txt":
+        (root / "test").mkdir(parents=True)
+        (root / "test" / "0.tar").write_bytes(b"\0" * 1024)
+        return root
+    eval_folder(root, classes=("cat",) if fault == "one class" else ("cat", "dog"))
+    if fault == "not an image":
+        (root / "dog" / "1.png").write_text("<html>403 Forbidden</html>")
+    elif fault == "empty class":
+        (root / "zebra").mkdir()
+    return root
+
+
+@pytest.mark.parametrize("fault, message", [
+    ("missing", r"--eval: eval set .*nowhere does not exist"),
+    ("clip_benchmark without classnames.txt", r"--eval: eval set .*: classnames\.txt is missing"),
+    ("not an image", r"--eval: eval set .*: 1 image\(s\) whose header does not decode:\n  .*dog/1\.png: not an image"),
+    ("empty class", r"--eval: eval set .*: 1 empty class\(es\) .*\n  class folder .*zebra holds no image"),
+    ("one class", r"--eval: eval set .*: one class folder \('cat'\)"),
+])
+def test_main_refuses_a_bad_eval_set_before_any_run(no_run, tmp_path, capsys, fault, message):
+    bad = _bad_eval(tmp_path / "set", fault)
+    assert pipeline.main(["--source", str(no_run), "--eval", str(bad), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("refused before any work: --eval: ")
+    assert re.search(message, err), err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--recipe", "dynamics-5O"], "refused before any work: --recipes 'dynamics-5O': unknown recipe; the recipes "),
+    (["--recipes", "dynamics-50.s7"], "--recipes 'dynamics-50.s7': unknown recipe"),
+    (["--epochs", "epoch-009"], "--epochs: unknown epoch(s) ['epoch-009']; known: ['epoch-001', 'epoch-002', 'epoch-003']"),
+    (["--epochs", "2", "epoch-001"], "--epochs 2 epoch-001: give one number N, or epoch partition keys"),
+    (["--source", "{missing}"], "refused before any work: --source: the folder {missing} does not exist"),
+    (["--source", "file://{missing}"], "--source: the folder {missing} does not exist"),
+    (["--source", "datacomp:{missing}"], "--source: the folder {missing} does not exist"),
+    (["--source", "{file}"], "--source: {file} is a file; the source is a folder of webdataset .tar shards"),
+    (["--pool-option", "pairs"], "--pool-option 'pairs': expected KEY=VALUE"),
+    (["--eval", "{set}"], "--eval {set}: the synthetic pool is evaluated on its own held-out set and would ignore it"),
+])
+def test_main_refuses_bad_inputs_before_any_run(no_run, tmp_path, capsys, argv, message):
+    names = {"missing": tmp_path / "nowhere", "file": tmp_path / "a-file", "set": eval_folder(tmp_path / "set")}
+    (tmp_path / "a-file").write_text("x")
+    assert pipeline.main([a.format(**names) for a in argv] + ["--no-progress"]) == 2
+    assert message.format(**names) in capsys.readouterr().err
+
+
+def test_check_inputs_of_a_good_run(no_run, tmp_path):
+    good = eval_folder(tmp_path / "set")
+    args = pipeline.build_parser().parse_args(["--source", str(no_run), "--eval", str(good), "--recipe", "uniform-50",
+                                               "--epochs", "epoch-002", "--pool-option", "seed=4"])
+    pool_ops, recipes, epochs, notes = pipeline.check_inputs(args)
+    assert pool_ops == {"raw_shards": {"source": str(no_run), "eval": str(good), "seed": 4}}
+    assert recipes == ["uniform-50.s0"] and epochs == ["epoch-002"]
+    assert notes == [f"eval set: {good} (ImageFolder: 4 images, 2 classes, 2 … 2 per class; checked in "
+                     f"{notes[0].split('checked in ')[1]}"]
+    for remote in ("s3://bucket/shards", "memory://pool"):  # listed by raw_shards itself (credentials, network)
+        pipeline.check_source(remote)

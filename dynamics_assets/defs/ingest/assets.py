@@ -38,6 +38,9 @@ class RawShardsConfig(dg.Config):
 def raw_shards(context: dg.AssetExecutionContext, config: RawShardsConfig, storage: StorageResource) -> RawShards:
     """The webdataset tar shards of the training pool (and, for the synthetic pool, its
     held-out evaluation set)."""
+    if config.eval:  # checked before any work (layout, classes, image headers), as the main command does
+        from dynamics_assets.core.evaluate.eval_set import validate_eval_set
+        context.log.info(f"eval set: {validate_eval_set(config.eval).describe()}")
     layout = storage.layout
     if config.source == "synthetic":
         from dataclasses import replace
