@@ -225,3 +225,73 @@ def test_prune_leaves_a_busy_artefact_alone(tmp_path):
         report = prune(tmp_path)
         assert report.skipped_locked == [root] and old.exists() and staging.path.exists()
     assert set(prune(tmp_path).removed) == {old, second}
+
+
+def test_prune_deletes_nothing_it_cannot_prove_unused(tmp_path):
+    data = tmp_path / "data"
+    plans = data / "plan"
+    only_via_ckpt = commit(plans, {"p": "one"}).version_dir
+    current_plan = commit(plans, {"p": "two"}).version_dir
+    ckpt = data / "ckpt"
+    kept = [commit(ckpt, {"w": f"{i}"}, refs={"plan": only_via_ckpt if i == 0 else current_plan}).version_dir
+            for i in range(3)]
+    (ckpt / ".staging" / "dead").mkdir(parents=True)
+    orphan = data / "orphan"  # versions but no CURRENT at all
+    orphan_version = commit(orphan, {"o": "x"}).version_dir
+    (orphan / "CURRENT").unlink()
+    other = data / "other"
+    old_other = commit(other, {"x": "1"}).version_dir
+    commit(other, {"x": "2"})
+
+    for text in ("", "\x00\xff garbage", "../../plan/versions/" + current_plan.name, "0123456789abcdef"):
+        (ckpt / "CURRENT").write_bytes(text.encode("utf-8", "surrogateescape"))
+        report = prune(data, dry_run=True)
+        assert sorted(report.unresolved) == [ckpt, orphan]
+        assert {v for v in kept + [only_via_ckpt, orphan_version]} <= set(report.kept)
+        assert set(report.removed) == {old_other}, text
+        assert any(str(ckpt) in p and "nothing of it was deleted" in p for p in report.problems)
+        assert any(f"{orphan}: no CURRENT file" in p and orphan_version.name in p for p in report.problems)
+
+    proc = subprocess.run([sys.executable, "-m", "dynamics_assets.core.io.versions", "prune", str(data)],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2 and "error: " + str(ckpt) + ": CURRENT names '0123456789abcdef'" in proc.stderr
+    assert all(v.is_dir() for v in kept + [only_via_ckpt, orphan_version, current_plan])
+    assert (ckpt / ".staging" / "dead").is_dir() and not old_other.exists()
+
+    # a kept version whose _version.json does not read: its refs are unknown, so nothing is deleted
+    (ckpt / "CURRENT").write_text(kept[2].name + "\n")
+    (orphan / "CURRENT").write_text(orphan_version.name + "\n")
+    superseded = commit(other, {"x": "3"}).version_dir
+    commit(other, {"x": "4"})
+    (kept[2] / "_version.json").write_text("{not json")
+    report = prune(data)
+    assert report.removed == [] and any("_version.json: unreadable" in p for p in report.problems)
+    assert all(v.is_dir() for v in kept + [only_via_ckpt]) and superseded.is_dir()
+
+
+def test_open_checked_compares_sizes_always_and_hashes_on_request(tmp_path):
+    root = tmp_path / "emb"
+    v = commit(root, {"a.npy": "0123456789", "sub/b.json": "{}"}).version_dir
+    assert versions.open_checked(root) == v and versions.damaged_files(v) == []
+
+    with open(v / "a.npy", "r+b") as f:  # edited in place, same size: only a hash sees it
+        f.write(b"X")
+    assert versions.open_checked(root) == v
+    with pytest.raises(versions.DamagedArtefact) as err:
+        versions.open_checked(root, hashed=["a.npy"])
+    assert f"emb version {v.name} is damaged: {v / 'a.npy'}: content differs from its recorded sha256" in str(err.value)
+    assert "re-materialise emb" in str(err.value)
+    assert versions.open_checked(root, hashed=["sub/b.json"]) == v  # only the named files are read
+
+    os.truncate(v / "a.npy", 4)
+    (v / "sub" / "b.json").unlink()
+    (v / "extra.parquet").write_text("a shard nobody committed")
+    (v / ".tmp-of-a-writer").write_text("hidden: not part of any version")
+    problems = versions.damaged_files(v)
+    assert problems == [f"{v / 'a.npy'}: 4 bytes, its version recorded 10", f"{v / 'sub/b.json'}: missing",
+                        f"{v / 'extra.parquet'}: not a file of this version (added after its commit)"]
+    with pytest.raises(versions.DamagedArtefact, match="4 bytes, its version recorded 10"):
+        versions.open_checked(v)
+    plain = tmp_path / "fixture"  # a plain directory (no _version.json) is not checked
+    plain.mkdir()
+    assert versions.open_checked(plain) == plain

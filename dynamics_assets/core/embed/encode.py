@@ -29,10 +29,18 @@ step quarantines it with the reason ``corrupt_image``.
 Where the shards are encoded is the ``engine``'s business (``core.engine``): in this process, or
 on a Ray actor pool with one encoder loaded per actor. Either way the shards' files are written by
 this process in shard order from what the workers send back, so the artefacts are byte-identical.
+
+Before a shard directory is reused, the files it shares (hardlinks) with the current version are
+checked against that version's ``_version.json``: size, then sha256. A shard whose committed file
+was truncated, lost, or edited in place is named (a warning, and ``EmbedSummary.damaged``),
+dropped from the new version (its links only: the damaged version is not touched) and embedded
+again, so a damaged shard is recomputed instead of failing every rerun; a stored file that does not
+load is treated the same way.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
@@ -57,6 +65,8 @@ from dynamics_assets.core.ingest.pool import (Pair, PoolShard, collate, input_si
 
 FILES = ("image.npy", "text.npy", "sample_id.npy", "meta.json")
 
+log = logging.getLogger(__name__)
+
 A = TypeVar("A")
 B = TypeVar("B")
 
@@ -74,6 +84,7 @@ class EmbedSummary:
     version_dir: Path | None = None  # the committed embeddings version (give this to readers)
     version_id: str | None = None
     resumed: bool = False  # an interrupted call's staging directory was adopted
+    damaged: tuple[str, ...] = ()  # stored shard files found damaged (one line each, naming the file): re-embedded
 
 
 def embed_shards(
@@ -117,24 +128,42 @@ def embed_shards(
     total, done = sum(s.n_ok for s in todo), 0
     progress = progress if progress is not None else bar("embed", "pair")
     art = versions.Artefact(out_dir, "embeddings")
-    with art.write(base=art.current(), resume=True, keep_on_error=True,
+    base = art.current()
+    with art.write(base=base, resume=True, keep_on_error=True,
                    refs=versions.pinned(manifest=manifest_dir)) as staging:
         # the previous version's shards are the base; those not in this manifest (another pool,
         # embedded before in this data root) are not this version's
-        pool_stems = {s.stem for s in pool_shards(manifest_dir)}
+        all_shards = pool_shards(manifest_dir)
+        pool_stems = {s.stem for s in all_shards}
         for stale in [d for d in staging.path.iterdir() if d.is_dir() and not d.name.startswith((".", "_"))
                       and d.name not in pool_stems]:
             shutil.rmtree(stale)
+        # a reused shard is checked before it is trusted; a damaged one is dropped and embedded again
+        damaged = _damaged_shards(staging.path, base)
+        for stem, problems in damaged.items():
+            log.warning("embeddings: %s; shard %s is embedded again", "; ".join(problems), stem)
+            shutil.rmtree(staging.path / stem)  # its links only: the committed files are not touched
+        chosen = {s.stem for s in todo}
+        todo += [s for s in all_shards if s.stem in damaged and s.stem not in chosen]
+        total = sum(s.n_ok for s in todo)
         to_embed: list[tuple[PoolShard, np.ndarray]] = []
         for shard in todo:  # shards already embedded (or whose rows are a subset of stored ones)
             dest = staging.path / shard.stem
             ids = ok_sample_ids(shard)
-            meta = _current_meta(dest, identity, dim, ids)
-            if meta is None:
-                meta = _subset_of_existing(dest, identity, dim, ids)
-                subset += meta is not None
-            else:
-                skipped += 1
+            try:
+                meta = _current_meta(dest, identity, dim, ids)
+                if meta is None:
+                    meta = _subset_of_existing(dest, identity, dim, ids)
+                    subset += meta is not None
+                else:
+                    skipped += 1
+            except (ValueError, OSError, EOFError, KeyError) as e:
+                # a stored file that does not load (written by an interrupted run of this staging
+                # directory, so not recorded anywhere): named, and the shard embedded again
+                log.warning("embeddings: %s: stored shard unreadable (%s); it is embedded again", dest, e)
+                damaged.setdefault(shard.stem, []).append(f"{dest}: unreadable ({e})")
+                shutil.rmtree(dest, ignore_errors=True)
+                meta = None
             if meta is None:
                 to_embed.append((shard, ids))
                 continue
@@ -155,7 +184,49 @@ def embed_shards(
                 progress(done, total)
     return EmbedSummary(len(todo), len(to_embed), skipped, pairs, invalid, dim,
                         time.perf_counter() - started, subset, staging.version_dir, staging.version_id,
-                        staging.resumed)
+                        staging.resumed, tuple(line for stem in sorted(damaged) for line in damaged[stem]))
+
+
+def _damaged_shards(staging: Path, base: Path | None) -> dict[str, list[str]]:
+    """``{shard: [problem naming the file, ...]}`` for the shard directories of ``staging`` that
+    share a file with a committed version and do not match what ``base`` (the current version)
+    recorded: a shared file of another size or sha256 (truncated, edited in place), a recorded file
+    lost, a shared file ``base`` does not record (a link from an older version, unverifiable here).
+    Files written by this staging directory's writers (one link) are new, not reuse."""
+    recorded: dict[str, dict[str, Any]] = {}
+    if base is not None:
+        try:
+            recorded = versions.version_info(base)["files"]
+        except (OSError, ValueError, KeyError) as e:
+            recorded = {}
+            log.warning("embeddings: %s unreadable (%s): no stored shard can be checked", base / versions.VERSION_FILE, e)
+            base = None
+    where = f" (embeddings version {base.name})" if base is not None else ""
+    out: dict[str, list[str]] = {}
+    for shard in sorted(d for d in staging.iterdir() if d.is_dir() and not d.name.startswith((".", "_"))):
+        problems = []
+        for path in sorted(p for p in shard.rglob("*") if p.is_file() and not p.name.startswith(".")):
+            rel = path.relative_to(staging).as_posix()
+            st = os.stat(path)
+            rec = recorded.get(rel)
+            committed = base / rel if base is not None else None
+            try:
+                shared = committed is not None and os.path.samestat(st, os.stat(committed))
+            except OSError:
+                shared = False
+            if shared and rec is not None:
+                if st.st_size != rec["size"]:
+                    problems.append(f"{committed}{where}: {st.st_size} bytes, its version recorded {rec['size']}")
+                elif versions._sha256(path) != rec["sha256"]:
+                    problems.append(f"{committed}{where}: content differs from its recorded sha256 (edited in place)")
+            elif shared or st.st_nlink > 1:
+                problems.append(f"{path}: shared with a committed version that does not record it; not reused")
+        for rel in recorded:
+            if rel.startswith(f"{shard.name}/") and not (staging / rel).exists() and base is not None:
+                problems.append(f"{base / rel}{where}: missing")
+        if problems:
+            out[shard.name] = problems
+    return out
 
 
 def encoder_identity(spec: EncoderSpec, device: str) -> tuple[dict[str, str], int]:

@@ -31,7 +31,9 @@ class EmbeddingStore:
     def __init__(self, emb_dir: str | Path, kind: str = "image") -> None:
         if kind not in EMBEDDING_KINDS:
             raise ValueError(f"kind must be one of {EMBEDDING_KINDS}, got {kind!r}")
-        self.root = versions.resolve(emb_dir)  # an artefact root reads its current version
+        # an artefact root reads its current version; a committed version's file sizes are checked
+        # (a stat per file: a truncated or missing shard file is named here, not deep in numpy)
+        self.root = versions.open_checked(emb_dir)
         self.kind = kind
         if not self.root.is_dir():
             raise FileNotFoundError(f"{self.root}: embedding directory not found")
@@ -54,7 +56,10 @@ class EmbeddingStore:
 
     def _shard_shape(self, shard: str) -> tuple[int, int]:
         path = self.embedding_path(shard)
-        emb = np.load(path, mmap_mode="r")
+        try:
+            emb = np.load(path, mmap_mode="r")
+        except (ValueError, OSError, EOFError) as e:
+            raise ValueError(f"{path}: unreadable embeddings ({e}); re-materialise the embeddings") from e
         if emb.ndim != 2 or not np.issubdtype(emb.dtype, np.floating):
             raise ValueError(f"{path}: expected a 2-D float array, got shape {emb.shape} dtype {emb.dtype}")
         return emb.shape

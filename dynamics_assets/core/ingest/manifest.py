@@ -395,7 +395,7 @@ def manifest_files(manifest_dir: str | Path) -> list[tuple[str, Path]]:
     an artefact root reads its current version), in pool order."""
     found = [
         (manifest_info(p)["shard"], p)
-        for p in versions.resolve(manifest_dir).glob("*.parquet")
+        for p in versions.open_checked(manifest_dir).glob("*.parquet")  # sizes checked
         if not p.name.startswith(".")
     ]
     found.sort()

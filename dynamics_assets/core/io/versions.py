@@ -32,6 +32,11 @@ or adopts the newest one with ``resume=True`` (the embedding stage keeps its com
 **Reading.** ``Artefact(root).current()`` is the committed version directory (None before the
 first commit); ``resolve(path)`` accepts a root, a version directory or a plain directory.
 Readers should resolve once and then only read inside that version directory.
+``open_checked(path)`` is ``resolve`` for readers: it compares the version's files with its
+``_version.json`` — always their sizes (a stat per file: a truncated, missing or added file), and
+with ``hashed`` their sha256 (plans, small, are hashed whenever read; the embedding stage hashes a
+shard before reusing it) — and raises ``DamagedArtefact`` naming the files, the artefact and the
+version, and saying to re-materialise it. ``verify(version)`` hashes everything.
 
 **Refs.** A version records the upstream versions it was computed from (``refs``: name -> version
 directory, stored relative to the version directory). ``prune(data_root)`` keeps every CURRENT
@@ -39,6 +44,11 @@ version and everything reachable from one through refs (across artefacts), and d
 versions and dead staging directories::
 
     python -m dynamics_assets.core.io.versions prune [--dry-run] DATA_ROOT
+
+It deletes only what it proves unused: an artefact whose ``CURRENT`` does not name a committed
+version (empty, garbage, a missing id; or versions without ``CURRENT``) is an error naming it,
+nothing of it is deleted, its versions count as in use (so what they reference is kept), and the
+command exits with status 2.
 
 **Pool version.** The clusters version (its refs pin the manifest and the embeddings versions) is
 the *pool version*. A plan records it in ``plan.json`` (``pool_version``); ``require_same_pool``
@@ -59,7 +69,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 VERSION_FILE = "_version.json"
 CURRENT = "CURRENT"
@@ -99,6 +109,14 @@ def _sha256_and_fsync(path: Path, chunk: int = 1 << 22) -> str:
         while block := f.read(chunk):
             digest.update(block)
         os.fsync(f.fileno())
+    return digest.hexdigest()
+
+
+def _sha256(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
     return digest.hexdigest()
 
 
@@ -167,6 +185,65 @@ def pinned(**paths: str | os.PathLike | None) -> dict[str, Path]:
         if is_version_dir(p):
             out[name] = p
     return out
+
+
+class DamagedArtefact(ValueError):
+    """A committed version's files differ from its ``_version.json`` (a file truncated, missing,
+    added, or edited in place): the error names the files, the artefact and the version."""
+
+
+def damaged_files(version_dir: str | os.PathLike, *, hashed: bool | Iterable[str] = False) -> list[str]:
+    """What is wrong with a committed version's files, one line each naming the file (empty: intact).
+
+    Always a stat per file: a recorded file missing or of another size, a file not recorded
+    (hidden temporaries aside). ``hashed``: also the sha256 of every recorded file (True) or of
+    the named relative paths — a full read, for small files or before reuse."""
+    d = Path(version_dir)
+    try:
+        recorded = version_info(d)["files"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return [f"{d / VERSION_FILE}: unreadable ({e})"]
+    problems = []
+    for rel, rec in recorded.items():
+        try:
+            size = os.stat(d / rel).st_size
+        except FileNotFoundError:
+            problems.append(f"{d / rel}: missing")
+            continue
+        if size != rec["size"]:
+            problems.append(f"{d / rel}: {size} bytes, its version recorded {rec['size']}")
+    for rel in _files(d):
+        if rel.as_posix() not in recorded and not any(part.startswith(".") for part in rel.parts):
+            problems.append(f"{d / rel}: not a file of this version (added after its commit)")
+    to_hash = recorded if hashed is True else ([] if hashed is False else list(hashed))
+    bad = {line.split(": ", 1)[0] for line in problems}
+    for rel in to_hash:
+        if rel in recorded and str(d / rel) not in bad and _sha256(d / rel) != recorded[rel]["sha256"]:
+            problems.append(f"{d / rel}: content differs from its recorded sha256 (edited in place)")
+    return problems
+
+
+def open_checked(path: str | os.PathLike, *, required: bool = False, hashed: bool | Iterable[str] = False) -> Path:
+    """``resolve(path)`` for a reader, checked: a committed version's file sizes (a stat per
+    file) and, with ``hashed``, the sha256 of all (True) or the named files must match its
+    ``_version.json``, else ``DamagedArtefact`` names the files, the artefact and the version and
+    says to re-materialise it. A plain directory (a test fixture, a staging directory) is returned
+    unchecked."""
+    d = resolve(path, required=required)
+    if is_version_dir(d) and (problems := damaged_files(d, hashed=hashed)):
+        raise DamagedArtefact(damage_message(d, problems))
+    return d
+
+
+def damage_message(version_dir: Path, problems: list[str]) -> str:
+    try:
+        name = version_info(version_dir).get("artefact") or version_dir.parent.parent.name
+    except (OSError, ValueError):
+        name = version_dir.parent.parent.name
+    shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+    return (f"{name} version {version_dir.name} is damaged: {shown}. Committed files never change, so these "
+            f"were altered outside the pipeline: re-materialise {name} (the artefact at "
+            f"{version_dir.parent.parent}) to write a sound version")
 
 
 def verify(version_dir: str | os.PathLike) -> list[str]:
@@ -265,15 +342,16 @@ class Artefact:
 
     def current_id(self) -> str | None:
         try:
-            vid = (self.root / CURRENT).read_text().strip()
+            vid = (self.root / CURRENT).read_bytes().decode("utf-8", errors="replace").strip()
         except FileNotFoundError:
             return None
         return vid or None
 
     def current(self) -> Path | None:
-        """The committed version directory CURRENT names (None before the first commit)."""
+        """The committed version directory CURRENT names (None before the first commit, and when
+        CURRENT does not name one of this root's committed versions)."""
         vid = self.current_id()
-        if vid is None:
+        if vid is None or not vid.isprintable() or "/" in vid or "\\" in vid or vid in (".", ".."):
             return None
         d = self.versions_dir / vid
         return d if (d / VERSION_FILE).is_file() else None
@@ -452,6 +530,11 @@ class PruneReport:
     removed: list[Path] = field(default_factory=list)  # versions and staging directories
     skipped_locked: list[Path] = field(default_factory=list)  # roots a writer holds: left alone
     bytes_freed: int = 0
+    # artefacts whose use cannot be proved (a CURRENT that names no committed version, versions
+    # without a CURRENT, an unreadable _version.json): nothing of theirs is deleted, and neither is
+    # anything their versions reference; one line each, naming the artefact and what to do
+    problems: list[str] = field(default_factory=list)
+    unresolved: list[Path] = field(default_factory=list)  # their roots
 
 
 def artefact_roots(data_root: str | os.PathLike) -> list[Path]:
@@ -467,11 +550,38 @@ def artefact_roots(data_root: str | os.PathLike) -> list[Path]:
     return sorted(roots)
 
 
+def _unresolved_current(root: Path) -> str | None:
+    """Why the versions in use of ``root`` cannot be known, or None when they can (CURRENT names a
+    committed version, or the root has neither CURRENT nor a committed version)."""
+    art = Artefact(root)
+    committed = [v.name for v in art.versions()]
+    listing = (f"its committed versions: {', '.join(committed[:8])}{' …' if len(committed) > 8 else ''}"
+               if committed else "it has no committed version")
+    fix = (f"write the id of the version in use into {root / CURRENT} (or re-materialise the artefact), "
+           "then prune again")
+    if not (root / CURRENT).exists():
+        if not committed:
+            return None
+        return f"{root}: no CURRENT file, but {listing}; nothing of it was deleted — {fix}"
+    if not (root / CURRENT).is_file():
+        return f"{root}: CURRENT is not a file; {listing}; nothing of it was deleted — {fix}"
+    if art.current() is not None:
+        return None
+    vid = art.current_id()
+    what = ("is empty" if vid is None
+            else f"names {vid[:40]!r}, which is not a committed version of it")
+    return f"{root}: CURRENT {what}; {listing}; nothing of it was deleted — {fix}"
+
+
 def prune(data_root: str | os.PathLike, *, dry_run: bool = False) -> PruneReport:
-    """Delete versions not reachable from a CURRENT (through refs, across artefacts) and dead
-    staging directories. Roots whose lock a writer holds are left untouched (their CURRENT and
-    refs still protect what they use). Versions a running reader pinned but nothing references
-    any more are deleted: prune when no run is reading superseded versions."""
+    """Delete what is provably unused: versions not reachable from a CURRENT (through refs, across
+    artefacts) and dead staging directories. Roots whose lock a writer holds are left untouched
+    (their CURRENT and refs still protect what they use). A root whose CURRENT does not resolve
+    (empty, garbage, an id with no committed version; or versions without a CURRENT) is a
+    *problem* (``report.problems``): nothing of it is deleted, and all its versions count as in
+    use, so what they reference is kept too. A version whose ``_version.json`` cannot be read
+    has unknown refs: then nothing at all is deleted. Versions a running reader pinned but nothing
+    references any more are deleted: prune when no run is reading superseded versions."""
     report = PruneReport()
     held: dict[Path, int] = {}
     try:
@@ -484,20 +594,35 @@ def prune(data_root: str | os.PathLike, *, dry_run: bool = False) -> PruneReport
                 held[root] = fd
         keep: set[Path] = set()
         todo = [c.resolve() for r in roots if (c := Artefact(r).current()) is not None]
-        for root in report.skipped_locked:  # be safe: everything of a busy root stays
+        for root in held:
+            if (problem := _unresolved_current(root)) is not None:
+                report.problems.append(problem)
+                report.unresolved.append(root)
+        for root in report.skipped_locked + report.unresolved:  # be safe: everything of these stays
             todo += [v.resolve() for v in Artefact(root).versions()]
+        refs_unknown = False
         while todo:
             v = todo.pop()
             if v in keep or not (v / VERSION_FILE).is_file():
                 continue
             keep.add(v)
-            for ref in version_info(v).get("refs", {}).values():
-                todo.append((v / ref["path"]).resolve())
+            try:
+                refs = version_info(v).get("refs", {})
+                targets = [(v / ref["path"]).resolve() for ref in refs.values()]
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+                report.problems.append(f"{v / VERSION_FILE}: unreadable ({e}), so the versions it references are "
+                                       "unknown; nothing was deleted — re-materialise that artefact, then prune again")
+                refs_unknown = True
+                continue
+            todo += targets
         doomed: list[Path] = []
         for root in held:
             art = Artefact(root)
+            protected = refs_unknown or root in report.unresolved
             for v in art.versions_dir.iterdir() if art.versions_dir.is_dir() else []:
-                (report.kept if v.resolve() in keep else doomed).append(v)
+                (report.kept if protected or v.resolve() in keep else doomed).append(v)
+            if protected:
+                continue
             if art.staging_dir.is_dir():
                 doomed += sorted(art.staging_dir.iterdir())
             doomed += sorted(root.glob(f".{CURRENT}.*.tmp"))
@@ -544,6 +669,12 @@ def main(argv: list[str] | None = None) -> int:
     for path in report.skipped_locked:
         print(f"busy    {path} (a writer holds its lock; left alone)")
     print(f"{verb} {len(report.removed)} entries, {report.bytes_freed} bytes freed; kept {len(report.kept)} versions")
+    for problem in report.problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if report.problems:
+        print(f"prune: {len(report.problems)} problem(s): what they concern was kept; exit status 2",
+              file=sys.stderr)
+        return 2
     return 0
 
 

@@ -72,8 +72,12 @@ def read_plan(path: str | Path, *, mmap: bool = False, validate: bool = True) ->
     increasing (compared as int64: uint32 differences would wrap around and hide a step back),
     multiplicities ≥ 1 and aligned with them, and their sum equal to ``plan.json``'s ``realised``
     — so a damaged or hand-edited plan is refused by whatever reads it (training, exports), with
-    an ``InvalidPlanError`` naming the file and the first bad entries."""
-    path = versions.resolve(path)
+    an ``InvalidPlanError`` naming the file and the first bad entries.
+
+    A committed plan's files are first checked against its ``_version.json`` (sizes and sha256:
+    a plan is 6 bytes per planned sample), so a plan file edited in place — even one that still
+    reads as a valid plan — is refused with ``versions.DamagedArtefact`` naming the file."""
+    path = versions.open_checked(path, hashed=True)
     mode = "r" if mmap else None
     clusters = pq.read_table(path / "clusters.parquet")
     meta = json.loads((path / "plan.json").read_text())
