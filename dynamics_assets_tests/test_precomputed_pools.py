@@ -11,7 +11,7 @@ from dynamics_assets.defs.cluster import assets as clustering
 from dynamics_assets.defs.embed import assets as embeddings
 from dynamics_assets.defs.ingest import assets as raw_data
 from dynamics_assets.defs.resources import GpuResource, StorageResource
-from dynamics_assets.defs.export.assets import datacomp_subset
+from dynamics_assets.defs.export.assets import datacomp_subset, laion_metadata
 from dynamics_assets.defs.sample.assets import sample_plan
 
 SPINE = [raw_data.raw_shards, raw_data.raw_pairs, embeddings.reference_model, embeddings.pair_embeddings,
@@ -35,10 +35,23 @@ def test_a_pool_of_embeddings_is_curated_and_planned(tmp_path, layout):
         clusters = spine.output_for_node("clusters")
         assert clusters.n == pairs.n_ok and not clusters.has_images
         key = dg.MultiPartitionKey({"recipe": "dynamics-50.s0", "epoch": "epoch-001"})
-        plan = dg.materialize([*SPINE, sample_plan, datacomp_subset], selection=[sample_plan, datacomp_subset],
+        plan = dg.materialize([*SPINE, sample_plan, datacomp_subset, laion_metadata],
+                              selection=[sample_plan, datacomp_subset, laion_metadata],
                               partition_key=key, resources=resources, instance=instance)
         assert plan.success
         assert plan.output_for_node("sample_plan").realised == round(0.5 * pairs.n_ok)
+    # the metadata parquet of exactly the plan, which img2dataset downloads (LAION: the only usable export)
+    import pyarrow.parquet as pq
+
+    from dynamics_assets.core.sample import read_plan
+
+    meta = plan.output_for_node("laion_metadata")
+    drawn = read_plan(plan.output_for_node("sample_plan").plan_dir)
+    table = pq.read_table(meta.metadata_path)
+    assert table.num_rows == meta.rows == len(drawn.indices) and meta.samples == drawn.size
+    assert table["sample_id"].to_pylist() == [pool.ok_ids[i] for i in drawn.indices.tolist()]
+    assert meta.caption_col == ("text" if layout == "datacomp" else "caption") and meta.url_col == "url"
+    assert f"--url_list {meta.metadata_path} --input_format parquet" in meta.command
     from dynamics_assets.core.export.datacomp import read_subset
 
     subset = read_subset(plan.output_for_node("datacomp_subset").subset_path)

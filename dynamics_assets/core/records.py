@@ -13,6 +13,7 @@
     eval_report      → EvalRecord       one recipe × epoch report and its metrics
     webdataset_export → ExportRecord    one recipe × epoch plan as webdataset shards for open_clip_train
     datacomp_subset  → SubsetRecord     one recipe × epoch plan as a DataComp subset file
+    laion_metadata   → LaionMetadataRecord one recipe × epoch plan as the pool's metadata parquet (img2dataset)
     learning_curve / comparison_report → ReportRecord
 
 Records import nothing heavy (no torch, faiss or dagster), so the Dagster code location loads fast
@@ -166,4 +167,17 @@ class SubsetRecord:
     epoch: int
     rows: int
     distinct: int
+    pool_version: str
+
+
+@dataclass(frozen=True)
+class LaionMetadataRecord:
+    metadata_path: str  # the plan's rows of the pool's metadata parquets, + count (multiplicity) and sample_id
+    recipe: str
+    epoch: int
+    rows: int  # distinct samples: one row each
+    samples: int  # the counts' sum
+    url_col: str
+    caption_col: str
+    command: str  # the img2dataset command that downloads it
     pool_version: str

@@ -326,12 +326,24 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
+def caption_column(columns: Iterable[str], layout: str) -> str | None:
+    """The metadata column the captions are read from: DataComp ``text`` (else ``caption``), LAION
+    ``caption`` (else ``text``); None when there is neither."""
+    names = set(columns)
+    order = ("text", "caption") if layout == "datacomp" else ("caption", "text")
+    return next((c for c in order if c in names), None)
+
+
+def source_sample_ids(table: pa.Table, layout: str) -> list[str | None]:
+    """The sample id of every row of a part's metadata table, as the ingest derives it (None: bad_uid)."""
+    return _identities(table, layout)[0]
+
+
 def _identities(table: pa.Table, layout: str) -> tuple[list[str | None], list[str | None], list[str | None]]:
     """``(sample ids, captions as stored, problems)`` per row."""
     n = table.num_rows
-    caption = _column(table, "text" if layout == "datacomp" else "caption")
-    if caption is None:
-        caption = _column(table, "caption" if layout == "datacomp" else "text") or [None] * n
+    column = caption_column(table.column_names, layout)
+    caption = _column(table, column) if column else [None] * n
     uids = _column(table, "uid")
     if uids is not None or layout == "datacomp":
         uids = uids or [None] * n
@@ -623,6 +635,6 @@ def join_images(manifest_dir: str | Path, shard_paths: Iterable[str | Path], *,
 
 
 __all__ = ["EMBEDDINGS", "LAYOUTS", "ImageJoin", "Part", "PoolPartsError", "PoolSource", "PrecomputedSummary",
-           "derived_sample_id",
+           "caption_column", "derived_sample_id", "source_sample_ids",
            "detect_layout", "encoder_for", "has_images", "ingest_precomputed", "join_images", "open_embeddings",
            "parse_source"]

@@ -1,9 +1,11 @@
 """Stage 4b — export: each recipe × epoch plan leaves the project, as webdataset shards that
-open_clip_train trains on and as a DataComp subset file (the input of DataComp's resharder)."""
+open_clip_train trains on, as a DataComp subset file (the input of DataComp's resharder) and, for a
+pool that ships its metadata (LAION / clip-retrieval, DataComp), as the metadata parquet of the plan
+that img2dataset downloads (LAION ids are derived, so no LAION shard carries them)."""
 
 import dagster as dg
 
-from dynamics_assets.core.records import ExportRecord, PlanRecord, PoolClusters, SubsetRecord
+from dynamics_assets.core.records import ExportRecord, LaionMetadataRecord, PlanRecord, PoolClusters, SubsetRecord
 from dynamics_assets.core.train.settings import TrainSettings
 from dynamics_assets.defs.experiments import partition_dir, recipe_and_epoch, recipe_epoch_partitions
 from dynamics_assets.defs.resources import StorageResource
@@ -90,3 +92,37 @@ def datacomp_subset(context: dg.AssetExecutionContext, sample_plan: PlanRecord, 
     })
     return SubsetRecord(subset_path=str(out.path), recipe=recipe.key, epoch=sample_plan.epoch, rows=out.rows,
                         distinct=out.distinct, pool_version=out.pool_version)
+
+
+@dg.asset(group_name=GROUP, partitions_def=recipe_epoch_partitions, kinds={"parquet"}, output_required=False)
+def laion_metadata(context: dg.AssetExecutionContext, sample_plan: PlanRecord, clusters: PoolClusters,
+                   storage: StorageResource):
+    """For a pool that ships its metadata (LAION / clip-retrieval; DataComp too): the epoch's plan as
+    that metadata, one parquet — each planned sample's row with the pool's columns unchanged (url,
+    caption, ...), ``count`` (its multiplicity) and ``sample_id`` — that img2dataset downloads (the
+    command is in the metadata). A LAION row's id is derived (sha256 of url + NUL + caption), no
+    LAION shard carries it: this, not the subset file, is how LAION users subset. Refused when the
+    plan was drawn on another pool version; not materialised for a pool of images (no metadata)."""
+    from dynamics_assets.core.export.laion import write_laion_metadata
+    from dynamics_assets.core.io.versions import StalePlanError
+
+    if clusters.has_images:
+        context.log.info("laion_metadata: this pool has images and no metadata parquets; "
+                         "its exports are webdataset_export and datacomp_subset")
+        return
+    recipe, epoch_key = recipe_and_epoch(context)
+    try:
+        out = write_laion_metadata(trained_plan_dir(recipe, epoch_key, sample_plan, storage), clusters.manifest_dir,
+                                   clusters.shards_dir,
+                                   storage.layout.artifact("laion_metadata", str(partition_dir(recipe, epoch_key))),
+                                   pool_version=clusters.clusters_dir)
+    except (StalePlanError, ValueError) as e:
+        raise dg.Failure(f"laion_metadata {recipe.key} {epoch_key}: {e}") from e
+    yield dg.Output(
+        LaionMetadataRecord(metadata_path=str(out.path), recipe=recipe.key, epoch=sample_plan.epoch, rows=out.rows,
+                            samples=out.samples, url_col=out.url_col, caption_col=out.caption_col,
+                            command=out.command, pool_version=out.pool_version),
+        metadata={"metadata": dg.MetadataValue.path(str(out.path)), "rows": out.rows, "samples": out.samples,
+                  "url_col": out.url_col, "caption_col": out.caption_col,
+                  "command": dg.MetadataValue.md(f"```bash\n{out.command}\n```"),
+                  "pool_version": out.pool_version, "dagster/row_count": out.rows})
