@@ -111,3 +111,12 @@ def test_a_broken_clip_retrieval_pool_fails_raw_shards_naming_the_parts(tmp_path
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     message = str(failure.step_failure_data.error)
     assert "must list the same parts: text_emb lacks part 1" in message, message
+
+
+def test_the_main_command_plans_and_exports_the_metadata_parquet():
+    """plan_epoch (what the main command runs per recipe × epoch for a pool without images) writes
+    the subset file and the metadata parquet: a LAION pool's only usable export is in it."""
+    from dynamics_assets.definitions import defs
+
+    selected = defs.resolve_job_def("plan_epoch").asset_layer.selected_asset_keys
+    assert {dg.AssetKey("sample_plan"), dg.AssetKey("datacomp_subset"), dg.AssetKey("laion_metadata")} <= selected

@@ -36,9 +36,9 @@ train_epoch_job = dg.define_asset_job(
                 "recipe's plan, feedback_plan, is drawn by the same step), its eval report.")
 
 plan_epoch_job = dg.define_asset_job(
-    "plan_epoch", selection=dg.AssetSelection.assets("sample_plan", "datacomp_subset"),
-    description="One recipe × epoch of a pool that ships embeddings without images: its plan and its "
-                "DataComp subset file (nothing to train on).")
+    "plan_epoch", selection=dg.AssetSelection.assets("sample_plan", "datacomp_subset", "laion_metadata"),
+    description="One recipe × epoch of a pool that ships embeddings without images: its plan, its "
+                "DataComp subset file and its metadata parquet for img2dataset (nothing to train on).")
 
 report_job = dg.define_asset_job(
     "report_recipes", selection=dg.AssetSelection.assets("learning_curve", "comparison_report"),
