@@ -30,7 +30,7 @@ def _pct(x: float) -> str:
 
 
 def _short(v: str) -> str:
-    return {"no detectable difference": "n.d."}.get(v, v)
+    return {"no detectable difference": "n.d."}.get(v, "no verdict" if v.startswith("too few seeds") else v)
 
 
 def load(root: Path, profile: str) -> tuple[list[dict], Path]:
@@ -121,7 +121,10 @@ def block(root: Path, profiles: list[str], wall_seconds: float | None) -> str:
         "**What this shows and does not.** " +
         f"Of {total} recipe × metric comparisons (top-1, head, tail; held-out style; non-uniform recipes), "
         f"{counts['better']} are better than uniform at equal compute, {counts['worse']} worse and "
-        f"{counts['no detectable difference']} show no detectable difference at 95%. "
+        f"{counts['no detectable difference']} show no detectable difference (Holm-adjusted p over the family "
+        f"≥ 0.05)" + (f", and {total - counts['better'] - counts['worse'] - counts['no detectable difference']} get "
+                      "no verdict (fewer than 5 seeds)" if total - counts['better'] - counts['worse']
+                      - counts['no detectable difference'] else "") + ". "
         f"The design detects (80% power) differences of about {mde_txt} points (median MDE); smaller true "
         "effects can hide behind 'no detectable difference', which is not evidence of equality. "
         "The intervals cover the noise of training seeds and of the finite evaluation set, not that of the "

@@ -273,8 +273,7 @@ def _frontier(by_seed_final: dict[str, dict[int, RunOutcome]], every: dict[str, 
 
 
 def statistical_comparison(outcomes: Sequence[RunOutcome], *, recipe_order: Sequence[str] | None = None,
-                           references: Sequence[str] | None = None, n_boot: int = 2000,
-                           seed: int = 0) -> StatisticalComparison:
+                           references: Sequence[str] | None = None) -> StatisticalComparison:
     """Every recipe whose every seed reached the last epoch, against uniform at equal compute
     (``EQUAL_COMPUTE``), on top-1 / head / tail, per eval set, by the paired two-stage bootstrap of
     ``statistics``. ``references``: the uniform recipes (default: names starting with 'uniform')."""
@@ -298,7 +297,7 @@ def statistical_comparison(outcomes: Sequence[RunOutcome], *, recipe_order: Sequ
     first = next(iter(final[refs[0]].values()))
     concepts = concept_table(first.report_dir)
     buckets = {b: np.flatnonzero(concepts["bucket"] == b) for b in ("head", "tail")}
-    rows = []
+    found: list[tuple[dict, "st.PairedResult"]] = []
     for name in order:
         for eval_set in ("eval", "train_style"):
             seeds = sorted(s for s, o in final[name].items() if eval_set in o.per_image)
@@ -317,11 +316,14 @@ def statistical_comparison(outcomes: Sequence[RunOutcome], *, recipe_order: Sequ
                 continue
             labels = final[name][seeds[0]].labels[eval_set]
             masks = st.bucket_masks(labels, buckets)
-            results = st.paired_bootstrap(np.stack(A), np.stack(B), masks, n_boot=n_boot, seed=seed)
+            results = st.paired_t(np.stack(A), np.stack(B), masks)
             for metric in st.METRICS:
-                r = results[metric]
-                rows.append({"recipe": name, "eval_set": eval_set, "reference": "; ".join(sorted(notes)),
-                             "compute": float(np.mean(computes)), **r.as_dict()})
+                found.append(({"recipe": name, "eval_set": eval_set, "reference": "; ".join(sorted(notes)),
+                               "compute": float(np.mean(computes))}, results[metric]))
+    # one family: every comparison of a recipe that is not itself a reference (Holm, module doc of statistics)
+    family = [i for i, (row, _) in enumerate(found) if row["recipe"] not in refs]
+    adjusted = dict(zip(family, st.holm([found[i][1] for i in family])))
+    rows = [{**row, **adjusted.get(i, r).as_dict(), "family": len(family)} for i, (row, r) in enumerate(found)]
     ref_final = max(refs, key=lambda r: np.mean([o.compute for o in final[r].values()]))
     md = _statistics_markdown(rows, last, refs, ref_final, final)
     return StatisticalComparison(rows, md, {n: list(final[n].values()) for n in order},
@@ -334,13 +336,18 @@ def _pct(x: float) -> str:
 
 
 def _statistics_markdown(rows, epochs, refs, ref_full, final) -> str:
+    from dynamics_assets.core.evaluate import statistics as st
+
     full_compute = np.mean([o.compute for o in final[ref_full].values()])
     lines = ["# Recipes against uniform at equal compute", "",
              f"Zero-shot top-1 / head / tail (mean per-class accuracy of the 20% most / least frequent concepts) "
              f"after {epochs} epochs. Δ = recipe − uniform at the recipe's compute, in points (percentage "
-             "points), paired by seed and image; [95% CI] from a two-stage bootstrap (seeds, then eval images, "
-             "with replacement); MDE = minimum detectable effect of the design (80% power, α = 0.05: "
-             "2.80 × bootstrap SE); verdict: better / worse when the interval excludes 0.", "",
+             "points), paired by seed and image; [95% CI] = Δ ± t(0.975, ν) · SE, SE from the spread over "
+             "seeds plus the evaluation images' sampling noise, ν by Welch–Satterthwaite; MDE = minimum "
+             "detectable effect of the design (80% power, α = 0.05: (t(0.975, ν) + t(0.8, ν)) · √2 · SE of "
+             f"uniform's own metric); verdict: better / worse when the Holm-adjusted p-value over the family of "
+             f"{max((r.get('family', 0) for r in rows), default=0)} comparisons is below 0.05; with fewer than "
+             f"5 seeds no verdict is given.", "",
              EQUAL_COMPUTE, ""]
     for eval_set, title in (("eval", "Held-out style (eval/)"), ("train_style", "Training style (eval_train_style/)")):
         sel = [r for r in rows if r["eval_set"] == eval_set]
@@ -358,7 +365,8 @@ def _statistics_markdown(rows, epochs, refs, ref_full, final) -> str:
                 name, str(t["seeds"]), f"{t['compute'] / full_compute:.2f}", f"{100 * t['recipe_mean']:.1f}",
                 cell(t), cell(h), cell(tl),
                 " / ".join(f"{100 * r['mde']:.1f}" for r in (t, h, tl)),
-                " / ".join(r["verdict"].replace("no detectable difference", "n.d.") for r in (t, h, tl)),
+                " / ".join(r["verdict"].replace("no detectable difference", "n.d.")
+                           .replace(st.TOO_FEW_SEEDS, "no verdict") for r in (t, h, tl)),
                 t["reference"]]) + " |")
         lines.append("")
     lines += ["n.d. = no detectable difference. A uniform recipe against itself is 0 by construction "
