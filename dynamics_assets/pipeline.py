@@ -8,6 +8,12 @@ Runs the ``curate_pool`` job, then ``train_epoch`` (plan → checkpoint → eval
 epoch of the chosen recipes in order, then ``report_recipes`` (learning curves, comparison), all
 in the instance's persistent storage, so every run and materialisation shows up in the Dagster UI.
 
+Before any run starts, every input is checked and a wrong one refused in seconds with exit status 2
+(``check_inputs``): ``--epochs`` (argparse: a number in [1, 365] or epoch keys), a local ``--source``
+folder, the ``--eval`` set (``core/evaluate/eval_set.validate_eval_set``: layout, two classes or
+more, none empty, every image header; refused with the synthetic pool, which would ignore it),
+``--recipes`` and epoch keys against the code location's partitions.
+
 Every job runs in this process (``execute_in_process``: no process start-up per step). Each step
 prints one line as it finishes: its duration and its key figure, read from the metadata of what it
 materialised. Long loops (reference model, embedding, epoch training, evaluation) draw progress
