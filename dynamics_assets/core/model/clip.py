@@ -11,6 +11,11 @@
   and ``open_clip.create_model_and_transforms(name, pretrained=path)`` both read them.
   open_clip 3.3 itself loads with ``weights_only=True`` (``open_clip.factory.load_state_dict``);
   we pass it explicitly.
+* ``write_model_folder`` makes a directory an open_clip model folder that plain open_clip loads as
+  ``open_clip.create_model_and_transforms("local-dir:<dir>")`` (and clip_benchmark as
+  ``--model local-dir:<dir>``): ``open_clip_config.json`` (``model_cfg`` + ``preprocess_cfg``) and
+  the weights as ``open_clip_model.safetensors`` (open_clip's first choice in a local dir; it only
+  looks at ``*.safetensors``, ``*.bin`` and ``*.pth``, so a ``checkpoint.pt`` beside it is ignored).
 """
 from __future__ import annotations
 
@@ -149,9 +154,49 @@ def save_checkpoint(
         "samples_seen": samples_seen,
         "extra": extra or {},
     }
-    with atomic_path(path) as tmp:
-        torch.save(checkpoint, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        # a file object, not the path: torch.save names the zip's records after a path's file name
+        # (a random temporary name here), which would make identical checkpoints differ in bytes
+        torch.save(checkpoint, f)
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+MODEL_CONFIG_NAME = "open_clip_config.json"  # open_clip's local-dir config file
+MODEL_WEIGHTS_NAME = "open_clip_model.safetensors"  # open_clip's preferred local-dir weights file
+
+
+def model_folder_config(model_name: str) -> dict[str, Any]:
+    """``open_clip_config.json`` content for ``model_name``: its model config and the preprocessing
+    open_clip gives it when loaded from a checkpoint file (the defaults, at the model's image size),
+    so ``local-dir:`` evaluates exactly as ``load_encoder(EncoderSpec(name, checkpoint))``."""
+    from dataclasses import asdict
+
+    from open_clip.transform import PreprocessCfg
+
+    check_model_name(model_name)
+    model_cfg = open_clip.get_model_config(model_name)
+    preprocess = asdict(PreprocessCfg())
+    size = (model_cfg.get("vision_cfg") or {}).get("image_size")
+    if size is not None:
+        preprocess["size"] = size
+    return {"model_cfg": model_cfg, "preprocess_cfg": preprocess}
+
+
+def write_model_folder(directory: str | os.PathLike, model_name: str, state_dict: dict[str, torch.Tensor]) -> Path:
+    """Write ``open_clip_config.json`` and ``open_clip_model.safetensors`` (weights only, CPU,
+    deterministic bytes) into ``directory`` atomically; returns the directory."""
+    import json
+
+    from safetensors.torch import save_file
+
+    d = Path(directory)
+    with atomic_path(d / MODEL_CONFIG_NAME) as tmp:
+        Path(tmp).write_text(json.dumps(model_folder_config(model_name), indent=2, sort_keys=True) + "\n")
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in sorted(state_dict.items())}
+    with atomic_path(d / MODEL_WEIGHTS_NAME) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})  # one key: safetensors orders
+        # its metadata map at random, so several keys would give different bytes for the same weights
+    return d

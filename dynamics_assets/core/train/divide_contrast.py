@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
@@ -161,13 +160,12 @@ def _metrics(job: "EpochJob", started: float, *, device: str, state: TrainState,
 def _save(job: "EpochJob", work_dir: Path, model: torch.nn.Module, state: TrainState, metrics: dict[str, Any],
           optimizer: dict[str, Any], **lists: list[int]) -> dict[str, Any]:
     """``checkpoint.pt`` of the phase (its metrics, with ``lists``, in the checkpoint's extra); the metrics."""
-    from dynamics_assets.core.train.epoch import CHECKPOINT_NAME
+    from dynamics_assets.core.train.epoch import CHECKPOINT_NAME, checkpoint_extra
 
     metrics.update(lists)
     save_checkpoint(work_dir / CHECKPOINT_NAME, model, model_name=job.model_name, epoch=job.epoch, step=state.step,
                     samples_seen=state.samples_seen, optimizer=optimizer,
-                    extra={"last_loss": state.last_loss, "job": asdict(job), **lists,
-                           **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}})
+                    extra=checkpoint_extra(job, metrics, state.last_loss, **lists))
     return metrics
 
 
@@ -249,12 +247,19 @@ def distillation_loss(student: tuple[torch.Tensor, torch.Tensor], teachers: list
 def _experts_dir(job: "EpochJob", previous_extra: dict[str, Any]) -> Path:
     from dynamics_assets.core.train.epoch import checkpoint_file
 
-    recorded = previous_extra.get("dnc_experts_dir")
+    from dynamics_assets.core.io import versions
+
+    recorded = previous_extra.get("dnc_experts_dir")  # checkpoints written before the ref existed
     here = checkpoint_file(job.previous_checkpoint).parent
-    for candidate in (here, Path(recorded) if recorded else None):
+    ref = None
+    if versions.is_version_dir(here):  # a student's version refers to the epoch-2 version (its teachers)
+        rec = versions.version_info(here).get("refs", {}).get("dnc_experts")
+        ref = (here / rec["path"]).resolve() if rec else None
+    for candidate in (here, ref, Path(recorded) if recorded else None):
         if candidate is not None and (candidate / SUPER_CLUSTERS_NAME).is_file():
             return candidate
-    raise FileNotFoundError(f"divide_contrast: no experts next to {here} (nor at {recorded!r}): run epoch 2 first")
+    raise FileNotFoundError(f"divide_contrast: no experts next to {here} (nor at {str(ref) if ref else recorded!r}): "
+                            "run epoch 2 first")
 
 
 def _distil(job: "EpochJob", work_dir: Path, on_step) -> dict[str, Any]:

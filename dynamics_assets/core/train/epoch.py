@@ -39,7 +39,8 @@ import numpy as np
 import torch
 
 from dynamics_assets.core.model.devices import resolve_device, resolve_precision
-from dynamics_assets.core.model.clip import EncoderSpec, autocast_for, create_model, read_checkpoint, resolve_weights, save_checkpoint
+from dynamics_assets.core.model.clip import (EncoderSpec, autocast_for, create_model, read_checkpoint, resolve_weights,
+                                             save_checkpoint, write_model_folder)
 from dynamics_assets.core.io import lineage, versions
 from dynamics_assets.core.io.hashing import file_sha256
 from dynamics_assets.core.io.progress import Progress, bar
@@ -164,21 +165,137 @@ def run_epoch(job: EpochJob, *, on_step: Callable[[int, dict[str, float]], None]
     ``io.progress.bar``)."""
     rank, world = _rank_world()
     lineage.check_plan_inputs(job.plan_dir, job.pool_version, "training", manifest=job.manifest_dir)
+    inputs = training_inputs(job, world)
+    reused = [reusable_version(job.out_checkpoint, inputs) if rank == 0 else None]
+    if world > 1:  # every rank takes rank 0's decision
+        torch.distributed.broadcast_object_list(reused, src=0)
+    if reused[0] is not None:
+        return _reuse(job, Path(reused[0])) if rank == 0 else {"reused": True}
     writer = contextlib.nullcontext()
+    meta: dict[str, Any] = {}  # _version.json's meta (not hashed into the id): filled before the commit
     if rank == 0:
         refs = versions.pinned(plan=job.plan_dir, previous=_version_of(job.previous_checkpoint))
-        writer = versions.Artefact(job.out_checkpoint, "checkpoint").write(refs=refs, resume=True, keep_on_error=True)
+        writer = versions.Artefact(job.out_checkpoint, "checkpoint").write(refs=refs, resume=True, keep_on_error=True,
+                                                                           meta=meta)
     with writer as staging:
         shared = [None if staging is None else str(staging.path)]
         if world > 1:  # the other ranks read rank 0's step checkpoint when resuming
             torch.distributed.broadcast_object_list(shared, src=0)
         metrics = _run_epoch(job, Path(shared[0]), on_step=on_step, progress=progress)
+        if staging is not None:
+            ckpt = read_checkpoint(staging.path / CHECKPOINT_NAME)
+            write_model_folder(staging.path, job.model_name, ckpt["state_dict"])
+            experts = metrics.get("dnc_experts_dir")
+            if experts and versions.is_version_dir(experts) and Path(experts) != staging.path:
+                staging.refs["dnc_experts"] = Path(experts)  # later DnC epochs find the teachers by this ref
+            meta.update(inputs=inputs, metrics=_plain(metrics), host=_host_facts(metrics.get("device", job.device)))
     if staging is not None:
-        metrics.update(checkpoint=str(staging.version_dir / CHECKPOINT_NAME), version_dir=str(staging.version_dir),
-                       version_id=staging.version_id)
-        if (staging.version_dir / "cluster_loss.npy").is_file():
-            metrics["cluster_loss"] = str(staging.version_dir / "cluster_loss.npy")
+        metrics.update(_version_metrics(staging.version_dir), reused=False)
     return metrics
+
+
+RUN_FACTS = ("seconds", "device_seconds", "device", "resumed_at_step", "ranks_in_sync", "dnc_experts_dir")
+"""Metrics that describe how a run went (timings, host, where it resumed, paths), not what it
+trained: kept in the version's ``_version.json`` meta, never in ``checkpoint.pt`` (whose bytes the
+version id hashes)."""
+
+
+def checkpoint_extra(job: EpochJob, metrics: dict[str, Any], last_loss: float, **lists: Any) -> dict[str, Any]:
+    """``checkpoint.pt``'s ``extra``: what determines and describes the trained weights (settings,
+    counts, loss, scoring compute), nothing that changes from run to run of the same training
+    (wall-clock seconds, host, paths, a resume point): the same plan, seed and settings give
+    byte-identical checkpoints (on a deterministic device) and so the same version id."""
+    return {"last_loss": last_loss, "settings": _settings_identity(job), **lists,
+            **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) and k not in RUN_FACTS}}
+
+
+def training_inputs(job: EpochJob, world: int) -> dict[str, Any]:
+    """Everything that determines an epoch's checkpoint: the plan's and the previous checkpoint's
+    versions, the settings, the schedule span, the world size and the device kind and precision.
+    A committed version recorded with the same inputs is that checkpoint (``reusable_version``)."""
+    device = resolve_device(job.device)
+    inputs: dict[str, Any] = {
+        "plan_version": plan_identity(job.plan_dir), "pool_version": _pool_id(job.plan_dir), "epoch": job.epoch,
+        "previous": _checkpoint_identity(job.previous_checkpoint), "settings": _settings_identity(job),
+        "n_epochs": job.n_epochs, "world": world, "device_type": device.split(":")[0],
+        "precision": resolve_precision(job.precision, device)}
+    if job.init_pretrained and not job.previous_checkpoint:
+        inputs["init"] = resolve_weights(EncoderSpec(job.model_name, job.init_pretrained))[1]
+    if job.selection is not None:
+        inputs["selection"] = _selection_identity(job)
+    if job.cluster_ids:
+        inputs["cluster_loss"] = job.n_clusters
+    return inputs
+
+
+def reusable_version(out_checkpoint: str | os.PathLike, inputs: dict[str, Any]) -> Path | None:
+    """A committed version of ``out_checkpoint`` trained from exactly ``inputs`` whose files are
+    intact (hashed against its ``_version.json``), the current one first; None if there is none."""
+    artefact = versions.Artefact(out_checkpoint, "checkpoint")
+    current = artefact.current()
+    for v in ([current] if current else []) + [v for v in artefact.versions() if v != current]:
+        try:
+            meta = versions.version_info(v).get("meta") or {}
+        except (OSError, ValueError):
+            continue
+        if meta.get("inputs") == json.loads(json.dumps(inputs)) and (v / CHECKPOINT_NAME).is_file() \
+                and not versions.verify(v):
+            return v
+    return None
+
+
+def _reuse(job: EpochJob, version: Path) -> dict[str, Any]:
+    """The metrics of a committed checkpoint trained from the same inputs (its recorded timings
+    included: the compute that made it), made the current version again if it is not."""
+    artefact = versions.Artefact(job.out_checkpoint, "checkpoint")
+    if artefact.current() != version:  # re-commit the same files and refs: the same id, CURRENT names it
+        info = versions.version_info(version)
+        refs = {name: (version / ref["path"]).resolve() for name, ref in info.get("refs", {}).items()}
+        with artefact.write(refs=refs, base=version, meta=info.get("meta")) as staging:
+            pass
+        version = staging.version_dir
+    meta = versions.version_info(version).get("meta") or {}
+    return {**meta.get("metrics", {}), **_version_metrics(version), "reused": True}
+
+
+def _version_metrics(version_dir: Path) -> dict[str, Any]:
+    out = {"checkpoint": str(version_dir / CHECKPOINT_NAME), "version_dir": str(version_dir),
+           "version_id": version_dir.name, "model_dir": str(version_dir),
+           "open_clip_model": f"local-dir:{version_dir}"}
+    if (version_dir / "cluster_loss.npy").is_file():
+        out["cluster_loss"] = str(version_dir / "cluster_loss.npy")
+    return out
+
+
+def _plain(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in metrics.items() if v is None or isinstance(v, (bool, int, float, str, list))}
+
+
+def _host_facts(device: str) -> dict[str, Any]:
+    import platform
+
+    facts = {"hostname": platform.node(), "python": platform.python_version(), "torch": torch.__version__,
+             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        facts["device_name"] = torch.cuda.get_device_name(torch.device(device))
+    return facts
+
+
+def _pool_id(plan_dir: str | os.PathLike) -> str | None:
+    try:
+        return json.loads((versions.resolve(plan_dir) / "plan.json").read_text()).get("pool_version")
+    except (OSError, ValueError):
+        return None
+
+
+def _checkpoint_identity(checkpoint: str | None) -> str | None:
+    """A previous checkpoint's committed version id, or the sha256 of a plain file."""
+    if checkpoint is None:
+        return None
+    v = versions.resolve(_version_of(checkpoint))
+    if versions.is_version_dir(v):
+        return v.name
+    return "sha256:" + file_sha256(checkpoint_file(checkpoint))
 
 
 def checkpoint_file(path: str | os.PathLike) -> Path:
@@ -284,8 +401,7 @@ def _run_epoch(job: EpochJob, work_dir: Path, *, on_step: Callable[[int, dict[st
             recorder.save(work_dir)
         save_checkpoint(work_dir / CHECKPOINT_NAME, core, model_name=job.model_name, epoch=job.epoch, step=state.step,
                         samples_seen=samples_seen, optimizer=state.optimizer,
-                        extra={"last_loss": state.last_loss, "job": asdict(job),
-                               **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}})
+                        extra=checkpoint_extra(job, metrics, state.last_loss))
         step_path.unlink(missing_ok=True)
     return metrics
 

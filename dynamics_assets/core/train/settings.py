@@ -4,12 +4,17 @@
 fields), a recipe's ``training:`` overrides in experiments.yaml and ``EpochJob`` (which adds the
 paths and the epoch) all share; the training loop derives its step schedule from it
 (``train.epoch.train_config``). Importable without torch.
+
+``resolve_training`` is THE resolution of the settings that train a recipe's epoch (run config,
+then the recipe's overrides, the batch rule for the pool size when neither sets a batch, the
+recipe's seed offset, the schedule's span): the ``checkpoint`` asset trains with it, and the
+webdataset export's open_clip_train command and Divide and Contrast read the same settings.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import AbstractSet as Set, Any, Mapping, Optional
 
 SELECTION_METHODS = ("jest", "activeclip")  # online batch selection (train.online_selection)
 FILTER_RATIO = 0.8  # with selection: the share of each super-batch left out
@@ -73,6 +78,31 @@ class TrainSettings:
     def settings(self) -> "TrainSettings":
         """The bare settings (an ``EpochJob`` without its paths)."""
         return TrainSettings(**{f.name: getattr(self, f.name) for f in dataclasses.fields(TrainSettings)})
+
+
+def resolve_training(run_config: Mapping[str, Any] | None, recipe_training: Mapping[str, Any] | None,
+                     recipe_seed: int, pool_size: int, set_fields: Optional[Set[str]] = None, *,
+                     default_epochs: Optional[int] = None, recipe_name: str = "recipe") -> TrainSettings:
+    """The settings that train a recipe's epochs on a pool of ``pool_size`` pairs.
+
+    1. ``run_config``: the run's values (e.g. the ``checkpoint`` asset's config dump; None or {}:
+       the defaults); ``set_fields``: which of them the user set (Dagster's ``model_fields_set``;
+       None: every key of ``run_config``);
+    2. ``recipe_training``: the recipe's ``training:`` overrides (an unknown key is refused);
+    3. ``batch_size`` = ``batch_for(pool_size)`` unless the run config or the recipe sets it;
+    4. ``seed`` = the run's seed + 1000 × ``recipe_seed`` (each recipe seed its own init and order);
+    5. ``n_epochs`` = ``default_epochs`` when left empty (the schedule spans every epoch partition).
+    """
+    base = TrainSettings(**dict(run_config or {}))
+    recipe_training = dict(recipe_training or {})
+    settings = base.with_overrides(recipe_training, source=f"recipe {recipe_name}")
+    changes: dict[str, Any] = {"seed": settings.seed + 1000 * int(recipe_seed)}
+    set_fields = set(run_config or {}) if set_fields is None else set(set_fields)
+    if "batch_size" not in set_fields and "batch_size" not in recipe_training:
+        changes["batch_size"] = batch_for(pool_size)  # the rule for this pool size
+    if settings.n_epochs is None and default_epochs is not None:
+        changes["n_epochs"] = int(default_epochs)
+    return dataclasses.replace(settings, **changes)
 
 
 # ---------------------------------------------------------------------------------------------
