@@ -79,7 +79,7 @@ def test_stale_plan_and_wrong_manifest_are_refused(curated):
     with pytest.raises(StalePlanError, match="export"):
         write_subset(plan_dir, s.manifest_dir, tmp / "x", pool_version="0123456789ab")
     other = ingest_precomputed(write_laion_pool(tmp / "laion").root, tmp / "m2", tmp / "e2")
-    with pytest.raises(ValueError, match="clustered from manifest version"):
+    with pytest.raises(ValueError, match="built from raw_pairs version"):
         write_subset(plan_dir, other.manifest_dir, tmp / "x", pool_version=clusters.clusters_dir)
 
 

@@ -14,7 +14,8 @@ of the manifest, parts by name then row); the ids are the manifest's ``sample_id
 uid where the pool has one, else the project's 128-bit id (``manifest.content_sample_id``,
 ``precomputed.derived_sample_id``: also 32 hex characters, so also a valid subset entry).
 
-A plan drawn on another pool is refused (``io.versions.require_same_pool``, ``StalePlanError``), as
+A plan drawn on another pool is refused (``io.lineage.check_plan_inputs``: ``StalePlanError``; a manifest
+other than the pool pins: ``LineageError``), as
 is a plan whose pool (clusters version) was built from another manifest version than the one given.
 
 Streaming: the plan is read through a memory map, the manifest part by part (only the parts holding
@@ -34,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from dynamics_assets.core.ingest.pool import ok_sample_ids, pool_shards
-from dynamics_assets.core.io import versions
+from dynamics_assets.core.io import lineage, versions
 from dynamics_assets.core.sample.plan_io import read_plan
 
 SUBSET_DTYPE = np.dtype("u8,u8")  # exactly what DataComp's resharder asserts: fields f0 (high), f1 (low)
@@ -70,26 +71,14 @@ def u8_to_uids(subset: np.ndarray) -> list[str]:
     return [f"{int(a):016x}{int(b):016x}" for a, b in zip(subset["f0"], subset["f1"])]
 
 
-def _check_manifest_of_pool(pool_version: str | os.PathLike, manifest_dir: Path) -> None:
-    """When the pool version is a directory that pins a manifest, it must be ``manifest_dir``."""
-    try:
-        pool_dir = versions.resolve(pool_version, required=True)
-    except (versions.NotAVersion, FileNotFoundError, OSError):
-        return  # a bare version id: nothing more to compare
-    ref = versions.version_info(pool_dir).get("refs", {}).get("manifest")
-    if ref is not None and versions.is_version_dir(manifest_dir) and ref["id"] != manifest_dir.name:
-        raise ValueError(f"pool version {pool_dir.name} was clustered from manifest version {ref['id']}, "
-                         f"not {manifest_dir.name}: export with the manifest the pool was built from")
-
 
 def write_subset(plan_dir: str | os.PathLike, manifest_dir: str | os.PathLike, out_root: str | os.PathLike, *,
                  pool_version: str | os.PathLike, bucket_rows: int = 1 << 22) -> SubsetSummary:
     """Commit the DataComp subset file of the plan (see the module docstring); ``pool_version``:
     the clusters version (directory or id) the caller reads — the plan must have been drawn on it."""
     plan_dir = versions.resolve(plan_dir)
-    versions.require_same_pool(plan_dir, pool_version, what="export")
     manifest_dir = versions.resolve(manifest_dir)
-    _check_manifest_of_pool(pool_version, manifest_dir)
+    lineage.check_plan_inputs(plan_dir, pool_version, "export", manifest=manifest_dir)
     plan = read_plan(plan_dir, mmap=True)
     shards = pool_shards(manifest_dir)
     offsets = np.array([s.offset for s in shards] + [sum(s.n_ok for s in shards)], dtype=np.int64)

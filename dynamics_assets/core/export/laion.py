@@ -26,7 +26,8 @@ the manifest's: a source file changed since the ingest is an error naming it, ne
 mismatch. DataComp pools (``<hash>.parquet``: ``url``, ``text``, ``uid``) are exported the same way
 (caption column ``text``): DataComp's own download runs img2dataset on these parquets.
 
-A plan drawn on another pool is refused (``io.versions.require_same_pool``, ``StalePlanError``), as
+A plan drawn on another pool is refused (``io.lineage.check_plan_inputs``: ``StalePlanError``; a manifest
+other than the pool pins: ``LineageError``), as
 is a plan whose pool (clusters version) was built from another manifest version than the one given,
 and a manifest not made from a pool of precomputed embeddings (an image pool has no metadata
 parquet: export it with ``webdataset.export_plan``).
@@ -44,11 +45,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from dynamics_assets.core.export.datacomp import _check_manifest_of_pool
 from dynamics_assets.core.ingest.manifest import manifest_info
 from dynamics_assets.core.ingest.pool import pool_shards, shard_ok_rows
 from dynamics_assets.core.ingest.precomputed import caption_column, detect_layout, source_sample_ids
-from dynamics_assets.core.io import versions
+from dynamics_assets.core.io import lineage, versions
 from dynamics_assets.core.sample.plan_io import read_plan
 
 METADATA_NAME = "metadata.parquet"
@@ -104,9 +104,8 @@ def write_laion_metadata(plan_dir: str | os.PathLike, manifest_dir: str | os.Pat
     pool folder the manifest was ingested from; ``pool_version``: the clusters version (directory or
     id) the caller reads — the plan must have been drawn on it."""
     plan_dir = versions.resolve(plan_dir)
-    versions.require_same_pool(plan_dir, pool_version, what="export")
     manifest_dir = versions.resolve(manifest_dir)
-    _check_manifest_of_pool(pool_version, manifest_dir)
+    lineage.check_plan_inputs(plan_dir, pool_version, "export", manifest=manifest_dir)
     shards = pool_shards(manifest_dir)
     infos = {s.name: manifest_info(s.manifest_path) for s in shards}
     layouts = {i.get("layout") for i in infos.values() if i.get("source") == "precomputed"}
