@@ -108,7 +108,12 @@ def test_truncated_committed_image_npy(pool, tmp_path, record):
     assert str(damaged) in message and f"embeddings version {first.version_id}" in message
     assert "re-materialise embeddings" in message
 
-    again = _embed(pool, root)  # the incremental stage: named, recomputed
+    # what the failed reruns of before left: a kept staging directory of links to the damaged files
+    art = Artefact(root)
+    with pytest.raises(RuntimeError), art.write(base=art.current(), resume=True, keep_on_error=True):
+        raise RuntimeError("mmap length is greater than file size")
+    again = _embed(pool, root)  # the incremental stage adopts it: named, recomputed
+    assert again.resumed
     assert len(again.damaged) == 1 and str(damaged) in again.damaged[0] and "bytes, its version recorded" in again.damaged[0]
     assert (again.shards_embedded, again.shards_skipped) == (1, 2)
     assert again.version_id == first.version_id and not versions.verify(again.version_dir)

@@ -123,7 +123,8 @@ def embed_shards(
         enc = load_encoder(spec, device) if engine.name == "local" else None
     identity, dim = (enc.identity, enc.embed_dim) if enc is not None else encoder_identity(spec, device)
     manifest_dir = versions.resolve(manifest_dir)
-    todo = _chosen(pool_shards(manifest_dir), shards)
+    all_shards = pool_shards(manifest_dir)
+    todo = _chosen(all_shards, shards)
     pairs = invalid = subset = skipped = 0
     total, done = sum(s.n_ok for s in todo), 0
     progress = progress if progress is not None else bar("embed", "pair")
@@ -133,7 +134,6 @@ def embed_shards(
                    refs=versions.pinned(manifest=manifest_dir)) as staging:
         # the previous version's shards are the base; those not in this manifest (another pool,
         # embedded before in this data root) are not this version's
-        all_shards = pool_shards(manifest_dir)
         pool_stems = {s.stem for s in all_shards}
         for stale in [d for d in staging.path.iterdir() if d.is_dir() and not d.name.startswith((".", "_"))
                       and d.name not in pool_stems]:

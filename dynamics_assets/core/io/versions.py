@@ -203,24 +203,41 @@ def damaged_files(version_dir: str | os.PathLike, *, hashed: bool | Iterable[str
         recorded = version_info(d)["files"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         return [f"{d / VERSION_FILE}: unreadable ({e})"]
+    present = _sizes(str(d))
     problems = []
     for rel, rec in recorded.items():
-        try:
-            size = os.stat(d / rel).st_size
-        except FileNotFoundError:
+        size = present.get(rel)
+        if size is None:
             problems.append(f"{d / rel}: missing")
-            continue
-        if size != rec["size"]:
+        elif size != rec["size"]:
             problems.append(f"{d / rel}: {size} bytes, its version recorded {rec['size']}")
-    for rel in _files(d):
-        if rel.as_posix() not in recorded and not any(part.startswith(".") for part in rel.parts):
-            problems.append(f"{d / rel}: not a file of this version (added after its commit)")
+    problems += [f"{d / rel}: not a file of this version (added after its commit)"
+                 for rel in sorted(present) if rel not in recorded]
     to_hash = recorded if hashed is True else ([] if hashed is False else list(hashed))
-    bad = {line.split(": ", 1)[0] for line in problems}
     for rel in to_hash:
-        if rel in recorded and str(d / rel) not in bad and _sha256(d / rel) != recorded[rel]["sha256"]:
+        if rel in recorded and present.get(rel) == recorded[rel]["size"] and _sha256(d / rel) != recorded[rel]["sha256"]:
             problems.append(f"{d / rel}: content differs from its recorded sha256 (edited in place)")
     return problems
+
+
+def _sizes(directory: str) -> dict[str, int]:
+    """Relative path -> size of the files under a version directory (``_version.json`` and hidden
+    entries — temporaries of interrupted writes — left out): one scandir per directory."""
+    out: dict[str, int] = {}
+    stack = [("", directory)]
+    while stack:
+        prefix, path = stack.pop()
+        with os.scandir(path) as entries:
+            for e in entries:
+                if e.name.startswith("."):
+                    continue
+                rel = prefix + e.name
+                if e.is_dir():
+                    stack.append((rel + "/", e.path))
+                elif rel != VERSION_FILE:
+                    with contextlib.suppress(FileNotFoundError):
+                        out[rel] = e.stat().st_size
+    return out
 
 
 def open_checked(path: str | os.PathLike, *, required: bool = False, hashed: bool | Iterable[str] = False) -> Path:
