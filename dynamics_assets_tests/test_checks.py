@@ -117,6 +117,13 @@ def test_blocking_check_stops_downstream_in_the_same_run(pool, tmp_path):
     emb_root = copied(str(version.parents[1]), root / "artifacts" / "pair_embeddings")
     overwrite_npy(first_shard(emb_root / "versions" / version.name) / "image.npy",
                   lambda a: a.__setitem__((3, 0), np.nan))
+    # ...and recorded so in _version.json (the embedding step re-embeds a shard its record disowns)
+    import hashlib
+    info_path = emb_root / "versions" / version.name / "_version.json"
+    info, image = json.loads(info_path.read_text()), first_shard(emb_root / "versions" / version.name) / "image.npy"
+    info["files"][f"{image.parent.name}/image.npy"] = {"sha256": hashlib.sha256(image.read_bytes()).hexdigest(),
+                                                       "size": image.stat().st_size}
+    info_path.write_text(json.dumps(info))
     resources = resources_at(root, copied(pool["tmp"] / "io", tmp_path / "io"))
     result = dg.materialize(EVERYTHING, selection=dg.AssetSelection.assets(embeddings.pair_embeddings,
                                                                            clustering.clusters),
