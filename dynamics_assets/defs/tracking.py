@@ -9,7 +9,6 @@ Default store: SQLite under ``<data root>/mlflow/`` with artifacts next to it; s
 from __future__ import annotations
 
 import contextlib
-import re
 import json
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -17,12 +16,9 @@ from urllib.parse import urlsplit
 
 import dagster as dg
 
-
-def redact(uri: str) -> str:
-    """A tracking URI fit for logs, metadata and the UI: no user, no password, no query string or
-    fragment (where tokens, passwords and signatures travel: ``?token=…``, ``?password=…``)."""
-    bare = uri.split("#", 1)[0].split("?", 1)[0]
-    return re.sub(r"^([A-Za-z][\w+.-]*://)[^/@]*@", r"\1", bare)
+# redact: a tracking URI fit for logs, metadata and the UI (no user, password, query string or
+# fragment) — the core's one redaction, shared with the pool's source URIs.
+from dynamics_assets.core.ingest.sources import redact  # noqa: F401  (re-exported)
 
 
 class TrackedRun:

@@ -67,10 +67,6 @@ class ClusterStats:
         return self.version_dir / STATS_NAME
 
 
-def _sql_list(paths: list[Path]) -> str:
-    return "[" + ", ".join("'" + p.as_posix().replace("'", "''") + "'" for p in paths) + "]"
-
-
 def compute_cluster_stats(assignments: str | Path, centroids: np.ndarray | None, manifest: str | Path | None,
                           out_dir: str | Path, *, l_nearest: int = 20, top_words: int = 6,
                           memory_limit: str = "2GB", spill_dir: str | Path | None = None) -> ClusterStats:
@@ -91,49 +87,52 @@ def compute_cluster_stats(assignments: str | Path, centroids: np.ndarray | None,
         clusters_dir = assignments.parent
     if centroids is None:
         centroids = np.load(clusters_dir / "centroids.npy")
-    manifest_sql = None
+    # Paths and values travel as DuckDB parameters, never in the SQL text (a data root may hold an
+    # apostrophe, spaces or any letter): $assign, $manifest (a list of files or a glob), $sep, $top.
+    manifest_files: list[str] | str | None = None
     manifest_dir = None
     if manifest is not None and Path(manifest).is_dir():
         manifest_dir = versions.resolve(manifest)
         files = sorted(p for p in manifest_dir.glob("*.parquet") if not p.name.startswith("."))
-        manifest_sql = _sql_list(files) if files else None
+        manifest_files = [p.as_posix() for p in files] or None
     elif manifest:
-        manifest_sql = f"'{manifest}'"
+        manifest_files = str(manifest)
     k = len(centroids)
-    con = duckdb.connect()
-    con.execute(f"SET memory_limit = '{memory_limit}'")
+    config = {"memory_limit": str(memory_limit)}
     if spill_dir is not None:
         Path(spill_dir).mkdir(parents=True, exist_ok=True)
-        con.execute(f"SET temp_directory = '{Path(spill_dir).as_posix()}'")
+        config["temp_directory"] = Path(spill_dir).as_posix()
+    con = duckdb.connect(config=config)
     inter = pa.table({"cluster_id": pa.array(np.arange(k, dtype=np.int32)),
                       "d_inter": pa.array(d_inter(centroids, l_nearest))})
     con.register("inter", inter)
     con.execute("CREATE TEMP TABLE stopwords AS SELECT unnest($1::VARCHAR[]) AS word", [STOPWORDS])
-    assign = f"read_parquet('{assignments.as_posix()}')"
+    params: dict[str, object] = {"assign": assignments.as_posix()}
     words_cte = "SELECT NULL::INTEGER AS cluster_id, NULL::VARCHAR AS top_words WHERE false"
-    if manifest_sql:
-        words_cte = f"""
+    if manifest_files:
+        params.update(manifest=manifest_files, sep=WORD_SEPARATOR, top=int(top_words))
+        words_cte = """
         WITH words AS (
             SELECT a.cluster_id,
-                   unnest(regexp_split_to_array(lower(nfc_normalize(m.caption)), '{WORD_SEPARATOR}')) AS word
-            FROM {assign} a JOIN read_parquet({manifest_sql}) m USING (sample_id)
+                   unnest(regexp_split_to_array(lower(nfc_normalize(m.caption)), $sep)) AS word
+            FROM read_parquet($assign) a JOIN read_parquet($manifest) m USING (sample_id)
             WHERE a.cluster_id >= 0 AND m.status = 'ok'
         ), counted AS (
             SELECT cluster_id, word, count(*) AS n FROM words
-            WHERE length(word) > 1 AND regexp_matches(word, '\\p{{L}}')
+            WHERE length(word) > 1 AND regexp_matches(word, '\\p{L}')
               AND word NOT IN (SELECT word FROM stopwords)
             GROUP BY ALL
         ), ranked AS (
             SELECT *, row_number() OVER (PARTITION BY cluster_id ORDER BY n DESC, word) AS r FROM counted
         )
         SELECT cluster_id, string_agg(word || ' (' || n || ')', ', ' ORDER BY r) AS top_words
-        FROM ranked WHERE r <= {int(top_words)} GROUP BY cluster_id"""
+        FROM ranked WHERE r <= $top GROUP BY cluster_id"""
     table = con.sql(f"""
         WITH per_cluster AS (
             SELECT cluster_id, count(*) AS size, avg(distance) AS d_intra,
                    coalesce(stddev_samp(distance), 0) AS d_spread,
                    min(distance) AS d_min, max(distance) AS d_max
-            FROM {assign} WHERE cluster_id >= 0 GROUP BY cluster_id
+            FROM read_parquet($assign) WHERE cluster_id >= 0 GROUP BY cluster_id
         ), top AS ({words_cte})
         SELECT i.cluster_id::INTEGER AS cluster_id, coalesce(p.size, 0)::BIGINT AS size,
                p.d_intra, p.d_spread, p.d_min, p.d_max, i.d_inter,
@@ -142,7 +141,7 @@ def compute_cluster_stats(assignments: str | Path, centroids: np.ndarray | None,
                t.top_words
         FROM inter i LEFT JOIN per_cluster p USING (cluster_id) LEFT JOIN top t USING (cluster_id)
         ORDER BY i.cluster_id
-    """).to_arrow_table()
+    """, params=params).to_arrow_table()
     con.close()
     refs = versions.pinned(clusters=clusters_dir, manifest=manifest_dir)
     with versions.Artefact(out_dir, "cluster_stats").write(refs=refs) as staging:

@@ -1,9 +1,12 @@
 """The Ray engine (``engine: ray``): per-shard tasks and an actor pool on a local or remote Ray.
 
 ``RayEngine(address=None, num_cpus=N)`` starts a private local Ray sized by ``num_cpus`` on first
-use (``include_dashboard=False``, the driver's logging kept quiet) and shuts it down on ``close``;
-``address="ray://host:10001"`` (or ``"auto"``) connects to a running cluster instead, which
-``close`` only disconnects from. The address may carry credentials: it is never logged or put in
+use and shuts it down on ``close``: ``start_local_ray`` — always a new instance (``RAY_ADDRESS``
+and a ``ray start`` cluster on the machine are not joined), its node address, GCS, raylet, object
+manager and workers bound to 127.0.0.1 only, no dashboard, the driver's logging kept quiet; it
+refuses to run if Ray came up on another address. ``address="ray://host:10001"`` (or ``"auto"``)
+connects to a running cluster instead, which ``close`` only disconnects from (securing that
+cluster is its operator's part: docs/deployment.md). The address may carry credentials: it is never logged or put in
 an error message by this module (``repr`` hides it).
 
 Results come back in input order (``core.engine``): tasks are submitted in a bounded window
@@ -16,6 +19,7 @@ Imports ``ray`` lazily: the code location and the local engine load without it.
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections import deque
 from typing import Any, Callable, Iterable, Iterator, TypeVar
@@ -24,6 +28,41 @@ from dynamics_assets.core.engine import Outcome
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+LOOPBACK = "127.0.0.1"
+# Ray's switch for single-machine Ray (meant for macOS and Windows): with it off, Ray takes the
+# loopback address as the node's address instead of the host's routable one, and its gRPC servers
+# then bind to loopback. Read from the environment when ``ray`` is imported, so it is also set on
+# the imported module for the time of ``ray.init``; the processes Ray starts inherit the variable.
+_CLUSTER_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def start_local_ray(num_cpus: int | None = None, **kwargs: Any) -> None:
+    """Start a new private Ray on this machine, reachable from this machine only: node address
+    127.0.0.1, GCS, raylet, object manager and workers listening on loopback, no dashboard. Ray
+    has no authentication to rely on here, so nothing may listen on another interface; if Ray
+    comes up on a non-loopback address anyway, it is shut down and ``RuntimeError`` is raised."""
+    import ray
+    from ray._private import ray_constants
+
+    saved_env, saved_flag = os.environ.get(_CLUSTER_SWITCH), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[_CLUSTER_SWITCH] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    kwargs.update(address="local", num_cpus=num_cpus, _node_ip_address=LOOPBACK, include_dashboard=False)
+    try:
+        ray.init(**kwargs)
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        if saved_env is None:
+            os.environ.pop(_CLUSTER_SWITCH, None)
+        else:
+            os.environ[_CLUSTER_SWITCH] = saved_env
+    node_ip = ray.util.get_node_ip_address()
+    if not ipaddress.ip_address(node_ip).is_loopback:
+        ray.shutdown()
+        raise RuntimeError(f"the private local Ray came up on address {node_ip}, not on loopback: refused "
+                           f"(it has no authentication); use a secured cluster by address instead")
 
 
 def _call(fn: Callable[[T], R], item: T) -> R:
@@ -80,18 +119,19 @@ class RayEngine:
         if ray.is_initialized():
             return
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        kwargs: dict[str, Any] = dict(include_dashboard=False, logging_level="WARNING", log_to_driver=False,
-                                      configure_logging=True)
+        kwargs: dict[str, Any] = dict(logging_level="WARNING", log_to_driver=False, configure_logging=True)
         if self.runtime_env is not None:
             kwargs["runtime_env"] = self.runtime_env
         try:
             if self._address:
-                ray.init(address=self._address, **kwargs)
+                ray.init(address=self._address, include_dashboard=False, **kwargs)
             else:
-                ray.init(num_cpus=self.num_cpus, **kwargs)
-        except Exception as err:  # the address is not repeated in the error
-            where = "the Ray cluster at the configured address" if self._address else "a local Ray"
-            raise RuntimeError(f"could not start or reach {where}: {type(err).__name__}") from None
+                start_local_ray(self.num_cpus, **kwargs)
+        except Exception as err:  # the address (it may hold credentials) is not repeated in the error
+            if self._address:
+                raise RuntimeError("could not reach the Ray cluster at the configured address: "
+                                   f"{type(err).__name__}") from None
+            raise RuntimeError(f"could not start a local Ray: {type(err).__name__}: {err}") from err
         self._started = True
 
     def close(self) -> None:

@@ -80,17 +80,21 @@ def _needle(name: str) -> str | None:
     return needle if needle.isascii() else None
 
 
-def _prefilter(names: Sequence[str]) -> str:
+def _prefilter(names: Sequence[str], params: dict[str, object]) -> str:
     """A cheap SQL test (substring search on the lowercased caption) true for every caption the
-    class's regex matches: the regex only runs where it holds."""
+    class's regex matches: the regex only runs where it holds. The needles go into ``params``
+    (DuckDB named parameters), never into the SQL text."""
     needles = [_needle(n) for n in names if n.strip()]
     if None in needles:
         return "TRUE"
-    return "(" + " OR ".join(f"contains(lc, {_literal(x)})" for x in dict.fromkeys(needles)) + ")"
+    return "(" + " OR ".join(f"contains(lc, {_param(params, x)})" for x in dict.fromkeys(needles)) + ")"
 
 
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
+def _param(params: dict[str, object], value: object) -> str:
+    """``$pN``, a new named parameter holding ``value``."""
+    name = f"p{len(params)}"
+    params[name] = value
+    return "$" + name
 
 
 def _parquet_files(manifest: str | Path | Sequence[str | Path]) -> list[str]:
@@ -117,10 +121,12 @@ def caption_frequency(manifest: str | Path | Sequence[str | Path], prompt_names:
     counts: list[int] = []
     with duckdb.connect() as con:
         for start in range(0, len(patterns), chunk):
+            params: dict[str, object] = {"files": files}  # names, patterns and paths: parameters only
             columns = ", ".join(
-                f"count(*) FILTER (WHERE {_prefilter(names)} AND regexp_matches(caption, {_literal(p)})) AS c{i}"
+                f"count(*) FILTER (WHERE {_prefilter(names, params)} AND regexp_matches(caption, "
+                f"{_param(params, p)})) AS c{i}"
                 for i, (names, p) in enumerate(zip(prompt_names[start:start + chunk], patterns[start:start + chunk])))
-            sql = f"SELECT {columns} FROM (SELECT caption, lower(caption) AS lc FROM read_parquet(?) WHERE {where})"
-            row = con.execute(sql, [files]).fetchone()
+            sql = f"SELECT {columns} FROM (SELECT caption, lower(caption) AS lc FROM read_parquet($files) WHERE {where})"
+            row = con.execute(sql, params).fetchone()
             counts += [int(v or 0) for v in row]
     return np.asarray(counts, np.int64)

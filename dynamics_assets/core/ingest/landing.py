@@ -39,14 +39,11 @@ END_OF_ARCHIVE = 2 * BLOCK
 
 
 def local_folder(uri: str | os.PathLike) -> Path:
-    """A folder path from a path or a ``file://`` URI; other schemes are refused."""
-    text = str(uri)
-    if "://" in text:
-        scheme, _, rest = text.partition("://")
-        if scheme != "file":
-            raise ValueError(f"only local folders and file:// URIs can be watched, not {scheme}://")
-        text = rest
-    return Path(text).expanduser().resolve()
+    """A folder path from a path or a ``file://`` URI (parsed as a URL: ``sources.local_path``);
+    other schemes and hosts are refused."""
+    from dynamics_assets.core.ingest.sources import local_path
+
+    return local_path(uri)
 
 
 def tar_problem(path: str | os.PathLike) -> str | None:

@@ -62,22 +62,22 @@ def raw_shards(context: dg.AssetExecutionContext, config: RawShardsConfig, stora
     elif (precomputed := _precomputed(config.source)) is not None:
         context.add_output_metadata({"layout": precomputed.layout, "parts": len(precomputed.parts),
                                      "folder": dg.MetadataValue.path(str(precomputed.root))})
-        return RawShards(source=config.source, shards_dir=str(precomputed.root),
+        return RawShards(source=_shown(config.source), shards_dir=str(precomputed.root),
                          shards=tuple(p.name for p in precomputed.parts), eval_dir=config.eval,
                          eval_kind="labelled" if config.eval else None,
                          layout=precomputed.layout, embedding=config.embedding, images_dir=config.images)
     else:
-        from dynamics_assets.core.ingest.sources import resolve_source
+        from dynamics_assets.core.ingest.sources import redact, resolve_source, scrub
 
         try:
             shards_dir = resolve_source(config.source, layout.root / "raw" / "remote")
-        except (FileNotFoundError, OSError, ValueError) as e:
-            raise dg.Failure(f"raw_shards source {config.source!r}: {e}") from e
+        except (FileNotFoundError, OSError, ValueError) as e:  # the URI may carry credentials: never echoed
+            raise dg.Failure(f"raw_shards source {redact(config.source)!r}: {scrub(str(e), config.source)}") from None
         extra = {"eval_dir": config.eval, "eval_kind": "labelled"} if config.eval else {}
     shards = tuple(sorted(p.name for p in shards_dir.glob("*.tar")))
     if not shards:
         raise dg.Failure(f"no .tar shards in {shards_dir}")
-    record = RawShards(source=config.source, shards_dir=str(shards_dir), shards=shards, **extra)
+    record = RawShards(source=_shown(config.source), shards_dir=str(shards_dir), shards=shards, **extra)
     context.add_output_metadata({
         "shards_dir": dg.MetadataValue.path(str(shards_dir)),
         "num_shards": len(shards),
@@ -85,6 +85,14 @@ def raw_shards(context: dg.AssetExecutionContext, config: RawShardsConfig, stora
         **({"planted_dirt": dg.MetadataValue.json(dict(record.dirt_counts))} if record.dirt_counts else {}),
     })
     return record
+
+
+def _shown(source: str) -> str:
+    """The source as it may be recorded (the record is pickled into the instance's storage) and
+    shown: a URI's credentials, query string and fragment removed."""
+    from dynamics_assets.core.ingest.sources import redact
+
+    return redact(source)
 
 
 def _precomputed(source: str):
@@ -98,7 +106,7 @@ def _precomputed(source: str):
         return detect_layout(source, kind)
     except ValueError as e:
         if kind != "auto":
-            raise dg.Failure(f"raw_shards source {source!r}: {e}") from e
+            raise dg.Failure(f"raw_shards source {_shown(source)!r}: {e}") from e
         return None
 
 
