@@ -144,3 +144,117 @@ def test_ddp_two_processes_split_the_plan(pool, tmp_path):
     assert metrics["epoch_samples"] == metrics["steps"] * 32 * 2 <= plan_size
     assert metrics["steps"] >= plan_size // 64 - 1
     assert Path(metrics["checkpoint"]).is_file() and Artefact(j.out_checkpoint).current() is not None
+
+
+# ----------------------------------------------------------------------------- reproducible versions, reuse,
+# and every checkpoint version an open_clip model folder
+
+
+@pytest.fixture(scope="module")
+def twice(pool):
+    """Epoch 1 trained twice, into two artefact roots, from the same plan, seed and settings."""
+    tmp, ds, plans = pool
+    return [run_epoch(job(tmp, ds, plans, 1, name=f"twice-{i}")) for i in range(2)]
+
+
+def test_the_same_plan_seed_and_settings_give_the_same_version(twice):
+    a, b = twice
+    assert a["version_id"] == b["version_id"], "wall-clock seconds or paths leaked into checkpoint.pt"
+    assert Path(a["checkpoint"]).read_bytes() == Path(b["checkpoint"]).read_bytes()
+    extra = read_checkpoint(a["checkpoint"])["extra"]
+    assert not {"seconds", "device_seconds", "job", "device", "resumed_at_step"} & set(extra)
+    assert extra["settings"]["batch_size"] == 32 and extra["samples_seen"] == a["samples_seen"]
+    # the timings and host facts live beside the weights, in _version.json, outside the id
+    meta = version_info(a["version_dir"])["meta"]
+    assert meta["metrics"]["device_seconds"] > 0 and meta["host"]["hostname"]
+    assert a["device_seconds"] == meta["metrics"]["device_seconds"] and not a["reused"]
+
+
+def test_rematerialising_the_same_epoch_reuses_without_training(pool, twice, monkeypatch):
+    from dynamics_assets.core.train import epoch as epoch_module
+
+    tmp, ds, plans = pool
+    first = twice[0]
+    monkeypatch.setattr(epoch_module, "_run_epoch", lambda *a, **k: pytest.fail("retrained a committed checkpoint"))
+    again = run_epoch(job(tmp, ds, plans, 1, name="twice-0"))
+    assert again["reused"] and again["version_id"] == first["version_id"]
+    assert again["device_seconds"] == first["device_seconds"], "the compute that made it, for the comparison"
+    assert (again["samples_seen"], again["final_loss"]) == (first["samples_seen"], first["final_loss"])
+    # other inputs are another checkpoint: a new seed or learning rate trains (here: refused by the stub)
+    with pytest.raises(pytest.fail.Exception):
+        run_epoch(job(tmp, ds, plans, 1, name="twice-0", lr=2e-3))
+    # a damaged version is not reused
+    version = Path(first["version_dir"])
+    ckpt = version / "checkpoint.pt"
+    data = ckpt.read_bytes()
+    ckpt.chmod(0o644)
+    ckpt.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    try:
+        with pytest.raises(pytest.fail.Exception):
+            run_epoch(job(tmp, ds, plans, 1, name="twice-0"))
+    finally:
+        ckpt.write_bytes(data)
+
+
+ZERO_SHOT_WITH_PLAIN_OPEN_CLIP = """
+import json, sys
+import numpy as np, open_clip, torch
+from PIL import Image
+folder, task = sys.argv[1], json.load(open(sys.argv[2]))
+model, _, preprocess = open_clip.create_model_and_transforms("local-dir:" + folder)
+tokenizer = open_clip.get_tokenizer("local-dir:" + folder)
+model.eval()
+with torch.no_grad():
+    classes = []
+    for names in task["prompt_names"]:
+        texts = [t.format(n) for n in names for t in task["templates"]]
+        e = torch.nn.functional.normalize(model.encode_text(tokenizer(texts)).float(), dim=-1)
+        classes.append(torch.nn.functional.normalize(e.mean(0), dim=0))
+    classes = torch.stack(classes)
+    images = torch.stack([preprocess(Image.open(p).convert("RGB")) for p in task["images"]])
+    feats = torch.nn.functional.normalize(model.encode_image(images).float(), dim=-1)
+    pred = (feats @ classes.T).argmax(1).numpy()
+print(json.dumps({"top1": float((pred == np.array(task["labels"])).mean()), "n": len(pred), "pred": pred.tolist()}))
+"""
+
+
+def test_every_checkpoint_version_is_an_open_clip_model_folder(pool, twice, tmp_path):
+    """Plain open_clip (a subprocess importing no project code) loads the version as
+    ``local-dir:<version>`` and its zero-shot top-1 on the labelled set equals the project's eval."""
+    from dynamics_assets.core.evaluate.report import evaluate_model, load_eval_set
+    from dynamics_assets.core.model.clip import load_encoder
+    from dynamics_assets.core.model.spec import EncoderSpec
+
+    tmp, ds, plans = pool
+    first = twice[0]
+    folder = Path(first["version_dir"])
+    assert first["open_clip_model"] == f"local-dir:{folder}"
+    assert {"open_clip_config.json", "open_clip_model.safetensors", "checkpoint.pt"} <= {p.name for p in folder.iterdir()}
+    # the project's evaluation of checkpoint.pt
+    encoder = load_encoder(EncoderSpec("dynamics-tiny-32", first["checkpoint"]))
+    eval_set = load_eval_set(ds.eval_dir)
+    ours = evaluate_model(encoder.model, encoder.preprocess, encoder.tokenizer, eval_set, progress=lambda *_: None)
+    # the same labelled set as plain files
+    images = []
+    for i in range(len(eval_set)):
+        images.append(str(tmp_path / f"{i}.png"))
+        eval_set.image(i).save(images[-1])
+    task = {"images": images, "labels": eval_set.labels.tolist(), "prompt_names": eval_set.prompt_names,
+            "templates": list(eval_set.templates)}
+    (tmp_path / "task.json").write_text(json.dumps(task))
+    (tmp_path / "zs.py").write_text(ZERO_SHOT_WITH_PLAIN_OPEN_CLIP)
+    run = subprocess.run([sys.executable, str(tmp_path / "zs.py"), str(folder), str(tmp_path / "task.json")],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                         env={**os.environ, "PYTHONPATH": ""})
+    assert run.returncode == 0, run.stderr[-3000:]
+    plain = json.loads(run.stdout.strip().splitlines()[-1])
+    assert plain["n"] == len(eval_set) > 0
+    assert plain["top1"] == ours.metrics["zero_shot/top1"]
+    # image by image: the same predicted class as the project's embeddings give
+    from dynamics_assets.core.evaluate.report import class_embeddings, embed_eval_images
+
+    classes = class_embeddings(encoder.model, encoder.tokenizer, eval_set.prompt_names, eval_set.templates, "cpu")
+    images_emb = embed_eval_images(encoder.model, encoder.preprocess, eval_set, "cpu")
+    assert plain["pred"] == (images_emb @ classes.T).argmax(1).tolist()
+    print(f"zero-shot top-1 on {plain['n']} images: plain open_clip local-dir {plain['top1']:.4f}, "
+          f"project eval {ours.metrics['zero_shot/top1']:.4f}")

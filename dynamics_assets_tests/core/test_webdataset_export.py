@@ -158,34 +158,87 @@ main(sys.argv[2:])
 """
 
 
-def test_open_clip_train_trains_on_the_export(pool, tmp_path):
-    """The recorded command, run with a stock open_clip_train (plus CPU and log options), consumes
-    exactly the plan: every planned copy once, nothing else, in 4 steps of 8."""
-    exp = export_plan(pool["plan"], pool["manifest"], pool["shards"], tmp_path / "export",
-                      pool_version=POOL, samples_per_shard=10, workers=1, batch_size=8)
+def _sub_plan(pool, directory: Path, size: int) -> tuple[Path, Counter]:
+    """A plan of ``size`` copies on the fixture's pool: distinct positions, every third one twice."""
+    mult = []
+    while sum(mult) < size:
+        mult.append(2 if len(mult) % 3 == 2 and sum(mult) + 2 <= size else 1)
+    indices = np.arange(len(mult), dtype=np.uint32) * (35 // len(mult))
+    plan = Plan(indices, np.asarray(mult, np.uint16), np.array([35]), np.array([float(size)]), np.array([size]),
+                {"recipe": "test.s0", "epoch": 1, "strategy": "hand"})
+    return write_plan(directory, plan, pool_version=POOL), Counter(
+        {pool["ids"][int(i)]: int(k) for i, k in zip(indices, mult)})
+
+
+def _train_with_open_clip(exp, tmp_path: Path) -> tuple[list[tuple[str, str]], list[dict], str, float]:
+    """Run the recorded command as printed (its batch, samples, workers, model folder, lr, warm-up,
+    seed), with CPU, one epoch and logging: (the "Train Epoch" progress, the samples its pipeline
+    let through to decoding and batching, the log, seconds). A hang fails at the timeout."""
     argv = shlex.split(exp.command)
     assert argv[:3] == ["python", "-m", "open_clip_train.main"]
     (tmp_path / "recording_main.py").write_text(RECORDING_MAIN)
     seen = tmp_path / "seen.jsonl"
-    args = argv[3:] + ["--workers", "0", "--device", "cpu", "--precision", "fp32", "--epochs", "1",
-                       "--warmup", "1", "--lr", "1e-4", "--log-every-n-steps", "1", "--report-to", "",
-                       "--save-frequency", "0", "--zeroshot-frequency", "0", "--seed", "0",
+    seen.touch()
+    args = argv[3:] + ["--device", "cpu", "--precision", "fp32", "--epochs", "1", "--log-every-n-steps", "1",
+                       "--report-to", "", "--save-frequency", "0", "--zeroshot-frequency", "0",
                        "--logs", str(tmp_path / "logs"), "--name", "export-run"]
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    env = {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"}
     start = time.monotonic()
     run = subprocess.run([sys.executable, str(tmp_path / "recording_main.py"), str(seen), *args],
-                         capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
     elapsed = time.monotonic() - start
     log = run.stdout + run.stderr
     assert run.returncode == 0, log[-4000:]
     steps = re.findall(r"Train Epoch: 0 \[\s*(\d+)/(\d+)", log)
-    assert steps == [("8", "32"), ("16", "32"), ("24", "32"), ("32", "32")], log[-4000:]
-    consumed = [json.loads(line) for line in seen.read_text().splitlines()]
+    return steps, [json.loads(line) for line in seen.read_text().splitlines()], log, elapsed
+
+
+@pytest.mark.parametrize("size, batch, samples_per_shard, expect", [
+    (5, 8, 4, {"batch_size": 5, "steps": 1, "left_out": 0}),  # smaller than a batch: one batch of the plan
+    (12, 8, 6, {"batch_size": 6, "steps": 2, "left_out": 0, "workers": 2}),  # not a multiple: 6 divides it;
+    # 2 shards of 6: one per worker
+    (13, 8, 5, {"batch_size": 8, "steps": 1, "left_out": 5}),  # prime: whole batches, 5 left out, none repeated
+    (32, 8, 10, {"batch_size": 8, "steps": 4, "left_out": 0}),  # a multiple; shards of 10, 10, 10, 2: one worker
+])
+def test_open_clip_train_reads_the_plan_as_the_manifest_says(pool, tmp_path, size, batch, samples_per_shard, expect):
+    """The real open_clip_train, run with the printed command, reads every planned copy once per
+    epoch (or, where whole batches make that impossible, leaves out exactly what the manifest
+    says and repeats nothing), and a plan smaller than the batch does not hang."""
+    from dynamics_assets.core.train.settings import TrainSettings
+
+    plan_dir, planned = (pool["plan"], _expected(pool)) if size == 32 else _sub_plan(pool, tmp_path / "plan", size)
+    settings = TrainSettings(batch_size=batch, lr=1e-4, n_epochs=1, seed=3)
+    exp = export_plan(plan_dir, pool["manifest"], pool["shards"], tmp_path / "export", pool_version=POOL,
+                      samples_per_shard=samples_per_shard, shuffle_buffer=0, workers=2, settings=settings)
+    reading = json.loads((exp.version_dir / "manifest.json").read_text())["open_clip_reading"]
+    assert reading == exp.reading
+    assert (reading["batch_size"], reading["steps_per_epoch"], reading["left_out"], reading["repeated"]) == \
+        (expect["batch_size"], expect["steps"], expect["left_out"], 0)
+    assert reading["workers"] == expect.get("workers", 1) and reading["trained_batch_size"] == batch
+    assert f"--batch-size {expect['batch_size']} " in exp.command and " --lr 0.0001 " in exp.command
+    assert f"--train-num-samples {size - expect['left_out']} " in exp.command and "--seed 3" in exp.command
+    steps, consumed, log, elapsed = _train_with_open_clip(exp, tmp_path)
+    trained = size - expect["left_out"]
+    assert steps == [(str(expect["batch_size"] * (i + 1)), str(trained)) for i in range(expect["steps"])], log[-3000:]
+    # trained: the log's steps × batch; read: the samples its pipeline decoded
+    assert trained == reading["trained_per_epoch"] == expect["steps"] * expect["batch_size"]
     keys = Counter(c["key"] for c in consumed)
-    assert len(consumed) == 32 and max(keys.values()) == 1  # every copy once
-    assert Counter(k.rsplit("_", 1)[0] for k in keys) == _expected(pool)  # exactly the planned samples
-    assert {Path(c["url"]).name for c in consumed} == set(exp.shards)
-    print(f"open_clip_train: 4 steps on {exp.samples} exported samples in {elapsed:.1f} s")
+    assert max(keys.values()) == 1, "nothing read twice"
+    by_sample = Counter(k.rsplit("_", 1)[0] for k in keys)
+    if expect["left_out"] == 0:
+        assert len(consumed) == trained and by_sample == planned, "every planned copy exactly once"
+    else:  # webdataset's batcher pulls one sample past the last whole batch (decoded, never trained)
+        assert len(consumed) in (trained, trained + 1) and not by_sample - planned
+    assert {Path(c["url"]).name for c in consumed} <= set(exp.shards)
+    print(f"open_clip_train, plan of {size} at trained batch {batch}: {len(steps)} step(s) of "
+          f"{expect['batch_size']}, {len(consumed)} samples read, {expect['left_out']} left out, {elapsed:.1f} s")
+
+
+def test_a_plan_of_one_sample_is_refused_with_the_reason(pool, tmp_path):
+    plan_dir, _ = _sub_plan(pool, tmp_path / "plan", 1)
+    with pytest.raises(ValueError, match=r"holds 1 sample\(s\).*at least 2.*loops for ever"):
+        export_plan(plan_dir, pool["manifest"], pool["shards"], tmp_path / "export", pool_version=POOL)
+    assert not (tmp_path / "export" / "CURRENT").exists()
 
 
 def test_webdataset_export_asset(pool, tmp_path):

@@ -44,6 +44,7 @@ A plan drawn on another pool version is refused (``versions.require_same_pool``,
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -88,6 +89,7 @@ class WebdatasetExport:
     train_data: str  # brace pattern of the shards, with the committed directory
     command: str  # the open_clip_train command line, with the committed directory
     reused: bool  # an identical version already existed
+    reading: dict  # OpenClipReading.as_dict(): what the command trains, leaves out or repeats per epoch
 
 
 def shard_names(samples: int, samples_per_shard: int) -> list[str]:
@@ -102,9 +104,97 @@ def brace_pattern(directory: str, names: list[str]) -> str:
     return f"{directory}/{first}.tar" if len(names) == 1 else f"{directory}/{{{first}..{last}}}.tar"
 
 
-def open_clip_command(train_data: str, samples: int, *, model: str, batch_size: int, workers: int) -> str:
-    return (f"python -m open_clip_train.main --dataset-type webdataset --train-data {_quote(train_data)} "
+@dataclass(frozen=True)
+class OpenClipReading:
+    """How ``open_clip_train`` reads the export in one epoch with the recorded command.
+
+    open_clip_train's webdataset pipeline batches with ``partial=False`` and runs
+    ``ceil(train_num_samples / batch)`` batches per epoch (per worker ``ceil(batches / workers)``),
+    restarting its pipeline to fill them: a pass over a worker's shards yields only its whole
+    batches, so a count that is not a multiple of the batch is read up to twice (the tail again,
+    and the last batch padded with repeats), and fewer samples than one batch never form a batch
+    (it loops for ever). The command is chosen so that a pass is exactly the epoch:
+
+    * the plan is a multiple of the trained batch: that batch, every planned copy once;
+    * the plan is smaller than the trained batch: one batch of the whole plan (what the project's
+      trainer does too: its one step is a last batch of the plan's size);
+    * otherwise the largest batch in [⌈b/2⌉, b) that divides the plan, if any: every copy once;
+    * otherwise the trained batch with ``--train-num-samples`` = the whole batches (⌊N/b⌋·b):
+      the last N mod b copies of the shuffled stream are left out each epoch (``left_out``);
+      nothing is repeated.
+
+    ``workers``: the most ≤ the asked number for which every worker's shards hold whole batches
+    (all shards the same size, a multiple of the batch, and a multiple of that many shards:
+    open_clip assigns shuffled shards to workers), else 1."""
+
+    batch_size: int  # the command's --batch-size
+    trained_batch_size: int  # the batch the checkpoint trained with
+    train_num_samples: int  # the command's --train-num-samples
+    workers: int
+    steps_per_epoch: int
+    planned: int  # samples in the export (repeats counted)
+    trained_per_epoch: int  # samples open_clip_train trains on per epoch (steps × batch)
+    left_out: int  # planned copies not trained per epoch
+    repeated: int  # copies trained twice in an epoch (0 with this command)
+    exact: bool  # every planned copy is trained exactly once per epoch
+    note: str
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def open_clip_reading(samples: int, batch_size: int, shard_samples: list[int], workers: int) -> OpenClipReading:
+    """The batch, sample count and workers of the recorded command (see ``OpenClipReading``)."""
+    if samples < 2:
+        raise ValueError(f"the plan holds {samples} sample(s): open_clip_train's contrastive batches need at "
+                         "least 2 (with fewer than one batch it never forms a batch and loops for ever); "
+                         "draw a larger plan")
+    b = int(batch_size)
+    if samples % b == 0:
+        batch, num, note = b, samples, f"the plan ({samples}) is a multiple of the trained batch {b}"
+    elif samples < b:
+        batch, num, note = samples, samples, (f"the plan ({samples}) is smaller than the trained batch {b}: one batch "
+                                              "of the whole plan (the checkpoint's one step was this batch too)")
+    else:
+        divisor = next((d for d in range(b - 1, max(2, -(-b // 2)) - 1, -1) if samples % d == 0), None)
+        if divisor is not None:
+            batch, num = divisor, samples
+            note = (f"the plan ({samples}) is not a multiple of the trained batch {b} (the checkpoint trained "
+                    f"{samples // b} batches of {b} and one of {samples % b}); open_clip_train forms whole "
+                    f"batches only, so the command uses batch {divisor}, which divides the plan")
+        else:
+            batch, num = b, samples // b * b
+            note = (f"the plan ({samples}) is not a multiple of the trained batch {b} and no batch in "
+                    f"[{-(-b // 2)}, {b}) divides it; open_clip_train forms whole batches only, so the command "
+                    f"trains {num} samples per epoch and leaves out {samples - num} (the last of its shuffled "
+                    f"stream) rather than repeating data")
+    n_workers = 1
+    sizes = set(shard_samples)
+    if len(sizes) == 1 and next(iter(sizes)) % batch == 0:
+        n_workers = max(w for w in range(1, max(1, workers) + 1) if len(shard_samples) % w == 0)
+    trained = num // batch * batch
+    return OpenClipReading(batch_size=batch, trained_batch_size=b, train_num_samples=num, workers=n_workers,
+                           steps_per_epoch=num // batch, planned=samples, trained_per_epoch=trained,
+                           left_out=samples - trained, repeated=0, exact=trained == samples, note=note)
+
+
+def open_clip_command(train_data: str, samples: int, *, model: str, batch_size: int, workers: int,
+                      settings: "TrainSettings | None" = None, pretrained: str | None = None) -> str:
+    """The open_clip_train command line; with ``settings``: the schedule and optimiser the
+    checkpoint trained with (lr, weight decay, warm-up in steps over ``n_epochs`` epochs of this
+    command's steps, Adam betas and eps as ``train.loop.TrainConfig``, gradient clipping, seed)."""
+    line = (f"python -m open_clip_train.main --dataset-type webdataset --train-data {_quote(train_data)} "
             f"--train-num-samples {samples} --model {_quote(model)} --batch-size {batch_size} --workers {workers}")
+    if settings is None:
+        return line
+    epochs = settings.n_epochs or 1
+    total = max(1, samples // batch_size) * epochs
+    warmup = min(total - 1, int(settings.warmup_fraction * total))
+    line += (f" --epochs {epochs} --lr {settings.lr:g} --wd {settings.weight_decay:g} --warmup {warmup}"
+             f" --beta1 0.9 --beta2 0.98 --eps 1e-06 --grad-clip-norm {settings.grad_clip_norm:g} --seed {settings.seed}")
+    if pretrained:
+        line += f" --pretrained {_quote(pretrained)}"
+    return line
 
 
 def _quote(s: str) -> str:
@@ -223,16 +313,24 @@ def write_shards(samples: Iterator[ExportSample], directory: Path, names: list[s
 def export_plan(plan_dir: str | Path, manifest_dir: str | Path, shards_dir: str | Path, out_root: str | Path, *,
                 pool_version: str | Path, samples_per_shard: int = DEFAULT_SAMPLES_PER_SHARD,
                 shuffle_buffer: int = 0, seed: int = 0, model: str = DEFAULT_MODEL,
-                batch_size: int = DEFAULT_BATCH_SIZE, workers: int = DEFAULT_WORKERS) -> WebdatasetExport:
+                batch_size: int = DEFAULT_BATCH_SIZE, workers: int = DEFAULT_WORKERS,
+                settings: "TrainSettings | None" = None) -> WebdatasetExport:
     """Commit the plan's samples as webdataset shards: a new version of ``out_root`` (see the
     module docstring). ``pool_version``: the clusters version (id, directory or root) the caller
     reads the pool as; a plan drawn on another is refused. ``manifest_dir`` / ``shards_dir``: that
-    pool's manifest version and raw shards. ``model`` / ``batch_size`` / ``workers`` only shape the
-    recorded command (workers is capped at the number of shards, as open_clip_train requires)."""
+    pool's manifest version and raw shards. ``settings``: the training settings the recipe's
+    checkpoint trains with (``train.settings.resolve_training``): the recorded command names its
+    model, batch, lr, weight decay, warm-up, epochs and seed; without it, ``model`` and
+    ``batch_size`` alone. The command's batch, ``--train-num-samples`` and workers are chosen so
+    that open_clip_train reads every planned copy once per epoch where its whole-batch rule allows
+    (``open_clip_reading``); the manifest's ``open_clip_reading`` says what it trains, leaves out or
+    repeats. A plan of fewer than 2 samples is refused (no contrastive batch)."""
     from dynamics_assets.core.sample.plan_io import read_plan
 
     if samples_per_shard < 1:
         raise ValueError(f"samples_per_shard must be ≥ 1 (got {samples_per_shard})")
+    if settings is not None:
+        model, batch_size = settings.model_name, settings.batch_size
     plan_dir = versions.resolve(plan_dir)
     manifest_dir = versions.resolve(manifest_dir)
     lineage.check_plan_inputs(plan_dir, pool_version, "export", manifest=manifest_dir)
@@ -241,15 +339,20 @@ def export_plan(plan_dir: str | Path, manifest_dir: str | Path, shards_dir: str 
     if samples == 0:
         raise ValueError(f"plan {plan_dir} is empty: nothing to export")
     names = shard_names(samples, samples_per_shard)
-    workers = max(1, min(workers, len(names)))
+    planned_counts = [min(samples_per_shard, samples - i * samples_per_shard) for i in range(len(names))]
+    try:
+        reading = open_clip_reading(samples, batch_size, planned_counts, min(workers, len(names)))
+    except ValueError as e:
+        raise ValueError(f"plan {plan_dir}: {e}") from None
     model_arg, model_config = _model_arg(model)
+    pretrained = settings.init_pretrained if settings is not None and model_config is None else None
     order = ({"kind": "pool order", "copies": "consecutive"} if shuffle_buffer <= 1
              else {"kind": "seeded buffer shuffle of pool order", "buffer": shuffle_buffer, "seed": seed})
     refs = versions.pinned(plan=plan_dir, manifest=manifest_dir, pool=pool_version)
     with versions.Artefact(out_root, "webdataset_export").write(refs=refs) as staging:
         stream = iter_planned_samples(plan.indices, plan.multiplicity, manifest_dir, shards_dir)
         counts = write_shards(buffer_shuffle(stream, shuffle_buffer, seed), staging.path, names, samples_per_shard)
-        if sum(counts) != samples or len(counts) != len(names):
+        if sum(counts) != samples or counts != planned_counts:
             raise RuntimeError(f"wrote {sum(counts)} samples in {len(counts)} shards; the plan has {samples} "
                                f"({len(names)} shards)")
         if model_config is not None:
@@ -262,11 +365,19 @@ def export_plan(plan_dir: str | Path, manifest_dir: str | Path, shards_dir: str 
             "members": ["<key>.<jpg|jpeg|png|webp> (original bytes)", "<key>.txt", "<key>.json"],
             "key": "<sample_id>_<copy>", "order": order,
             "train_data": pattern,
-            "command": open_clip_command(pattern, samples, model=model_arg, batch_size=batch_size, workers=workers),
+            "command": open_clip_command(pattern, reading.train_num_samples, model=model_arg,
+                                         batch_size=reading.batch_size, workers=reading.workers,
+                                         settings=settings, pretrained=pretrained),
             "command_note": f"{EXPORT_DIR_VAR} is the directory holding this manifest.json",
+            "open_clip_reading": reading.as_dict(),
+            "training_settings": None if settings is None else dataclasses.asdict(settings),
             "model": model, "plan_version": plan_dir.name, "pool_version": plan.meta.get("pool_version"),
             "recipe": plan.meta.get("recipe"), "epoch": plan.meta.get("epoch"),
         }
+        if settings is not None and settings.init_pretrained and pretrained is None:
+            manifest["command_note"] += (f"; the checkpoint's epoch 1 started from {settings.init_pretrained!r}, "
+                                         "which a local-dir model folder cannot name (open_clip ignores "
+                                         "--pretrained with local-dir:)")
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
     return _result(staging.version_dir, staging.reused)
 
@@ -276,7 +387,8 @@ def _result(version_dir: Path, reused: bool) -> WebdatasetExport:
     return WebdatasetExport(version_dir=version_dir, version_id=version_dir.name, samples=m["samples"],
                             distinct=m["distinct"], shards=tuple(m["shards"]),
                             train_data=m["train_data"].replace(EXPORT_DIR_VAR, str(version_dir)),
-                            command=command_for(version_dir), reused=reused)
+                            command=command_for(version_dir), reused=reused,
+                            reading=m.get("open_clip_reading") or {})
 
 
 def command_for(export_dir: str | Path) -> str:

@@ -76,17 +76,16 @@ def checkpoint(context: dg.AssetExecutionContext, config: TrainingConfig, sample
     from dynamics_assets.core.train.epoch import EpochJob, run_epoch
     from dynamics_assets.core.train.launch import LaunchError, run_multinode_ray, run_under_torchrun
 
-    recipe, epoch_key = recipe_and_epoch(context)
-    from dynamics_assets.core.train.settings import batch_for
+    from dynamics_assets.core.train.settings import resolve_training
 
+    recipe, epoch_key = recipe_and_epoch(context)
     if not clusters.has_images:
         raise dg.Failure("this pool ships embeddings without images: its plans and exports exist "
                          "(sample_plan, datacomp_subset), but there is nothing to train on here")
 
-    settings = TrainSettings(**config.model_dump()).with_overrides(recipe.training, source=f"recipe {recipe.name}")
-    if "batch_size" not in config.model_fields_set and "batch_size" not in recipe.training:
-        settings = dataclasses.replace(settings, batch_size=batch_for(clusters.n))  # the rule for this pool size
-    settings = dataclasses.replace(settings, seed=settings.seed + 1000 * recipe.seed)
+    # the one resolution (core/train/settings.py): run config, recipe overrides, batch rule, seed, span
+    settings = resolve_training(config.model_dump(), recipe.training, recipe.seed, clusters.n,
+                                config.model_fields_set, default_epochs=N_EPOCHS, recipe_name=recipe.name)
     plan = sample_plan
     if recipe.sampler["strategy"] in FEEDBACK_STRATEGIES:
         # drawn, written and checked before training; yielded after the checkpoint (Dagster wants a
@@ -94,7 +93,7 @@ def checkpoint(context: dg.AssetExecutionContext, config: TrainingConfig, sample
         plan, plan_md = feedback_plan_of(recipe, epoch_key, clusters, previous_checkpoint, storage, context.log)
     out = storage.layout.artifact("checkpoint", str(partition_dir(recipe, epoch_key)))
     job = EpochJob(
-        **dataclasses.asdict(settings) | {"n_epochs": settings.n_epochs or N_EPOCHS},
+        **dataclasses.asdict(settings),
         plan_dir=plan.plan_dir, manifest_dir=clusters.manifest_dir, shards_dir=clusters.shards_dir,
         out_checkpoint=str(out), epoch=epoch_of(epoch_key), pool_version=clusters.clusters_dir,
         previous_checkpoint=previous_checkpoint.checkpoint if previous_checkpoint else None,
@@ -125,6 +124,13 @@ def checkpoint(context: dg.AssetExecutionContext, config: TrainingConfig, sample
         "checkpoint": dg.MetadataValue.path(str(metrics["checkpoint"])), "plan_dir": plan.plan_dir,
         "trained_plan": "feedback_plan" if plan is not sample_plan else "sample_plan",
         **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str))},
+        # the version is also an open_clip model folder: open_clip_config.json + open_clip_model.safetensors
+        "open_clip_model": dg.MetadataValue.md(
+            f"`open_clip.create_model_and_transforms(\"local-dir:{metrics['version_dir']}\")` · "
+            f"`clip_benchmark eval --model local-dir:{metrics['version_dir']} …`"),
+        "model_dir": dg.MetadataValue.path(str(metrics["version_dir"])),
+        "reused": bool(metrics.get("reused", False)),
+        "batch_size": job.batch_size, "lr": job.lr, "seed": job.seed, "n_epochs": job.n_epochs,
         "mlflow_run": run.url_hint,
     })
     before = previous_checkpoint
