@@ -175,3 +175,19 @@ def test_merge_keeps_a_centroid_whose_only_near_duplicate_was_dropped() -> None:
     centroids = np.array([[np.cos(t), np.sin(t)] for t in (0, angle, 2 * angle)], np.float32)
     kept, mapping = merge_centroids(centroids, 0.70)
     assert len(kept) == 2 and mapping.tolist() == [0, 0, 1]
+
+
+def test_sample_size_above_the_pool_trains_on_the_pool_without_a_warning(store: EmbeddingStore, caplog) -> None:
+    """The default sample_size (100,000) on a pool of 600 rows reads the pool whole, silently (issue
+    18: a warning about sample_size=100000 on a 778-row pool); a cap that really trains on fewer
+    rows than the pool and the asked sample still says so."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="dynamics_assets.core.cluster.kmeans"):
+        centroids = train_kmeans(store, GROUPS, sample_size=100_000, init="kmeans++", use_gpu=False)
+    assert centroids.shape == (GROUPS, DIM)
+    assert not [r for r in caplog.records if "sample_size" in r.getMessage()], caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="dynamics_assets.core.cluster.kmeans"):
+        train_kmeans(store, 2, sample_size=600, max_points_per_centroid=100, use_gpu=False)
+    assert "sample_size=600 on 600 rows exceeds max_points_per_centroid*k=200; training on 200 rows" in caplog.text
