@@ -49,18 +49,31 @@ def webdataset_export(context: dg.AssetExecutionContext, config: ExportConfig, s
     provenance; ``manifest.json`` holds the open_clip_train command line that trains on them."""
     from dynamics_assets.core.export.webdataset import export_plan
 
+    from dynamics_assets.core.train.settings import resolve_training
+    from dynamics_assets.defs.partitions import N_EPOCHS
+
     recipe, epoch_key = recipe_and_epoch(context)
-    settings = TrainSettings().with_overrides(recipe.training, source=f"recipe {recipe.name}")
-    out = export_plan(
-        trained_plan_dir(recipe, epoch_key, sample_plan, storage), clusters.manifest_dir, clusters.shards_dir,
-        storage.layout.artifact("webdataset_export", str(partition_dir(recipe, epoch_key))),
-        pool_version=clusters.clusters_dir, samples_per_shard=config.samples_per_shard,
-        shuffle_buffer=config.shuffle_buffer, seed=recipe.seed * 1000 + sample_plan.epoch,
-        model=settings.model_name, batch_size=settings.batch_size, workers=config.workers)
+    # the settings the checkpoint trains with under the default run config (core/train/settings.py)
+    settings = resolve_training({}, recipe.training, recipe.seed, clusters.n, default_epochs=N_EPOCHS,
+                                recipe_name=recipe.name)
+    try:
+        out = export_plan(
+            trained_plan_dir(recipe, epoch_key, sample_plan, storage), clusters.manifest_dir, clusters.shards_dir,
+            storage.layout.artifact("webdataset_export", str(partition_dir(recipe, epoch_key))),
+            pool_version=clusters.clusters_dir, samples_per_shard=config.samples_per_shard,
+            shuffle_buffer=config.shuffle_buffer, seed=settings.seed + sample_plan.epoch,
+            settings=settings, workers=config.workers)
+    except ValueError as e:
+        raise dg.Failure(str(e)) from e
+    reading = out.reading
     context.add_output_metadata({
         "recipe": recipe.key, "epoch": sample_plan.epoch, "samples": out.samples, "distinct": out.distinct,
         "shards": len(out.shards), "train_data": out.train_data,
         "command": dg.MetadataValue.md(f"```bash\n{out.command}\n```"),
+        "open_clip_batch": reading.get("batch_size"), "trained_batch": reading.get("trained_batch_size"),
+        "open_clip_samples_per_epoch": reading.get("trained_per_epoch"),
+        "open_clip_left_out": reading.get("left_out"), "open_clip_repeated": reading.get("repeated"),
+        "open_clip_reading": reading.get("note", ""),
         "export_dir": dg.MetadataValue.path(str(out.version_dir)), "pool_version": clusters.pool_version,
         "reused": out.reused, "dagster/row_count": out.samples,
     })
