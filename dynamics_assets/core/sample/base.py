@@ -28,7 +28,9 @@ class ClusterPool:
 
     Optional context (None when absent): ``distance`` per sample (float32 1 − cos to the assigned
     centroid, in memory or ``distance.npy``), ``centroids`` (K×D unit rows), ``embeddings_dir``
-    (the EmbeddingStore root, pool order), and a keep mask (``masked``: removed samples read as -1).
+    (the EmbeddingStore root, pool order), ``manifest_dir`` (the raw_pairs manifest whose ok rows, in
+    pool order, are the pool's samples: captions and image sizes for the DataComp filters), and a
+    keep mask (``masked``: removed samples read as -1).
     """
 
     n_clusters: int
@@ -42,11 +44,13 @@ class ClusterPool:
     _keep: np.ndarray | None = field(default=None, repr=False)
     _budget_base: int | None = None
     fingerprint: str | None = None  # identity of the unmasked pool's content (None: unknown)
+    manifest_dir: Path | None = None
 
     @classmethod
     def from_array(cls, cluster_id: np.ndarray, n_clusters: int, *, distance: np.ndarray | None = None,
                    centroids: np.ndarray | None = None,
-                   embeddings_dir: str | Path | None = None) -> "ClusterPool":
+                   embeddings_dir: str | Path | None = None,
+                   manifest_dir: str | Path | None = None) -> "ClusterPool":
         ids = np.ascontiguousarray(cluster_id, dtype=np.int32)
         if distance is not None:
             distance = np.ascontiguousarray(distance, dtype=np.float32)
@@ -54,7 +58,8 @@ class ClusterPool:
                 raise ValueError(f"distance has shape {distance.shape}, cluster ids {ids.shape}")
         return cls(n_clusters=int(n_clusters), _ids=ids, _distance=distance,
                    centroids=_checked_centroids(centroids, n_clusters, "centroids"),
-                   embeddings_dir=None if embeddings_dir is None else Path(embeddings_dir))._validated()
+                   embeddings_dir=None if embeddings_dir is None else Path(embeddings_dir),
+                   manifest_dir=None if manifest_dir is None else Path(manifest_dir))._validated()
 
     @classmethod
     def from_npy(cls, path: str | Path, n_clusters: int) -> "ClusterPool":
@@ -62,10 +67,13 @@ class ClusterPool:
 
     @classmethod
     def from_artifacts(cls, clusters_dir: str | Path, n_clusters: int,
-                       embeddings_dir: str | Path | None = None, fingerprint: str | None = None) -> "ClusterPool":
+                       embeddings_dir: str | Path | None = None, fingerprint: str | None = None,
+                       manifest_dir: str | Path | None = None) -> "ClusterPool":
         """The pool the ``clusters`` stage wrote: ``cluster_id.npy``, ``distance.npy`` and
         ``centroids.npy`` in ``clusters_dir``; ``embeddings_dir`` is the EmbeddingStore root;
-        ``fingerprint`` names the pool's content (the stage's hash of ``cluster_id.npy``)."""
+        ``fingerprint`` names the pool's content (the stage's hash of ``cluster_id.npy``);
+        ``manifest_dir`` the pool's manifest (``PoolClusters.manifest_dir``; checked by the strategies
+        that read it, so a pool whose manifest is gone still serves the others)."""
         d = Path(clusters_dir)
         for name in ("cluster_id.npy", "distance.npy", "centroids.npy"):
             if not (d / name).is_file():
@@ -75,7 +83,7 @@ class ClusterPool:
         pool = cls(n_clusters=int(n_clusters), _path=d / "cluster_id.npy", _distance_path=d / "distance.npy",
                    centroids=_checked_centroids(np.load(d / "centroids.npy"), n_clusters, d / "centroids.npy"),
                    embeddings_dir=None if embeddings_dir is None else Path(embeddings_dir),
-                   fingerprint=fingerprint)._validated()
+                   fingerprint=fingerprint, manifest_dir=None if manifest_dir is None else Path(manifest_dir))._validated()
         n_dist = int(np.load(pool._distance_path, mmap_mode="r").shape[0])
         if n_dist != len(pool):
             raise ValueError(f"{pool._distance_path}: {n_dist} rows, {pool._path} has {len(pool)}")

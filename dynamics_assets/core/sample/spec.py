@@ -21,6 +21,11 @@ STRATEGIES: dict[str, tuple[str, ...]] = {
     "clip_score": ("fraction",),
     "compose": ("steps",),
     "learnability": ("budget", "alpha", "beta", "z_max", "kappa", "mode", "max_repeat"),
+    # DataComp's baselines (Gadre et al. 2023): static filters, checked by ``check_filter_values``
+    "basic_filter": ("language", "min_words", "min_chars", "min_side", "max_aspect"),
+    "laion2b_filter": ("threshold", "encoder_threshold", "reference_fraction", "language"),
+    "text_filter": ("classnames", "language"),
+    "image_filter": ("target_embeddings", "neighbours", "language", "min_words", "min_chars"),
 }
 _PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
 
@@ -55,6 +60,76 @@ def parse_budget(value: Any, where: str) -> float | int:
     raise SettingError(f"{where}: budget {value!r} is neither a fraction nor {{count: N}}")
 
 
+def _int_at_least(lo: int, note: str):
+    def check(v):
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            return f"an integer ≥ {lo}{note}"
+    return check
+
+
+def _number_in(lo: float, hi: float, note: str, *, lo_open: bool = False, none_ok: bool = False):
+    def check(v):
+        if v is None and none_ok:
+            return None
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or v > hi or v < lo or (lo_open and v == lo):
+            return f"a number in {'(' if lo_open else '['}{lo}, {hi}]{' or null' if none_ok else ''}{note}"
+    return check
+
+
+def _language(v):
+    if v is not None and not (isinstance(v, str) and re.fullmatch(r"[a-z]{2,3}", v)):
+        return "a language code such as 'en' (ISO 639-1, as the language identifier names them), or null for no language rule"
+
+
+def _path(required: str):
+    def check(v):
+        if not isinstance(v, str) or not v.strip():
+            return f"a file path ({required})"
+    return check
+
+
+def _classnames(v):
+    if isinstance(v, str) and v.strip():
+        return None
+    if isinstance(v, (list, tuple)) and v and all(isinstance(n, str) and n.strip() for n in v):
+        return None
+    return ("a non-empty list of class names, or a path to a classnames.txt (one per line), a concepts.parquet "
+            "or an eval set folder holding one")
+
+
+# parameter -> check (None when the value is allowed, else what is allowed); the strategies run the
+# same checks when they are built, so a recipe and a direct call are refused alike
+FILTER_VALUES: dict[str, dict[str, Any]] = {
+    "basic_filter": {"language": _language, "min_words": _int_at_least(0, " (DataComp: 3, i.e. more than 2 words)"),
+                     "min_chars": _int_at_least(0, " (DataComp: 6, i.e. more than 5 characters)"),
+                     "min_side": _int_at_least(0, " pixels (DataComp: 200)"),
+                     "max_aspect": _number_in(1.0, 1e9, " (DataComp: 3.0)", none_ok=True)},
+    "laion2b_filter": {"threshold": _number_in(-1.0, 1.0, " (a cosine of OpenAI's B/32; LAION-2B: 0.28)"),
+                       "encoder_threshold": _number_in(-1.0, 1.0, " (a cosine of this pool's encoder)", none_ok=True),
+                       "reference_fraction": _number_in(0.0, 1.0, " (DataComp medium: 13M of 128M kept)", lo_open=True),
+                       "language": _language},
+    "text_filter": {"classnames": _classnames, "language": _language},
+    "image_filter": {"target_embeddings": _path("a .npy of the target set's image embeddings, N × D"),
+                     "neighbours": _int_at_least(1, " (DataComp: 1, the nearest cluster)"), "language": _language,
+                     "min_words": _int_at_least(0, " (DataComp: 2)"), "min_chars": _int_at_least(0, " (DataComp: 6)")},
+}
+
+
+REQUIRED: dict[str, tuple[str, ...]] = {"text_filter": ("classnames",), "image_filter": ("target_embeddings",)}
+
+
+def check_filter_values(strategy: str, values: Mapping[str, Any], where: str) -> None:
+    """Refuse a missing required setting, or a value outside its range, naming the setting, the
+    value and what is allowed."""
+    for name in REQUIRED.get(strategy, ()):
+        if values.get(name) is None:
+            raise SettingError(f"{where}.{name}: strategy {strategy!r} needs it: "
+                               f"{FILTER_VALUES[strategy][name](None)}")
+    for name, check in FILTER_VALUES.get(strategy, {}).items():
+        if name in values and (allowed := check(values[name])):
+            raise SettingError(f"{where}.{name}: {values[name]!r} is outside its range: {allowed}")
+
+
 def normalise_sampler_spec(spec: Mapping[str, Any], where: str) -> dict[str, Any]:
     """The sampler block with its strategy checked, its parameter names checked and every budget
     parsed (compositions step by step). Values are checked by the strategies themselves when they
@@ -68,6 +143,7 @@ def normalise_sampler_spec(spec: Mapping[str, Any], where: str) -> dict[str, Any
     if unknown:
         raise SettingError(f"{where}: strategy {strategy!r} has no parameter(s) {unknown}; "
                            f"its parameters: {list(STRATEGIES[strategy])}")
+    check_filter_values(strategy, spec, where)
     out = dict(spec)
     if "budget" in out and out["budget"] is not None:
         out["budget"] = parse_budget(out["budget"], f"{where}.budget")

@@ -24,7 +24,7 @@ def sample_plan(context: dg.AssetExecutionContext, clusters: PoolClusters, stora
     recipe, epoch_key = recipe_and_epoch(context)
     epoch = epoch_of(epoch_key)
     pool = ClusterPool.from_artifacts(clusters.clusters_dir, clusters.k, embeddings_dir=clusters.embeddings_dir,
-                                      fingerprint=clusters.pool_version)
+                                      fingerprint=clusters.pool_version, manifest_dir=clusters.manifest_dir)
     sampler = sampler_from_spec(recipe.sampler, cache_dir=storage.layout.artifact("sample_plan", "_survivors"))
     plan = sampler.draw(pool, epoch=epoch, seed=recipe.seed)
     plan.meta.update(recipe=recipe.key)
@@ -92,7 +92,7 @@ def feedback_plan_of(recipe, epoch_key: str, clusters: PoolClusters, previous: O
         else:
             feedback = ClusterFeedback.read(previous.cluster_loss)
     pool = ClusterPool.from_artifacts(clusters.clusters_dir, clusters.k, embeddings_dir=clusters.embeddings_dir,
-                                      fingerprint=clusters.pool_version)
+                                      fingerprint=clusters.pool_version, manifest_dir=clusters.manifest_dir)
     plan = sampler_from_spec(recipe.sampler).draw(pool, epoch=epoch, seed=recipe.seed, feedback=feedback)
     plan.meta.update(recipe=recipe.key)
     out = write_plan(storage.layout.artifact("feedback_plan", str(partition_dir(recipe, epoch_key))), plan,

@@ -73,8 +73,13 @@ class Compose:
         record = []
         survivors = pool
         for step in self.steps[:-1]:
-            survivors = survivors.masked(_at_original_scale(step, n).keep_mask(survivors, seed=seed))
-            record.append({"strategy": step.name, "survivors": survivors.n_valid})
+            scaled = _at_original_scale(step, n)
+            if hasattr(scaled, "keep_and_meta"):  # a pruner that reports what it decided (e.g. a translated threshold)
+                keep, info = scaled.keep_and_meta(survivors, seed=seed)
+            else:
+                keep, info = scaled.keep_mask(survivors, seed=seed), {}
+            survivors = survivors.masked(keep)
+            record.append({"strategy": step.name, "survivors": survivors.n_valid, **info})
         if cache is not None and len(self.steps) > 1:
             keep = survivors.keep if survivors.keep is not None else np.ones(len(pool), dtype=bool)
             _forget_other_pools(cache.parent, pool.fingerprint)
