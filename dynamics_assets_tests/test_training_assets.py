@@ -51,6 +51,11 @@ def trained(tmp_path_factory):
                 results[(recipe, epoch)] = r
         results["reports"] = dg.materialize(ALL, selection=REPORTS, resources=resources, instance=instance)
         assert results["reports"].success
+        # the same partition again (as `--eval` on a finished run does): the committed checkpoint is reused
+        key = dg.MultiPartitionKey({"recipe": RECIPES[0], "epoch": "epoch-002"})
+        results["again"] = dg.materialize(ALL, selection=EPOCH, partition_key=key, resources=resources,
+                                          run_config=EPOCH_CONFIG, instance=instance)
+        assert results["again"].success
     return results, uri
 
 
@@ -117,3 +122,18 @@ def test_mlflow_run_fails_cleanly_and_redacts(tmp_path):
             raise RuntimeError("step failed")
     assert MlflowClient(tracking_uri=res.resolved_uri()).get_run(run.run_id).info.status == "FAILED"
     assert redact("https://user:secret@mlflow.example:5000/x") == "https://mlflow.example:5000/x"
+
+
+def test_rematerialising_a_trained_partition_reuses_its_checkpoint(trained):
+    """Same plan, previous checkpoint and settings: the same checkpoint version, no training step,
+    its recorded compute (device seconds) carried on; the version is an open_clip model folder."""
+    results, _ = trained
+    first = results[(RECIPES[0], "epoch-002")].output_for_node("checkpoint", "checkpoint")
+    again = results["again"].output_for_node("checkpoint", "checkpoint")
+    assert again == first  # same version path, samples, steps, loss, device_seconds
+    meta = next(m for m in results["again"].get_asset_materialization_events()
+                if m.asset_key == dg.AssetKey("checkpoint")).materialization.metadata
+    assert meta["reused"].value is True
+    folder = Path(first.checkpoint).parent
+    assert meta["open_clip_model"].value.count(f"local-dir:{folder}") == 2
+    assert {"open_clip_config.json", "open_clip_model.safetensors"} <= {p.name for p in folder.iterdir()}
