@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from dynamics_assets.core.io.versions import resolve
-from dynamics_assets.core.evaluate.report import accuracy_by_group, class_embeddings, evaluate_model, frequency_buckets, load_eval_set, log2_frequency_bin, retrieval_recall, zero_shot_metrics
+from dynamics_assets.core.evaluate.report import accuracy_by_group, bucket_note, class_embeddings, evaluate_model, frequency_buckets, load_eval_set, log2_frequency_bin, retrieval_recall, zero_shot_metrics
 from dynamics_assets.core.model.flops import forward_flops, forward_flops_per_pair, train_flops
 from dynamics_assets.core.ingest.synthetic import generate
 
@@ -72,17 +72,44 @@ def test_zero_shot_rejects_bad_labels():
         zero_shot_metrics(np.eye(2), np.eye(2), np.array([0, 2]), train_frequency=np.array([1, 1]))
 
 
-def test_buckets_by_frequency_with_id_tie_break():
+def test_buckets_by_frequency():
     freq = np.array([50, 3, 7, 100, 3, 20, 9, 1000, 5, 40])
     bucket = frequency_buckets(freq)
     assert set(np.flatnonzero(bucket == "tail")) == {1, 4}
     assert set(np.flatnonzero(bucket == "head")) == {3, 7}
     assert (bucket == "middle").sum() == 6
-    flat = np.full(10, 5)
-    assert set(np.flatnonzero(frequency_buckets(flat) == "tail")) == {0, 1}
-    assert set(np.flatnonzero(frequency_buckets(flat) == "head")) == {8, 9}
-    reversed_ids = np.arange(10)[::-1]  # position 9 has concept id 0
-    assert set(np.flatnonzero(frequency_buckets(flat, reversed_ids) == "tail")) == {8, 9}
+    assert bucket_note(freq, bucket) is None  # no tie at a threshold: the nominal 2 / 6 / 2
+
+
+def test_equal_frequencies_share_a_bucket_and_the_note_says_so():
+    """Issue 18: with most classes at frequency 0, head / middle / tail were split by concept order
+    (two of eight frequency-0 classes were 'tail', the others 'middle'). Ties now stay together:
+    every class of frequency ≤ the round(0.2·C)-th smallest frequency is tail, and the note says
+    the tail grew and the middle emptied."""
+    freq = np.array([0, 0, 7, 0, 0, 0, 0, 0, 0, 3])
+    bucket = frequency_buckets(freq)
+    assert set(np.flatnonzero(bucket == "tail")) == set(np.flatnonzero(freq == 0))  # all 8, none split off
+    assert set(np.flatnonzero(bucket == "head")) == {2, 9}
+    assert not (bucket == "middle").any()
+    note = bucket_note(freq, bucket)
+    assert "the tail holds 8 of 10 concepts (nominally 2): 8 concepts tie at frequency 0" in note
+    assert "the middle is empty (nominally 6)" in note
+    # a tie reaching both thresholds goes to the tail; the head keeps only what is strictly above it
+    freq = np.array([0] * 9 + [4])
+    bucket = frequency_buckets(freq)
+    assert bucket.tolist() == ["tail"] * 9 + ["head"] and "the head holds 1 of 10 concepts (nominally 2)" in \
+        bucket_note(freq, bucket)
+    flat = np.full(10, 5)  # one tie: every concept is tail, never 2 of them by id
+    assert frequency_buckets(flat).tolist() == ["tail"] * 10
+    assert "every concept is tail (nominally 2)" in bucket_note(flat, frequency_buckets(flat))
+    # equal frequencies never land in different buckets, whatever the order of the concepts
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        freq = rng.integers(0, 4, size=int(rng.integers(1, 30)))
+        bucket = frequency_buckets(freq)
+        assert all(len(set(bucket[freq == f])) == 1 for f in np.unique(freq))
+        assert (bucket[np.argsort(freq, kind="stable")] == np.array(sorted(
+            bucket, key=["tail", "middle", "head"].index))).all(), "buckets follow frequency order"
 
 
 def test_bucket_accuracy_ten_concepts():
@@ -103,8 +130,45 @@ def test_retrieval_recall_hand_computed():
     texts = np.array([[0.9, 0, 0.1], [0.8, 0.1, 0], [0, 0.2, 0.9], [0, 0.9, 0.3]], np.float32)
     r = retrieval_recall(images, texts, np.array([0, 1, 1]), np.array([0, 1, 1, 0]), ks=(1, 2, 3))
     # image ranks of the first relevant text: 0, 1, 0; text ranks of the first relevant image: 0, 1, 0, 2
+    # t2i_r3: k = 3 ≥ the 3 candidate images, 1 by construction: not reported
     assert r == pytest.approx({"i2t_r1": 2 / 3, "i2t_r2": 1.0, "i2t_r3": 1.0,
-                               "t2i_r1": 0.5, "t2i_r2": 0.75, "t2i_r3": 1.0})
+                               "t2i_r1": 0.5, "t2i_r2": 0.75})
+
+
+def test_recall_at_k_is_not_reported_for_k_at_or_above_the_candidates():
+    """Issue 18: R@5 and R@10 were reported as 1.0 from 4 held-out pairs. With n candidates,
+    recall@k for k ≥ n is 1 by construction: left out of the metrics, shown as '–' with n."""
+    rng = np.random.default_rng(0)
+    emb = rng.standard_normal((4, 8)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    labels = np.arange(4)
+    r = retrieval_recall(emb, emb, labels, labels)
+    assert sorted(r) == ["i2t_r1", "t2i_r1"] and r["i2t_r1"] == 1.0
+    assert set(retrieval_recall(np.tile(emb, (3, 1)), emb, np.tile(labels, 3), labels)) == {"i2t_r1", "t2i_r1",
+                                                                                          "t2i_r5", "t2i_r10"}
+    from dynamics_assets.core.evaluate.report import EvalReport, trivial_ks
+
+    candidates = {"retrieval/i2t": 4, "retrieval/t2i": 4}
+    assert trivial_ks(candidates) == {"retrieval/i2t": [5, 10], "retrieval/t2i": [5, 10]}
+    report = EvalReport(metrics={f"retrieval/{k}": v for k, v in r.items()}, per_concept=_empty_concepts(),
+                        per_frequency_bin=_empty_bins(), per_cluster=None, n_images=0,
+                        retrieval_candidates=candidates)
+    text = report.to_markdown()
+    assert "| retrieval/i2t_r5 | – (k ≥ 4 candidates: 1 by construction, not reported) |" in text
+    assert "| retrieval/t2i_r10 | – (k ≥ 4 candidates" in text
+    assert "retrieval/i2t over 4 texts; retrieval/t2i over 4 images" in text
+
+
+def _empty_concepts():
+    from dynamics_assets.core.evaluate.report import _empty_per_concept
+
+    return _empty_per_concept()
+
+
+def _empty_bins():
+    from dynamics_assets.core.evaluate.report import _empty_per_frequency_bin
+
+    return _empty_per_frequency_bin()
 
 
 def test_retrieval_requires_every_label_on_both_sides():
@@ -257,6 +321,30 @@ def test_evaluate_model_end_to_end(tmp_path, tiny_clip, captions):
 
     again = evaluate_model(model, preprocess, tokenizer, load_eval_set(eval_dir), batch_size=24)
     assert again.metrics == pytest.approx({k: v for k, v in m.items() if "cluster" not in k})
+
+
+def test_report_of_few_clusters_and_tied_frequencies(tmp_path, tiny_clip):
+    """Issue 18's report fixes end to end: 6 pool clusters are "6 of 6", not "10 of 6"; with most
+    concepts at frequency 0 they are all tail (none split off by concept order) and the report
+    says why the buckets are not 20 / 60 / 20."""
+    model, preprocess, tokenizer = tiny_clip
+    eval_dir = write_eval_set(tmp_path / "eval", per_concept=2)
+    concepts = pq.read_table(eval_dir / "concepts.parquet")
+    concepts = concepts.set_column(concepts.schema.get_field_index("train_frequency"), "train_frequency",
+                                   pa.array([0, 0, 0, 0, 5, 9], pa.int64()))  # concept ids 31, 30, 21, 20 at 0
+    pq.write_table(concepts, eval_dir / "concepts.parquet")
+    report = evaluate_model(model, preprocess, tokenizer, eval_dir, batch_size=12,
+                            cluster_of_image=np.arange(12) % 6)
+    pc = report.per_concept.to_pydict()
+    assert dict(zip(pc["concept_id"], pc["bucket"])) == {10: "head", 11: "middle", 20: "tail", 21: "tail",
+                                                         30: "tail", 31: "tail"}
+    assert "the tail holds 4 of 6 concepts (nominally 1): 4 concepts tie at frequency 0" in report.notes["buckets"]
+    text = report.to_markdown()
+    assert "## Lowest-accuracy pool clusters (6 of 6)" in text and "10 of 6" not in text
+    assert "**Ties**: ties in training frequency" in text and "the middle holds 1 of 6 concepts (nominally 4)" in text
+    assert text.count("| tail | 4 | 8 | 0–0 |") == 1
+    assert "retrieval/i2t over 12 texts; retrieval/t2i over 12 images" in text
+    assert "retrieval/i2t_r10" in report.metrics and "retrieval_k" not in report.notes  # 10 < 12: reported
 
 
 def test_evaluate_model_checks_cluster_length(tmp_path, tiny_clip):

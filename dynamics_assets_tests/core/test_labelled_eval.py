@@ -530,6 +530,36 @@ def test_retrieval_only_without_a_labelled_set(tmp_path, tiny_model):
         evaluate_model(model, preprocess, tokenizer, None, held_out=held, cluster_of_image=np.zeros(1))
 
 
+def test_four_held_out_pairs_report_recall_at_1_only(tmp_path, tiny_model):
+    """Issue 18: R@5 and R@10 were reported as 1.0 from 4 held-out pairs. With 4 candidates each
+    way only R@1 means something: R@5 / R@10 are left out of the metrics (the eval_report check
+    still passes), the report shows them as '–' and states n = 4, and a labelled set's class-aware
+    retrieval beside them is kept as class_retrieval/*."""
+    model, preprocess, tokenizer = tiny_model
+    manifest = write_pool(tmp_path)
+    held = load_held_out(manifest, tmp_path / "shards", per_mille=200, cap=4)
+    assert len(held) == 4
+    report = evaluate_model(model, preprocess, tokenizer, None, batch_size=8, held_out=held)
+    assert sorted(report.metrics) == ["retrieval/i2t_r1", "retrieval/t2i_r1"]
+    assert report.retrieval_candidates == {"retrieval/i2t": 4, "retrieval/t2i": 4}
+    assert "R@5, R@10 not reported: only 4 candidates" in report.notes["retrieval_k"]
+    paths = report.save(tmp_path / "report")
+    text = paths["report.md"].read_text()
+    assert "| retrieval/i2t_r5 | – (k ≥ 4 candidates: 1 by construction, not reported) |" in text
+    assert "| retrieval/t2i_r10 | – (k ≥ 4 candidates" in text and "retrieval/i2t over 4 texts" in text
+    assert "| retrieval/i2t_r5 | 1.000 |" not in text
+    assert json.loads(paths["notes.json"].read_text())["retrieval_k"] == report.notes["retrieval_k"]
+    assert not eval_report_findings(resolve(tmp_path / "report")).errors
+
+    es = load_labelled_set(write_image_folder(tmp_path / "labelled", per_class=3))  # 15 images, 5 classes
+    report = evaluate_model(model, preprocess, tokenizer, es, batch_size=8, held_out=held)
+    m = report.metrics
+    assert {"retrieval/i2t_r1", "retrieval/t2i_r1", "class_retrieval/t2i_r10"} <= set(m)
+    assert not {"retrieval/i2t_r5", "retrieval/t2i_r10"} & set(m)
+    assert report.retrieval_candidates["class_retrieval/t2i"] == 15
+    assert "retrieval/i2t R@5, R@10 not reported: only 4 candidates" in report.notes["retrieval_k"]
+
+
 # ---------------------------------------------------------------------------------------------
 # Fashion-MNIST (Debian's real IDX files)
 # ---------------------------------------------------------------------------------------------

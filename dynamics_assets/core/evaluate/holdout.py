@@ -1,5 +1,6 @@
 """The pool's held-out slice: image–text pairs that no sample plan may ever select, kept for
-image↔text retrieval evaluation (recall@1/5/10) on the user's own data.
+image↔text retrieval evaluation (recall@1/5/10, each k only below the number of pairs) on the
+user's own data.
 
 **Definition (deterministic, a pure function of the sample id).** With
 ``key(id) = first 8 bytes of sha256(id as UTF-8), big-endian unsigned`` a pair is held out iff
@@ -209,7 +210,8 @@ def held_out_retrieval(model, preprocess: Callable, tokenizer: Callable, held_ou
                        device: str = "cpu", batch_size: int = 256,
                        progress: Callable[[int, int], None] | None = None) -> dict[str, float]:
     """Instance-level image↔text recall@1/5/10 on the held-out pairs (``report.retrieval_recall``
-    with one label per distinct caption): ``{"i2t_r1": …, "t2i_r10": …}``."""
+    with one label per distinct caption): ``{"i2t_r1": …, "t2i_r10": …}``, only for k smaller than
+    the number of pairs (n candidates each way: with k ≥ n the recall is 1 by construction)."""
     from dynamics_assets.core.evaluate.report import retrieval_recall
 
     image_emb, text_emb = embed_held_out(model, preprocess, tokenizer, held_out, device, batch_size, progress)

@@ -6,17 +6,24 @@ is the re-normalised mean of the L2-normalised text embeddings of every prompt n
 ``s_ic = <f(image_i), w_c>``. Reported: top-1 / top-5 accuracy over images, mean per-class
 accuracy over the concepts present in the eval set, and per-concept accuracy.
 
-**Long tail.** Concepts are sorted by training frequency (ties by concept id, lower id first);
-the ``TAIL_FRACTION`` least frequent are *tail*, the ``HEAD_FRACTION`` most frequent *head*, the
-rest *middle* (Parashar et al. 2024, "The Neglected Tails in Vision-Language Models"); each
-bucket's score is its mean per-class accuracy. Accuracy is also reported per log-frequency bin
+**Long tail.** With the C concepts sorted by training frequency, ``t_tail`` is the frequency of
+the ``round(TAIL_FRACTION · C)``-th least frequent and ``t_head`` that of the
+``round(HEAD_FRACTION · C)``-th most frequent: *tail* is every concept of frequency ≤ ``t_tail``,
+*head* every other concept of frequency ≥ ``t_head``, *middle* the rest (Parashar et al. 2024,
+"The Neglected Tails in Vision-Language Models"). Concepts of equal frequency always share a
+bucket — ties are never split by concept order — so a bucket can hold more concepts than its
+fraction, or none (most classes at frequency 0 are all tail); the report's ``buckets`` note says
+so (``bucket_note``). Each bucket's score is its mean per-class accuracy. Accuracy is also reported per log-frequency bin
 ``b = floor(log2(train_frequency))`` (frequency 0 is its own bin), following Udandarao et al. 2024
 ("No 'Zero-Shot' Without Exponential Data"), who plot accuracy against log concept frequency.
 
 **Retrieval** (image→text and text→image recall@k) is *class-aware*: a retrieved item counts as
 relevant when it has the query's concept label, because many eval images share a concept and
 their texts are interchangeable. Recall@k is the fraction of queries with at least one relevant
-item among the k most similar. The texts are the eval set's per-image captions when it has them
+item among the k most similar. Recall@k is reported only for k smaller than the number of
+candidates (texts for image→text, images for text→image): with k ≥ n every query finds its match
+and the figure is 1 by construction; such a k is left out of the metrics and the report shows it
+as "–" with n (``EvalReport.retrieval_candidates``, the ``retrieval_k`` note). The texts are the eval set's per-image captions when it has them
 (label = the image's concept); otherwise one text per (concept present in the eval set, prompt
 name), written with the first template. When ``evaluate_model`` is given the pool's held-out pairs
 (``holdout``), ``retrieval/*`` is instance-level recall on those pairs instead and the eval set's
@@ -62,6 +69,7 @@ __all__ = [
     "EvalReport",
     "EvalSet",
     "accuracy_by_group",
+    "bucket_note",
     "class_embeddings",
     "embed_eval_images",
     "embed_texts",
@@ -71,6 +79,7 @@ __all__ = [
     "log2_frequency_bin",
     "plot_accuracy_vs_frequency",
     "retrieval_recall",
+    "trivial_ks",
     "zero_shot_metrics",
 ]
 
@@ -79,6 +88,7 @@ HEAD_FRACTION = 0.2
 BUCKETS = ("head", "middle", "tail")
 TOPK = (1, 5)
 RETRIEVAL_KS = (1, 5, 10)
+WORST_CLUSTERS = 10  # pool clusters listed in the report, lowest accuracy first
 _ROW_CHUNK = 4096  # score-matrix rows computed at a time (bounds memory to chunk × columns)
 
 # ---------------------------------------------------------------------------------------------
@@ -99,25 +109,79 @@ def _stable_rank(scores: np.ndarray, target: np.ndarray) -> np.ndarray:
     return ahead.sum(axis=1)
 
 
-def frequency_buckets(train_frequency: np.ndarray, concept_ids: np.ndarray | None = None, *,
-                      tail_fraction: float = TAIL_FRACTION, head_fraction: float = HEAD_FRACTION) -> np.ndarray:
-    """Bucket (``"head"`` / ``"middle"`` / ``"tail"``) of every concept.
+def _bucket_sizes(n: int, tail_fraction: float, head_fraction: float) -> tuple[int, int]:
+    """Nominal (tail, head) sizes: ``round(fraction · n)``, half-way rounding up."""
+    n_tail = math.floor(tail_fraction * n + 0.5)
+    n_head = math.floor(head_fraction * n + 0.5)
+    if n_tail + n_head > n:
+        raise ValueError(f"tail_fraction={tail_fraction} + head_fraction={head_fraction} exceed all concepts")
+    return n_tail, n_head
 
-    Concepts are ordered by ``(train_frequency, concept_id)``; the first
-    ``round(tail_fraction · C)`` are tail, the last ``round(head_fraction · C)`` head
-    (half-way rounds up).
+
+def _thresholds(freq: np.ndarray, n_tail: int, n_head: int) -> tuple[Any, Any]:
+    """(t_tail, t_head): the frequency of the n_tail-th least and n_head-th most frequent concept
+    (None for a bucket of nominal size 0)."""
+    ordered = np.sort(freq)
+    t_tail = ordered[n_tail - 1] if n_tail else None
+    t_head = ordered[len(freq) - n_head] if n_head else None
+    return t_tail, t_head
+
+
+def frequency_buckets(train_frequency: np.ndarray, *, tail_fraction: float = TAIL_FRACTION,
+                      head_fraction: float = HEAD_FRACTION) -> np.ndarray:
+    """Bucket (``"head"`` / ``"middle"`` / ``"tail"``) of every concept, tie-closed.
+
+    With ``n_tail = round(tail_fraction · C)`` and ``n_head = round(head_fraction · C)`` (half-way
+    rounds up): *tail* = the concepts whose frequency is ≤ that of the n_tail-th least frequent,
+    *head* = the other concepts whose frequency is ≥ that of the n_head-th most frequent, *middle*
+    = the rest. Concepts of equal frequency always fall in the same bucket (a tie reaching both
+    thresholds goes to the tail), so ties can make a bucket larger than nominal or empty
+    (``bucket_note`` describes it); a nominal size of 0 gives an empty bucket.
     """
     freq = np.asarray(train_frequency)
-    ids = np.arange(len(freq)) if concept_ids is None else np.asarray(concept_ids)
-    n_tail = math.floor(tail_fraction * len(freq) + 0.5)
-    n_head = math.floor(head_fraction * len(freq) + 0.5)
-    if n_tail + n_head > len(freq):
-        raise ValueError(f"tail_fraction={tail_fraction} + head_fraction={head_fraction} exceed all concepts")
-    order = np.lexsort((ids, freq))
+    n_tail, n_head = _bucket_sizes(len(freq), tail_fraction, head_fraction)
+    t_tail, t_head = _thresholds(freq, n_tail, n_head)
+    tail = freq <= t_tail if t_tail is not None else np.zeros(len(freq), bool)
+    head = (freq >= t_head) & ~tail if t_head is not None else np.zeros(len(freq), bool)
     bucket = np.full(len(freq), "middle", dtype=object)
-    bucket[order[:n_tail]] = "tail"
-    bucket[order[len(freq) - n_head:]] = "head"
+    bucket[tail] = "tail"
+    bucket[head] = "head"
     return bucket
+
+
+def bucket_note(train_frequency: np.ndarray, bucket: np.ndarray, *, tail_fraction: float = TAIL_FRACTION,
+                head_fraction: float = HEAD_FRACTION) -> str | None:
+    """A sentence when ties in training frequency make a bucket differ from its nominal size
+    (larger, empty, or every concept), else None."""
+    freq, bucket = np.asarray(train_frequency), np.asarray(bucket)
+    n = len(freq)
+    if not n:
+        return None
+    n_tail, n_head = _bucket_sizes(n, tail_fraction, head_fraction)
+    nominal = {"tail": n_tail, "middle": n - n_tail - n_head, "head": n_head}
+    sizes = {b: int((bucket == b).sum()) for b in BUCKETS}
+    if sizes == nominal:
+        return None
+    t_tail, t_head = _thresholds(freq, n_tail, n_head)
+    bounds = {"tail": t_tail, "head": t_head}
+    parts = []
+    for name in BUCKETS:
+        size, want = sizes[name], nominal[name]
+        if size == want:
+            continue
+        if size == n:
+            text = f"every concept is {name}"
+        elif size == 0:
+            text = f"the {name} is empty"
+        else:
+            text = f"the {name} holds {size} of {n} concepts"
+        text += f" (nominally {want})"
+        if size > want and bounds.get(name) is not None:
+            text += f": {int((freq == bounds[name]).sum())} concepts tie at frequency {bounds[name]}"
+        parts.append(text)
+    return ("ties in training frequency (equal frequencies share a bucket): " + "; ".join(parts)
+            + "; the bucket scores average these concepts, not the nominal "
+            f"{tail_fraction:.0%} / {head_fraction:.0%}")
 
 
 def log2_frequency_bin(train_frequency: np.ndarray) -> np.ndarray:
@@ -147,14 +211,13 @@ def _frequency_bin_table(train_frequency: np.ndarray, per_class: np.ndarray, cou
 
 
 def zero_shot_metrics(image_emb: np.ndarray, class_emb: np.ndarray, labels: np.ndarray, *,
-                      train_frequency: np.ndarray, concept_ids: np.ndarray | None = None,
-                      topk: Sequence[int] = TOPK) -> dict[str, Any]:
+                      train_frequency: np.ndarray, topk: Sequence[int] = TOPK) -> dict[str, Any]:
     """Zero-shot classification metrics, overall and by training frequency.
 
-    ``labels`` are class indices into ``class_emb`` rows; ``concept_ids`` (default: the class
-    index) only break frequency ties. Returns ``top{k}`` for every k, ``mean_per_class``,
+    ``labels`` are class indices into ``class_emb`` rows. Returns ``top{k}`` for every k, ``mean_per_class``,
     ``per_class_accuracy`` (C,) (NaN for a class without eval images), ``per_class_count`` (C,),
-    ``correct`` (n,) top-1 hits, ``bucket`` (C,), ``bucket_accuracy`` {head, middle, tail} and
+    ``correct`` (n,) top-1 hits, ``bucket`` (C,), ``bucket_note`` (str or None: ties that
+    change a bucket's size, ``bucket_note``), ``bucket_accuracy`` {head, middle, tail} and
     ``frequency_bins`` (columns: log2_bin, min/max_frequency, n_concepts, n_images, accuracy).
     """
     labels = np.asarray(labels, dtype=np.int64)
@@ -171,7 +234,7 @@ def zero_shot_metrics(image_emb: np.ndarray, class_emb: np.ndarray, labels: np.n
     hits = np.bincount(labels, weights=correct, minlength=n_classes)
     with np.errstate(invalid="ignore", divide="ignore"):
         per_class = np.where(counts > 0, hits / counts, np.nan)
-    bucket = frequency_buckets(train_frequency, concept_ids)
+    bucket = frequency_buckets(train_frequency)
     return {
         **{f"top{k}": float((rank < k).mean()) for k in topk},
         "mean_per_class": _class_mean(per_class, np.ones(n_classes, bool)),
@@ -179,6 +242,7 @@ def zero_shot_metrics(image_emb: np.ndarray, class_emb: np.ndarray, labels: np.n
         "per_class_count": counts,
         "correct": correct,
         "bucket": bucket,
+        "bucket_note": bucket_note(train_frequency, bucket),
         "bucket_accuracy": {b: _class_mean(per_class, bucket == b) for b in BUCKETS},
         "frequency_bins": _frequency_bin_table(np.asarray(train_frequency), per_class, counts),
     }
@@ -186,7 +250,9 @@ def zero_shot_metrics(image_emb: np.ndarray, class_emb: np.ndarray, labels: np.n
 
 def _class_aware_recall(queries: np.ndarray, items: np.ndarray, query_labels: np.ndarray,
                         item_labels: np.ndarray, ks: Sequence[int]) -> dict[int, float]:
-    """Fraction of queries with a same-label item among their k most similar items."""
+    """Fraction of queries with a same-label item among their k most similar items, for every k
+    smaller than the number of items (with k ≥ n every query finds one: 1 by construction)."""
+    ks = [k for k in ks if k < len(items)]
     ranks = []
     for rows in _row_chunks(len(queries)):
         relevant = item_labels[None, :] == query_labels[rows, None]
@@ -204,7 +270,9 @@ def _class_aware_recall(queries: np.ndarray, items: np.ndarray, query_labels: np
 
 def retrieval_recall(image_emb: np.ndarray, text_emb: np.ndarray, image_labels: np.ndarray,
                      text_labels: np.ndarray, ks: Sequence[int] = RETRIEVAL_KS) -> dict[str, float]:
-    """Class-aware recall@k both ways: ``{"i2t_r1": …, "t2i_r1": …}`` for every k.
+    """Class-aware recall@k both ways: ``{"i2t_r1": …, "t2i_r1": …}`` for every k smaller than
+    the number of candidates of that direction (texts for i2t, images for t2i); a k ≥ n is left
+    out (every query would find its match: 1 by construction; ``trivial_ks`` lists them).
 
     A retrieved text (image) is relevant to an image (text) query when their labels are equal;
     every label must occur on both sides (else ``ValueError``).
@@ -216,6 +284,22 @@ def retrieval_recall(image_emb: np.ndarray, text_emb: np.ndarray, image_labels: 
     i2t = _class_aware_recall(image_emb, text_emb, image_labels, text_labels, ks)
     t2i = _class_aware_recall(text_emb, image_emb, text_labels, image_labels, ks)
     return {**{f"i2t_r{k}": v for k, v in i2t.items()}, **{f"t2i_r{k}": v for k, v in t2i.items()}}
+
+
+def trivial_ks(candidates: Mapping[str, int], ks: Sequence[int] = RETRIEVAL_KS) -> dict[str, list[int]]:
+    """Per direction (``"retrieval/i2t"`` → its number of candidates), the k that ``retrieval_recall``
+    leaves out because k ≥ n candidates (empty lists dropped)."""
+    return {d: [k for k in ks if k >= n] for d, n in candidates.items() if any(k >= n for k in ks)}
+
+
+def _candidates_note(candidates: Mapping[str, int], ks: Sequence[int] = RETRIEVAL_KS) -> str | None:
+    """The ``retrieval_k`` note: which recall@k are not reported and why."""
+    left_out = trivial_ks(candidates, ks)
+    if not left_out:
+        return None
+    return "; ".join(f"{d} {', '.join(f'R@{k}' for k in left_out[d])} not reported: only {candidates[d]} "
+                     f"candidate{'s' if candidates[d] != 1 else ''} (with k ≥ n every query finds its match, "
+                     "recall 1 by construction)" for d in left_out)
 
 
 def accuracy_by_group(correct: np.ndarray, group: np.ndarray) -> dict[Any, tuple[int, float]]:
@@ -460,6 +544,9 @@ class EvalReport:
     # another name, e.g. "train_style" → per_image_<name>.parquet): label (class index, a row of
     # per_concept), concept_id, correct (top-1 hit). The comparison's bootstrap reads them.
     per_image: Mapping[str, pa.Table] = field(default_factory=dict)
+    # Candidates per retrieval direction ("retrieval/i2t" → texts searched, "retrieval/t2i" →
+    # images; "class_retrieval/…" likewise): recall@k with k ≥ n is not reported (``trivial_ks``).
+    retrieval_candidates: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def has_zero_shot(self) -> bool:
@@ -479,6 +566,10 @@ class EvalReport:
     def to_markdown(self) -> str:
         m = self.metrics
         headline = [[key, _fmt(value)] for key, value in m.items() if "freq_bin" not in key]
+        candidates = self.retrieval_candidates
+        headline += [[f"{d}_r{k}", f"– (k ≥ {candidates[d]} candidates: 1 by construction, not reported)"]
+                     for d, ks in trivial_ks(candidates).items() for k in ks]
+        searched = [f"{d} over {n:,} {'texts' if d.endswith('i2t') else 'images'}" for d, n in candidates.items()]
         bins = self.per_frequency_bin.to_pydict()
         bin_rows = [[f"{lo}–{hi}", c, n, _fmt(a)] for lo, hi, c, n, a in zip(
             bins["min_frequency"], bins["max_frequency"], bins["n_concepts"], bins["n_images"], bins["accuracy"])]
@@ -486,24 +577,33 @@ class EvalReport:
         lines = [
             "# Evaluation report", "",
             f"{self.n_images} eval images, {sum(n > 0 for n in self.per_concept.column('n').to_pylist())} concepts.",
-            *notes, "", "## Headline metrics", "", *_markdown_table(["metric", "value"], headline),
+            *notes, "", "## Headline metrics", "",
+            *([f"Retrieval candidates (n): {'; '.join(searched)}.", ""] if searched else []),
+            *_markdown_table(["metric", "value"], headline),
         ]
         if not self.has_zero_shot:
             lines += ["", "## Zero-shot classification", "",
                       f"Not evaluated: {self.notes.get('zero_shot', 'no labelled set')}."]
             return "\n".join(lines) + "\n"
+        tied = self.notes.get("buckets")
         lines += [
-            "", f"## Long tail (tail = {TAIL_FRACTION:.0%} least frequent concepts, head = {HEAD_FRACTION:.0%} most)",
+            "", "## Long tail", "",
+            f"Tail: the concepts whose training frequency is at most that of the round({TAIL_FRACTION:g}·C)-th "
+            f"least frequent of the C = {self.per_concept.num_rows} concepts; head: the others whose frequency is "
+            f"at least that of the round({HEAD_FRACTION:g}·C)-th most frequent; middle: the rest. Equal "
+            "frequencies share a bucket.",
+            *(["", f"**Ties**: {tied}."] if tied else []),
             "", *_markdown_table(["bucket", "concepts", "images", "train frequency", "mean per-class top-1"],
                                  self._bucket_rows()),
             "", "## Accuracy by training frequency (log2 bins)", "",
             *_markdown_table(["train frequency", "concepts", "images", "mean per-class top-1"], bin_rows),
         ]
         if self.per_cluster is not None:
-            worst = self.per_cluster.sort_by([("accuracy", "ascending"), ("cluster", "ascending")]).slice(0, 10)
+            shown = min(WORST_CLUSTERS, self.per_cluster.num_rows)
+            worst = self.per_cluster.sort_by([("accuracy", "ascending"), ("cluster", "ascending")]).slice(0, shown)
             columns = (worst.column(k).to_pylist() for k in ("cluster", "n", "accuracy"))
             rows = [[c, n, _fmt(a)] for c, n, a in zip(*columns)]
-            lines += ["", f"## Lowest-accuracy pool clusters (10 of {self.per_cluster.num_rows})", "",
+            lines += ["", f"## Lowest-accuracy pool clusters ({shown} of {self.per_cluster.num_rows})", "",
                       *_markdown_table(["cluster", "images", "top-1"], rows)]
         return "\n".join(lines) + "\n"
 
@@ -622,8 +722,10 @@ def _empty_per_frequency_bin() -> pa.Table:
 
 
 def _held_out_metrics(model, preprocess: Callable, tokenizer: Callable, held_out: "HeldOutPairs | None",
-                      device: str, batch_size: int, progress: Progress | None, notes: dict[str, str]) -> dict[str, float]:
-    """``retrieval/*`` on the pool's held-out pairs (empty, with a note, when there are none)."""
+                      device: str, batch_size: int, progress: Progress | None, notes: dict[str, str],
+                      candidates: dict[str, int]) -> dict[str, float]:
+    """``retrieval/*`` on the pool's held-out pairs (empty, with a note, when there are none);
+    ``candidates`` gets the number searched each way (every held-out pair's text / image)."""
     if held_out is None:
         return {}
     if not len(held_out):
@@ -635,6 +737,7 @@ def _held_out_metrics(model, preprocess: Callable, tokenizer: Callable, held_out
                                 progress=progress)
     notes["retrieval"] = (f"instance-level image-text recall on {len(held_out)} held-out pool pairs "
                           "(never in any sample plan)")
+    candidates |= {"retrieval/i2t": len(held_out), "retrieval/t2i": len(held_out)}
     return {f"retrieval/{k}": v for k, v in recall.items()}
 
 
@@ -666,11 +769,14 @@ def evaluate_model(model, preprocess: Callable, tokenizer: Callable, eval_dir: s
         if held_out is None:
             notes_out.setdefault("retrieval", "no held-out pool pairs given")
         held_progress = progress if progress is not None else bar("evaluate held-out pairs", "pair")
+        candidates: dict[str, int] = {}
         metrics = _held_out_metrics(model, preprocess, tokenizer, held_out, device, batch_size, held_progress,
-                                    notes_out)
+                                    notes_out, candidates)
+        if note := _candidates_note(candidates):
+            notes_out["retrieval_k"] = note
         return EvalReport(metrics=metrics, per_concept=_empty_per_concept(),
                           per_frequency_bin=_empty_per_frequency_bin(), per_cluster=None, n_images=0,
-                          notes=notes_out)
+                          notes=notes_out, retrieval_candidates=candidates)
     eval_set = eval_dir if isinstance(eval_dir, EvalSet) else load_eval_set(eval_dir)
     if cluster_of_image is not None and len(cluster_of_image) != len(eval_set):
         raise ValueError(f"cluster_of_image has {len(cluster_of_image)} entries for {len(eval_set)} eval images")
@@ -683,8 +789,9 @@ def evaluate_model(model, preprocess: Callable, tokenizer: Callable, eval_dir: s
     class_emb = class_embeddings(model, tokenizer, eval_set.prompt_names, eval_set.templates, device, batch_size)
     if progress is not None:
         progress(len(eval_set) + n_prompts, total)
-    zs = zero_shot_metrics(image_emb, class_emb, eval_set.labels, train_frequency=eval_set.train_frequency,
-                           concept_ids=eval_set.concept_ids)
+    zs = zero_shot_metrics(image_emb, class_emb, eval_set.labels, train_frequency=eval_set.train_frequency)
+    if zs["bucket_note"]:
+        notes_out["buckets"] = zs["bucket_note"]
     text_emb = embed_texts(model, tokenizer, texts, device, batch_size)
     if progress is not None:
         progress(total, total)
@@ -692,14 +799,20 @@ def evaluate_model(model, preprocess: Callable, tokenizer: Callable, eval_dir: s
     per_cluster = None if cluster_of_image is None else _per_cluster_table(zs["correct"], np.asarray(cluster_of_image))
     metrics = _flat_metrics(zs, retrieval, per_cluster)
     held_progress = bar("evaluate held-out pairs", "pair") if default_progress else None
+    candidates = {"retrieval/i2t": len(texts), "retrieval/t2i": len(eval_set)}
+    held_candidates: dict[str, int] = {}
     pool_retrieval = _held_out_metrics(model, preprocess, tokenizer, held_out, device, batch_size, held_progress,
-                                       notes_out)
-    if pool_retrieval:
+                                       notes_out, held_candidates)
+    if pool_retrieval or held_candidates:
         metrics = {("class_" + k if k.startswith("retrieval/") else k): v for k, v in metrics.items()}
         metrics |= pool_retrieval
+        candidates = {"class_" + k: n for k, n in candidates.items()} | held_candidates
+    if note := _candidates_note(candidates):
+        notes_out["retrieval_k"] = note
     return EvalReport(metrics=metrics, per_concept=_per_concept_table(eval_set, zs),
                       per_frequency_bin=pa.table(zs["frequency_bins"]), per_cluster=per_cluster,
-                      n_images=len(eval_set), notes=notes_out, per_image={"eval": per_image_table(eval_set, zs)})
+                      n_images=len(eval_set), notes=notes_out, per_image={"eval": per_image_table(eval_set, zs)},
+                      retrieval_candidates=candidates)
 
 
 def per_image_table(eval_set: EvalSet, zs: dict[str, Any]) -> pa.Table:
