@@ -8,8 +8,10 @@ copies into one sample). Each written sample has
                     re-encoded; checked against the manifest's ``image_sha256``), under the
                     original extension (jpg / jpeg / png / webp);
   ``<key>.txt``     the caption (UTF-8);
-  ``<key>.json``    ``sample_id``, ``pool_index``, ``source_shard``, ``source_row``,
-                    ``source_key``, ``copy`` (j) and ``multiplicity`` (k).
+  ``<key>.json``    the source sample's ``.json`` fields as they were (``uid``, ``url``, ...),
+                    plus ``sample_id``, ``pool_index``, ``source_shard``, ``source_row``,
+                    ``source_key``, ``copy`` (j) and ``multiplicity`` (k) (a source field
+                    of one of these names is kept under ``source_meta``).
 
 **Streaming.** Planned pairs are read source shard by source shard, in pool order (the order of
 the plan's sorted indices: ``ingest.pool``'s shard offsets, the manifest's ok rows, one seek per
@@ -232,7 +234,7 @@ def iter_planned_samples(indices: np.ndarray, multiplicity: np.ndarray, manifest
         if hi <= lo:
             continue
         located = {"image_offset", "image_size"} <= set(pq.read_schema(shard.manifest_path).names)
-        columns = ["sample_id", "key", "image_member", "caption", "image_sha256",
+        columns = ["sample_id", "key", "image_member", "caption", "image_sha256", "meta_json",
                    *(("image_offset", "image_size") if located else ())]
         local = np.asarray(indices[lo:hi]).astype(np.int64) - shard.offset
         copies = np.asarray(multiplicity[lo:hi]).astype(np.int64)
@@ -250,12 +252,14 @@ def iter_planned_samples(indices: np.ndarray, multiplicity: np.ndarray, manifest
                 raise ValueError(f"{tar_path}: member {member} no longer has the bytes the manifest recorded "
                                  f"(sha256 differs): the shard changed after it was manifested")
             ext = Path(member).name.split(".", 1)[1].lower()
+            source = json.loads(cols["meta_json"][i] or "{}")  # the source sample's .json (uid, url, ...)
             for j in range(k):
+                ours = {"sample_id": sample_id, "pool_index": shard.offset + pos, "source_shard": shard.name,
+                        "source_row": cols["row"][i], "source_key": cols["key"][i], "copy": j, "multiplicity": k}
+                clash = {name: source[name] for name in ours if name in source}  # kept, not overwritten
                 yield ExportSample(
                     key=f"{sample_id}_{j}", ext=ext, image=data, caption=cols["caption"][i],
-                    meta={"sample_id": sample_id, "pool_index": shard.offset + pos, "source_shard": shard.name,
-                          "source_row": cols["row"][i], "source_key": cols["key"][i], "copy": j,
-                          "multiplicity": k})
+                    meta={**source, **ours, **({"source_meta": clash} if clash else {})})
 
 
 def buffer_shuffle(samples: Iterator[ExportSample], buffer: int, seed: int) -> Iterator[ExportSample]:
