@@ -40,7 +40,13 @@ A model name the project defines (``core/model/model_configs/<name>.json``, unkn
 open_clip) is written into the export as ``model/open_clip_config.json`` and passed as
 ``--model local-dir:$EXPORT_DIR/model`` (open_clip's local-dir schema: config only, random
 initialisation), so the command runs with a stock ``open_clip_train``; any other name is passed
-through as is (e.g. ``ViT-B-32``).
+through as is (e.g. ``ViT-B-32``). Given the recipe's training settings
+(``train.settings.resolve_training``), the command names the checkpoint's lr, weight decay,
+warm-up (in steps), epochs and seed, and its batch / ``--train-num-samples`` / ``--workers`` are
+chosen so that open_clip_train's whole-batch webdataset pipeline reads every planned copy once per
+epoch where it can (``open_clip_reading``); ``manifest.json``'s ``open_clip_reading`` states the
+batch used, what is trained per epoch and what is left out or repeated. A plan of one sample is
+refused (no contrastive batch; open_clip would loop for ever).
 
 A plan drawn on another pool version is refused (``versions.require_same_pool``, ``what="export"``).
 """
