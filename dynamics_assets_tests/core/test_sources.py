@@ -9,7 +9,8 @@ import fsspec
 import pytest
 
 from dynamics_assets.core.ingest.manifest import build_manifest
-from dynamics_assets.core.ingest.sources import img2dataset_stats, resolve_source, stats_mismatches
+from dynamics_assets.core.ingest.sources import (img2dataset_stats, is_local, local_path, redact, resolve_source, scrub,
+                                                 stats_mismatches)
 from dynamics_assets.core.ingest.synthetic import generate
 
 
@@ -57,3 +58,45 @@ def test_img2dataset_stats_mismatch_is_reported(shards, tmp_path):
     assert [(m.shard, m.stated, m.read) for m in found] == [(shards[1].name, 125, 120), (shards[2].name, None, 120)]
     assert "img2dataset wrote 125 samples, the manifest read 120" in found[0].note
     assert stats_mismatches({}, rows, [s.name for s in shards]) == [], "no stats files: nothing to compare"
+
+
+def test_file_uris_are_parsed_as_urls(tmp_path, monkeypatch):
+    odd = tmp_path / "it's a ünïcode dir"
+    odd.mkdir()
+    assert local_path(odd.as_uri()) == odd  # as_uri percent-encodes the apostrophe, spaces and letters
+    assert local_path(f"file://localhost{odd.as_uri()[7:]}") == odd
+    assert local_path(f"FILE://LocalHost{tmp_path}") == tmp_path
+    assert local_path(f"file:{tmp_path}") == tmp_path
+    monkeypatch.chdir(tmp_path)
+    assert local_path("rel/dir") == tmp_path / "rel" / "dir"  # a plain path stays relative to the cwd
+    for uri, message in [("file://host/x", "names host 'host'"), ("file://u:pw@localhost/x", "no user or password"),
+                         ("file:///x#frag", "query or fragment"), ("file:x", "absolute path"),
+                         ("s3://bucket/x", "only local folders")]:
+        with pytest.raises(ValueError, match=message) as err:
+            local_path(uri)
+        assert "pw" not in str(err.value)
+    assert is_local("/data") and is_local("file:///data") and is_local("File://localhost/data")
+    assert not is_local("s3://bucket/x") and not is_local("memory://pool")
+
+
+@pytest.mark.parametrize("uri, shown", [
+    ("https://user:p@ss-word@host:8443/x?sig=abc#f", "https://host:8443/x"),
+    ("s3://KEY:se/cr+et@bucket/pool/", "s3://bucket/pool/"),
+    ("s3://bucket/folder@v2/x", "s3://bucket/folder@v2/x"),  # an '@' in the path of a URI without credentials
+    ("gs://bucket/pool", "gs://bucket/pool"),
+    ("http://[::1]:8080/pool", "http://[::1]:8080/pool"),
+    ("postgresql://mlflow:pw@db.example:5432/mlflow", "postgresql://db.example:5432/mlflow"),
+    ("sqlite:////data/mlflow.db", "sqlite:////data/mlflow.db"),
+    ("/local/path?with#odd", "/local/path?with#odd"),  # not a URI: unchanged
+])
+def test_redact(uri, shown):
+    assert redact(uri) == shown
+
+
+def test_scrub_removes_every_form_of_the_secret():
+    uri = "https://alice:p%40ss-word@host/x?token=tok-123"
+    text = (f"GET {uri} failed; BasicAuth(login='alice', password='p@ss-word'); "
+            "url=https://alice:p%40ss-word@host/x; token tok-123")
+    out = scrub(text, uri)
+    assert "p@ss-word" not in out and "p%40ss-word" not in out and "tok-123" not in out
+    assert "https://host/x" in out

@@ -379,7 +379,10 @@ def test_private_local_ray_listens_on_loopback_only(tmp_path, record):
     assert wide == [], f"listening beyond loopback: {wide}"
     assert ipaddress.ip_address(node).is_loopback and all(ipaddress.ip_address(n).is_loopback for n in nodes)
     assert gcs.rsplit(":", 1)[0] in ("127.0.0.1", "[::1]", "::1"), gcs
-    assert not [c for c in commands if "dashboard/dashboard.py" in c], "no dashboard process"
+    # include_dashboard=False: Ray still starts its API server, without the dashboard (no frontend,
+    # only the usage-stats module), on 127.0.0.1
+    heads = [c for c in commands if "dashboard/dashboard.py" in c]
+    assert all("--disable-frontend" in c and "--host=127.0.0.1" in c for c in heads), heads
     record(f"every listening socket of Ray's processes during the step (gcs_server, raylet, workers, agents) on "
            f"{'127.0.0.1' if all(a == '127.0.0.1' for _, a, _ in seen) else 'loopback'}; node and GCS address "
-           f"{node}; no dashboard")
+           f"{node}; no dashboard frontend")

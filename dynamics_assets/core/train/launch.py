@@ -240,14 +240,20 @@ def run_multinode_ray(job: EpochJob, nnodes: int, nproc_per_node: int, *, addres
     node affinity), each running that node's torchrun launcher; the rendezvous endpoint is
     ``rdzv_endpoint`` or the first node's address at ``rdzv_port`` (then that node serves the c10d
 store). Connects to ``address`` (or
-    RAY_ADDRESS, or starts a local Ray) unless Ray is already initialised. Each task asks Ray for
+    RAY_ADDRESS, or starts a private local Ray on 127.0.0.1) unless Ray is already initialised. Each
+    task asks Ray for
     ``nproc_per_node`` GPUs on a CUDA job, one CPU otherwise. Returns global rank 0's metrics."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     started = not ray.is_initialized()
     if started:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        if address or os.environ.get("RAY_ADDRESS"):
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        else:  # no cluster named: a private Ray on this machine, listening on loopback only
+            from dynamics_assets.core.engine.ray import start_local_ray
+
+            start_local_ray(log_to_driver=False, configure_logging=False)
     try:
         gpus = nproc_per_node if job.device.startswith("cuda") else 0
         nodes = ray_nodes(nnodes, allow_shared=allow_shared_nodes, need_gpus=gpus)
