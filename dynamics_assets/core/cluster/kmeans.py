@@ -106,10 +106,14 @@ def _l2_normalised(centroids: np.ndarray, dim: int) -> np.ndarray:
 
 
 def _training_sample_size(n: int, k: int, sample_size: int, max_points_per_centroid: int) -> int:
+    """``min(sample_size, max_points_per_centroid * k, n)``. A pool smaller than ``sample_size`` is
+    simply read whole (no message); the warning is only for a cap that trains on fewer rows than
+    both the asked sample and the pool hold."""
     cap = max_points_per_centroid * k
-    if sample_size > cap:
+    if min(sample_size, n) > cap:
         log.warning(
-            "k-means sample_size=%d exceeds max_points_per_centroid*k=%d; training on %d rows", sample_size, cap, cap
+            "k-means sample_size=%d on %d rows exceeds max_points_per_centroid*k=%d; training on %d rows",
+            sample_size, n, cap, cap,
         )
     return min(sample_size, cap, n)
 
