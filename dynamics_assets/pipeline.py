@@ -18,6 +18,10 @@ Every job runs in this process (``execute_in_process``: no process start-up per 
 prints one line as it finishes: its duration and its key figure, read from the metadata of what it
 materialised. Long loops (reference model, embedding, epoch training, evaluation) draw progress
 bars on stderr when it is a terminal (``DYNAMICS_PROGRESS``, see ``core/io/progress.py``).
+The closing summary says where the last recipe × epoch's outputs are (``summary_lines``,
+``export_lines``): reports, the checkpoint's open_clip model folder, the webdataset export with the
+open_clip_train command that trains on it, the DataComp subset file, and — for a pool that ships
+embeddings — the metadata parquet with its img2dataset command.
 Dagster's own event log lines and its beta / preview / deprecation warnings show with ``--verbose``.
 """
 from __future__ import annotations
@@ -268,6 +272,52 @@ def _reused(value: Any) -> str:
     return "reused" if value is True else ""
 
 
+def _count(n: Any, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
+_LAYOUT_NAMES = {"datacomp": "DataComp pool", "laion": "LAION / clip-retrieval pool"}
+
+
+def _shipped_pool(values: Mapping[str, Any], seen: Mapping[str, Mapping[str, Any]]) -> str:
+    """raw_shards of a pool that ships its embeddings: its layout and parts (no shards to count)."""
+    layout = values.get("layout")
+    if not layout:
+        return ""
+    name = _LAYOUT_NAMES.get(layout, f"{layout} pool")
+    parts = values.get("parts")
+    return f"{name}, {_count(parts, 'part')}" if isinstance(parts, int) else name
+
+
+def _reference_not_trained(values: Mapping[str, Any], seen: Mapping[str, Mapping[str, Any]]) -> str:
+    """reference_model skipped: why, and which shipped embeddings stand in for it (raw_pairs' metadata)."""
+    if "skipped" not in values:
+        return ""
+    raw = seen.get("raw_pairs", {})
+    which = raw.get("embedding") if raw.get("embedding") not in (None, "None") else \
+        (f"{raw['dim']}-d" if raw.get("dim") else "")
+    return f"not trained: the pool ships its embeddings{f' ({which})' if which else ''}"
+
+
+def _shipped_embeddings(values: Mapping[str, Any], seen: Mapping[str, Mapping[str, Any]]) -> str:
+    """pair_embeddings of a pool that ships them: how many, which encoder and dimension."""
+    if not str(values.get("source", "")).startswith("precomputed"):
+        return ""
+    n = values.get("dagster/row_count")
+    about = ", ".join(str(x) for x in (values.get("encoder"), f"{values['dim']}-d" if values.get("dim") else None) if x)
+    head = _count(n, "embedding") if isinstance(n, int) else "embeddings"
+    return f"{head} shipped by the pool" + (f" ({about})" if about else "")
+
+
+# asset → a line built from its whole metadata (and the other assets' in ``seen``), for the cases
+# FIGURES' per-key parts cannot say; "" falls back to FIGURES.
+LINES: dict[str, Callable[[Mapping[str, Any], Mapping[str, Mapping[str, Any]]], str]] = {
+    "raw_shards": _shipped_pool,
+    "reference_model": _reference_not_trained,
+    "pair_embeddings": _shipped_embeddings,
+}
+
+
 # asset → its key figure: (metadata key, format string or function) parts, each shown when the key
 # is present (and the part not empty).
 FIGURES: dict[str, list[tuple[str, str | Callable[[Any], str]]]] = {
@@ -285,6 +335,7 @@ FIGURES: dict[str, list[tuple[str, str | Callable[[Any], str]]]] = {
                     ("i2t_r1", "i→t R@1 {:.3f}")],
     "datacomp_subset": [("rows", "subset {:,} uids"), ("distinct", "{:,} distinct")],
     "webdataset_export": [("samples", "{:,} samples"), ("shards", "{:,} shards")],
+    "laion_metadata": [("rows", "metadata {:,} rows"), ("samples", "{:,} samples")],
     "learning_curve": [("reports", "{:,} reports")],
     "comparison_report": [("recipes", "{:,} recipes")],
 }
@@ -295,10 +346,13 @@ def _plain(value: Any) -> Any:
     return getattr(value, "value", value)
 
 
-def key_figure(asset: str, metadata: Mapping[str, Any]) -> str:
-    """The asset's key figure from its materialisation metadata; unknown assets show their first
+def key_figure(asset: str, metadata: Mapping[str, Any], seen: Mapping[str, Mapping[str, Any]] | None = None) -> str:
+    """The asset's key figure from its materialisation metadata (``seen``: the latest metadata of
+    the assets materialised before it, for lines that name them); unknown assets show their first
     few numbers."""
     values = {k: _plain(v) for k, v in metadata.items()}
+    if asset in LINES and (line := LINES[asset](values, seen or {})):
+        return line
     parts = []
     for key, fmt in FIGURES.get(asset, []):
         if values.get(key) is not None:
@@ -353,7 +407,7 @@ class StepReporter:
             materialization = event.step_materialization_data.materialization
             asset = materialization.asset_key.path[-1]
             self.seen[asset] = {k: _plain(v) for k, v in materialization.metadata.items()}
-            figure = key_figure(asset, materialization.metadata)
+            figure = key_figure(asset, materialization.metadata, self.seen)
             if figure:
                 step.figures.append(figure)
         elif kind == "ASSET_CHECK_EVALUATION":
@@ -512,8 +566,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\nDone in {format_seconds(time.perf_counter() - started)}: curate_pool, {len(recipes)} recipe(s) × "
               f"{len(epochs)} epoch(s) planned and exported (the pool ships embeddings without images: nothing "
               f"to train on).")
-        subset = seen.get("datacomp_subset", {}).get("subset")
-        print(f"  last subset file: {getattr(subset, 'path', subset)}")
+        for line in export_lines(seen) or ["  exports: none materialised in this run"]:
+            print(line)
         return 0
     report = run(defs.resolve_job_def("report_recipes"), "report_recipes")
     if not report.success:
@@ -526,8 +580,49 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _path(value: Any) -> str | None:
+    value = getattr(value, "path", value)
+    return str(value) if value else None
+
+
+def _code(value: Any) -> str | None:
+    """A command recorded as a markdown code block (```bash ... ```): its text."""
+    text = getattr(value, "md_str", None) or getattr(value, "value", value)
+    if not isinstance(text, str):
+        return None
+    lines = [line for line in text.strip().splitlines() if not line.startswith("```")]
+    return "\n".join(lines).strip() or None
+
+
+def export_lines(seen: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Where the last recipe × epoch's exports and model are, from what their materialisations
+    recorded in this run: the checkpoint's open_clip model folder (``model_dir``, when the
+    checkpoint records one), the webdataset export and the open_clip_train command that trains on
+    it, the DataComp subset file, and the metadata parquet with its img2dataset command (pools
+    that ship embeddings). Nothing for what was not materialised (--no-export, --skip-existing)."""
+    lines = []
+    checkpoint, export = seen.get("checkpoint", {}), seen.get("webdataset_export", {})
+    if model_dir := _path(checkpoint.get("model_dir")):
+        lines.append(f"  model:       {model_dir} (open_clip: --model local-dir:{model_dir})")
+    if export_dir := _path(export.get("export_dir")):
+        what = ", ".join(_count(export[k], noun) for k, noun in (("samples", "sample"), ("shards", "shard"))
+                         if isinstance(export.get(k), int))
+        lines.append(f"  webdataset:  {export_dir}" + (f" ({what})" if what else ""))
+        if command := _code(export.get("command")):
+            lines.append(f"  train it:    {command}")
+    if subset := _path(seen.get("datacomp_subset", {}).get("subset")):
+        lines.append(f"  subset:      {subset} (DataComp's resharder: --subset-file)")
+    laion = seen.get("laion_metadata", {})
+    if metadata := _path(laion.get("metadata")):
+        lines.append(f"  metadata:    {metadata} (the plan's rows of the pool's metadata)")
+        if command := _code(laion.get("command")):
+            lines.append(f"  download it: {command}")
+    return lines
+
+
 def summary_lines(seen: Mapping[str, Mapping[str, Any]], root: Path) -> list[str]:
-    """Where the reports are: the paths the last materialisations recorded, else the default layout."""
+    """Where the reports, exports and model are: the paths the last materialisations recorded,
+    else the default layout (reports)."""
     def where(asset: str, key: str, default: Path) -> str:
         value = seen.get(asset, {}).get(key)
         return str(getattr(value, "path", value) or default)
@@ -538,6 +633,7 @@ def summary_lines(seen: Mapping[str, Mapping[str, Any]], root: Path) -> list[str
         " (report.md beside it; one per recipe × epoch)",
         f"  curves:      {where('learning_curve', 'plot', art / 'learning_curve' / 'learning_curve.png')}",
         f"  comparison:  {where('comparison_report', 'plot', art / 'comparison_report' / 'comparison.png')} (+ comparison.md)",
+        *export_lines(seen),
         f"  instance:    {os.environ.get('DAGSTER_HOME', '')}",
         "  Dagster UI:  bash scripts/ui.sh  → http://127.0.0.1:3000 (asset lineage, runs, metadata)",
         f"  MLflow UI:   .venv/bin/mlflow ui --backend-store-uri sqlite:///{root / 'mlflow' / 'mlflow.db'} "

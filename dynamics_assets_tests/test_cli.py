@@ -162,6 +162,60 @@ def test_key_figures():
     assert pipeline.format_seconds(125) == "2 min 05 s"
 
 
+def test_key_figures_of_a_pool_that_ships_embeddings():
+    """Issue 18: raw_shards, reference_model and pair_embeddings had empty lines for such a pool."""
+    assert pipeline.key_figure("raw_shards", {"layout": "datacomp", "parts": 12, "folder": "/p"}) == \
+        "DataComp pool, 12 parts"
+    assert pipeline.key_figure("raw_shards", {"layout": "laion", "parts": 1}) == "LAION / clip-retrieval pool, 1 part"
+    assert pipeline.key_figure("raw_shards", {"num_shards": 3, "bytes": 2**21}) == "3 shards, 2 MiB"
+    skipped = {"skipped": "the pool ships its embeddings and has no images to train on"}
+    assert pipeline.key_figure("reference_model", skipped, {"raw_pairs": {"embedding": "b32", "dim": 512}}) == \
+        "not trained: the pool ships its embeddings (b32)"
+    assert pipeline.key_figure("reference_model", skipped, {"raw_pairs": {"embedding": "None", "dim": 768}}) == \
+        "not trained: the pool ships its embeddings (768-d)"
+    assert pipeline.key_figure("pair_embeddings", {
+        "embeddings_dir": dg.MetadataValue.path("/e"), "encoder": "ViT-B-32", "dim": 512,
+        "source": "precomputed (shipped with the pool)", "dagster/row_count": 3000}) == \
+        "3,000 embeddings shipped by the pool (ViT-B-32, 512-d)"
+    assert pipeline.key_figure("pair_embeddings", {"pairs_embedded": 40, "invalid_rows": 0}) == \
+        "40 pairs embedded, 0 invalid rows"
+
+
+def test_the_summary_names_the_exports_the_model_folder_and_the_training_command(tmp_path):
+    """Issue 18: the main command never printed where the exports are, nor the open_clip_train
+    command. Assets recording the metadata the real ones record (defs/train, defs/export) run
+    through ``execute``; the summary is built from what the step reporter collected."""
+    model_dir, export_dir = tmp_path / "checkpoint" / "v1", tmp_path / "export" / "v2"
+    command = f'python -m open_clip_train.main --dataset-type webdataset --train-data "{export_dir}/00000.tar"'
+
+    @dg.asset(name="checkpoint")
+    def checkpoint_(context):
+        context.add_output_metadata({"checkpoint": dg.MetadataValue.path(str(model_dir / "checkpoint.pt")),
+                                     "model_dir": dg.MetadataValue.path(str(model_dir)), "final_loss": 2.0})
+
+    @dg.asset(name="webdataset_export")
+    def export_(context):
+        context.add_output_metadata({"samples": 389, "shards": 1, "export_dir": dg.MetadataValue.path(str(export_dir)),
+                                     "command": dg.MetadataValue.md(f"```bash\n{command}\n```")})
+
+    @dg.asset(name="datacomp_subset")
+    def subset_(context):
+        context.add_output_metadata({"subset": dg.MetadataValue.path(str(tmp_path / "subset.npy")), "rows": 389})
+
+    job = dg.Definitions(assets=[checkpoint_, export_, subset_],
+                         jobs=[dg.define_asset_job("j", selection="*")]).resolve_job_def("j")
+    seen: dict = {}
+    with dg.instance_for_test() as instance:
+        assert pipeline.execute(job, instance, verbose=False, title="j", out=io.StringIO(), seen=seen).success
+    lines = pipeline.summary_lines(seen, tmp_path)
+    assert f"  model:       {model_dir} (open_clip: --model local-dir:{model_dir})" in lines
+    assert f"  webdataset:  {export_dir} (389 samples, 1 shard)" in lines
+    assert f"  train it:    {command}" in lines
+    assert f"  subset:      {tmp_path / 'subset.npy'} (DataComp's resharder: --subset-file)" in lines
+    # a checkpoint without a model folder (older metadata), no export run (--no-export): nothing invented
+    assert pipeline.export_lines({"checkpoint": {"checkpoint": "/c.pt"}}) == []
+
+
 def test_quiet_hides_dagster_warnings(monkeypatch):
     monkeypatch.setattr(progress, "_switch", None)
     with warnings.catch_warnings(record=True) as caught:

@@ -2,6 +2,8 @@
 through the Dagster lineage: manifest + embeddings, clusters, statistics, plans — without images."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import dagster as dg
 import numpy as np
 import pytest
@@ -120,3 +122,35 @@ def test_the_main_command_plans_and_exports_the_metadata_parquet():
 
     selected = defs.resolve_job_def("plan_epoch").asset_layer.selected_asset_keys
     assert {dg.AssetKey("sample_plan"), dg.AssetKey("datacomp_subset"), dg.AssetKey("laion_metadata")} <= selected
+
+
+@pytest.mark.parametrize("layout", ["datacomp", "laion"])
+def test_the_main_command_on_a_pool_of_embeddings_says_what_each_step_did_and_where_the_exports_are(
+        tmp_path, layout):
+    """Issue 18: for a pool that ships embeddings, the lines of raw_shards, reference_model and
+    pair_embeddings were empty, the summary gave only the subset file, and k-means warned about
+    sample_size=100000 on a pool of a few hundred rows."""
+    import re
+
+    from dynamics_assets_tests.test_cli import run_command
+
+    pool = (write_datacomp_pool if layout == "datacomp" else write_laion_pool)(tmp_path / "pool")
+    proc, _ = run_command(["--source", f"{layout}:{pool.root}", "--epochs", "1"], tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = {m.group(1): m.group(2) for m in re.finditer(r"^  (\S+)\s+[\d.]+ (?:s|min \d+ s)\s+(.*)$",
+                                                           proc.stdout, re.MULTILINE)}
+    name, parts = ("DataComp pool", 3) if layout == "datacomp" else ("LAION / clip-retrieval pool", 2)
+    assert lines["raw_shards"] == f"{name}, {parts} parts"
+    ok = int(re.search(r"([\d,]+) pairs kept", lines["raw_pairs"]).group(1).replace(",", ""))
+    assert lines["reference_model"] == "not trained: the pool ships its embeddings " + \
+        ("(b32)" if layout == "datacomp" else "(512-d)")
+    assert lines["pair_embeddings"].startswith(f"{ok:,} embeddings shipped by the pool (")
+    assert lines["laion_metadata"] == f"metadata {round(ok / 2):,} rows, {round(ok / 2):,} samples"
+    summary = proc.stdout.split("\nDone in ", 1)[1]
+    subset = re.search(r"^  subset:\s+(\S+subset\.npy) \(DataComp's resharder: --subset-file\)$", summary, re.M)
+    metadata = re.search(r"^  metadata:\s+(\S+metadata\.parquet) ", summary, re.M)
+    assert subset and metadata, summary
+    assert Path(subset.group(1)).is_file() and Path(metadata.group(1)).is_file()
+    assert re.search(rf"^  download it: img2dataset --url_list {re.escape(metadata.group(1))} --input_format parquet",
+                     summary, re.M), summary
+    assert "sample_size" not in proc.stderr, proc.stderr
