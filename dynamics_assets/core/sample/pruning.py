@@ -192,3 +192,23 @@ def uniform_subset(pool: ClusterPool, keep: np.ndarray, budget: int, *, seed: in
     out[idx.astype(np.int64)] = True
     return out
 
+
+class MaskFilter:
+    """A static filter: a strategy that decides a keep mask (``keep_and_meta(pool, seed=) ->
+    (mask, meta)``) gets its ``keep_mask`` (for ``compose``) and its ``draw`` (every kept sample
+    once, what it decided in the plan's meta) from here."""
+
+    name: str
+
+    def keep_and_meta(self, pool: ClusterPool, *, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
+        raise NotImplementedError
+
+    def keep_mask(self, pool: ClusterPool, *, seed: int) -> np.ndarray:
+        return self.keep_and_meta(pool, seed=seed)[0]
+
+    def draw(self, pool: ClusterPool, *, epoch: int, seed: int) -> Plan:
+        keep, info = self.keep_and_meta(pool, seed=seed)
+        return plan_from_mask(pool, keep, expected=None,
+                              meta={"strategy": self.name, "params": self.params(), "seed": seed, "epoch": epoch,
+                                    **info})
+

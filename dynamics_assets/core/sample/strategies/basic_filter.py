@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from dynamics_assets.core.sample.base import ClusterPool, DataclassParams, Plan
-from dynamics_assets.core.sample.pruning import plan_from_mask, valid_mask
+from dynamics_assets.core.sample.base import ClusterPool, DataclassParams
+from dynamics_assets.core.sample.pruning import MaskFilter, valid_mask
 from dynamics_assets.core.sample.spec import check_filter_values
 from dynamics_assets.core.sample.captions import LANGUAGES, language_of, manifest_rows, word_counts
 
@@ -73,7 +73,7 @@ def refuse_empty(strategy: str, pool: ClusterPool, keep: np.ndarray, failed: dic
 
 
 @dataclass(frozen=True)
-class BasicFilter(DataclassParams):
+class BasicFilter(MaskFilter, DataclassParams):
     language: str | None = "en"
     min_words: int = 3
     min_chars: int = 6
@@ -106,11 +106,3 @@ class BasicFilter(DataclassParams):
                      "; for a pool of small images lower min_side (e.g. 0) and say so in the report")
         return keep, {"failed": failed}
 
-    def keep_mask(self, pool: ClusterPool, *, seed: int) -> np.ndarray:
-        return self.keep_and_meta(pool, seed=seed)[0]
-
-    def draw(self, pool: ClusterPool, *, epoch: int, seed: int) -> Plan:
-        keep, info = self.keep_and_meta(pool, seed=seed)
-        return plan_from_mask(pool, keep, expected=None,
-                              meta={"strategy": self.name, "params": self.params(), "seed": seed, "epoch": epoch,
-                                    **info})

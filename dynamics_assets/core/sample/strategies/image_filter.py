@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from dynamics_assets.core.sample.base import ClusterPool, DataclassParams, Plan
-from dynamics_assets.core.sample.pruning import plan_from_mask, require, valid_mask
+from dynamics_assets.core.sample.base import ClusterPool, DataclassParams
+from dynamics_assets.core.sample.pruning import MaskFilter, require, valid_mask
 from dynamics_assets.core.sample.spec import check_filter_values
 from dynamics_assets.core.sample.strategies.basic_filter import apply_rules, caption_rules, check_language, refuse_empty
 
@@ -73,7 +73,7 @@ def target_clusters(centroids: np.ndarray, targets: np.ndarray, neighbours: int)
 
 
 @dataclass(frozen=True)
-class ImageFilter(DataclassParams):
+class ImageFilter(MaskFilter, DataclassParams):
     target_embeddings: str | None = None
     neighbours: int = 1
     language: str | None = "en"
@@ -116,11 +116,3 @@ class ImageFilter(DataclassParams):
                                        "clusters": [int(c) for c in chosen[:1000]],  # the first 1000 ids
                                        "kept": int(keep.sum()), "failed": failed}}
 
-    def keep_mask(self, pool: ClusterPool, *, seed: int) -> np.ndarray:
-        return self.keep_and_meta(pool, seed=seed)[0]
-
-    def draw(self, pool: ClusterPool, *, epoch: int, seed: int) -> Plan:
-        keep, info = self.keep_and_meta(pool, seed=seed)
-        return plan_from_mask(pool, keep, expected=None,
-                              meta={"strategy": self.name, "params": self.params(), "seed": seed, "epoch": epoch,
-                                    **info})

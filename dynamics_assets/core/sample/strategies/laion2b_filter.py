@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from dynamics_assets.core.sample.base import ClusterPool, DataclassParams, Plan
-from dynamics_assets.core.sample.pruning import keep_top, plan_from_mask, require, valid_mask
+from dynamics_assets.core.sample.base import ClusterPool, DataclassParams
+from dynamics_assets.core.sample.pruning import MaskFilter, keep_top, require, valid_mask
 from dynamics_assets.core.sample.spec import check_filter_values
 from dynamics_assets.core.sample.strategies.basic_filter import apply_rules, check_language, refuse_empty
 from dynamics_assets.core.sample.captions import encoder_of, is_openai_b32, language_of
@@ -44,7 +44,7 @@ _SCORE_SQL = f"TRY_CAST(json_extract_string(meta_json, '$.{SCORE_COLUMN}') AS DO
 
 
 @dataclass(frozen=True)
-class Laion2BFilter(DataclassParams):
+class Laion2BFilter(MaskFilter, DataclassParams):
     threshold: float = 0.28
     encoder_threshold: float | None = None
     reference_fraction: float = LAION2B_KEPT
@@ -115,12 +115,4 @@ class Laion2BFilter(DataclassParams):
                          f"{self.reference_fraction:.4f} of the pool LAION-2B filtering kept of DataComp's pool")
         return keep, {"laion2b": info}
 
-    def keep_mask(self, pool: ClusterPool, *, seed: int) -> np.ndarray:
-        return self.keep_and_meta(pool, seed=seed)[0]
-
-    def draw(self, pool: ClusterPool, *, epoch: int, seed: int) -> Plan:
-        keep, info = self.keep_and_meta(pool, seed=seed)
-        return plan_from_mask(pool, keep, expected=None,
-                              meta={"strategy": self.name, "params": self.params(), "seed": seed, "epoch": epoch,
-                                    **info})
 

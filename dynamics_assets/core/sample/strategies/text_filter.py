@@ -27,8 +27,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from dynamics_assets.core.sample.base import ClusterPool, DataclassParams, Plan
-from dynamics_assets.core.sample.pruning import plan_from_mask
+from dynamics_assets.core.sample.base import ClusterPool, DataclassParams
+from dynamics_assets.core.sample.pruning import MaskFilter
 from dynamics_assets.core.sample.spec import check_filter_values
 from dynamics_assets.core.sample.strategies.basic_filter import apply_rules, check_language, refuse_empty
 from dynamics_assets.core.sample.captions import language_of
@@ -75,7 +75,7 @@ def read_classnames(source: str | Sequence[str]) -> list[str]:
 
 
 @dataclass(frozen=True)
-class TextFilter(DataclassParams):
+class TextFilter(MaskFilter, DataclassParams):
     classnames: Any = None  # list of names, or a path (see the module docstring)
     language: str | None = "en"
     name: str = "text_filter"
@@ -110,11 +110,3 @@ class TextFilter(DataclassParams):
         refuse_empty(self.name, pool, keep, failed, f"; class names: {names[:5]}{' …' if len(names) > 5 else ''}")
         return keep, {"text_filter": {"classes": len(names), "kept": int(keep.sum()), "failed": failed}}
 
-    def keep_mask(self, pool: ClusterPool, *, seed: int) -> np.ndarray:
-        return self.keep_and_meta(pool, seed=seed)[0]
-
-    def draw(self, pool: ClusterPool, *, epoch: int, seed: int) -> Plan:
-        keep, info = self.keep_and_meta(pool, seed=seed)
-        return plan_from_mask(pool, keep, expected=None,
-                              meta={"strategy": self.name, "params": self.params(), "seed": seed, "epoch": epoch,
-                                    **info})
