@@ -84,8 +84,9 @@ def test_buckets_by_frequency():
 def test_equal_frequencies_share_a_bucket_and_the_note_says_so():
     """Issue 18: with most classes at frequency 0, head / middle / tail were split by concept order
     (two of eight frequency-0 classes were 'tail', the others 'middle'). Ties now stay together:
-    every class of frequency ≤ the round(0.2·C)-th smallest frequency is tail, and the note says
-    the tail grew and the middle emptied."""
+    each bucket is the tie-closed set of least (most) frequent concepts closest to its nominal
+    size and not empty, so the eight are all tail, and the note says the tail grew and the middle
+    emptied."""
     freq = np.array([0, 0, 7, 0, 0, 0, 0, 0, 0, 3])
     bucket = frequency_buckets(freq)
     assert set(np.flatnonzero(bucket == "tail")) == set(np.flatnonzero(freq == 0))  # all 8, none split off
@@ -99,6 +100,11 @@ def test_equal_frequencies_share_a_bucket_and_the_note_says_so():
     bucket = frequency_buckets(freq)
     assert bucket.tolist() == ["tail"] * 9 + ["head"] and "the head holds 1 of 10 concepts (nominally 2)" in \
         bucket_note(freq, bucket)
+    # a tie at the boundary that would swell the tail to 7 of 10 is left out when that is closer to nominal
+    freq = np.array([1, 3, 3, 3, 3, 3, 3, 8, 9, 10])
+    bucket = frequency_buckets(freq)
+    assert bucket.tolist() == ["tail"] + ["middle"] * 7 + ["head"] * 2
+    assert "the tail holds 1 of 10 concepts (nominally 2): 6 concepts tie at frequency 3" in bucket_note(freq, bucket)
     flat = np.full(10, 5)  # one tie: every concept is tail, never 2 of them by id
     assert frequency_buckets(flat).tolist() == ["tail"] * 10
     assert "every concept is tail (nominally 2)" in bucket_note(flat, frequency_buckets(flat))

@@ -6,14 +6,15 @@ is the re-normalised mean of the L2-normalised text embeddings of every prompt n
 ``s_ic = <f(image_i), w_c>``. Reported: top-1 / top-5 accuracy over images, mean per-class
 accuracy over the concepts present in the eval set, and per-concept accuracy.
 
-**Long tail.** With the C concepts sorted by training frequency, ``t_tail`` is the frequency of
-the ``round(TAIL_FRACTION · C)``-th least frequent and ``t_head`` that of the
-``round(HEAD_FRACTION · C)``-th most frequent: *tail* is every concept of frequency ≤ ``t_tail``,
-*head* every other concept of frequency ≥ ``t_head``, *middle* the rest (Parashar et al. 2024,
-"The Neglected Tails in Vision-Language Models"). Concepts of equal frequency always share a
-bucket — ties are never split by concept order — so a bucket can hold more concepts than its
-fraction, or none (most classes at frequency 0 are all tail); the report's ``buckets`` note says
-so (``bucket_note``). Each bucket's score is its mean per-class accuracy. Accuracy is also reported per log-frequency bin
+**Long tail.** *tail* is the least frequent concepts (training frequency ≤ a threshold), *head*
+the most frequent of the others (≥ a threshold), *middle* the rest (Parashar et al. 2024, "The
+Neglected Tails in Vision-Language Models"); each threshold is one of the concepts' frequencies,
+chosen so that the bucket's size is closest to ``round(TAIL_FRACTION · C)`` resp.
+``round(HEAD_FRACTION · C)`` of the C concepts, and not empty unless that is 0
+(``frequency_buckets``). Concepts of equal frequency always share a bucket — ties are never split
+by concept order — so a bucket can hold more or fewer concepts than its fraction (most classes at
+frequency 0 are all tail, the middle then empty); the report's ``buckets`` note says so
+(``bucket_note``). Each bucket's score is its mean per-class accuracy. Accuracy is also reported per log-frequency bin
 ``b = floor(log2(train_frequency))`` (frequency 0 is its own bin), following Udandarao et al. 2024
 ("No 'Zero-Shot' Without Exponential Data"), who plot accuracy against log concept frequency.
 
@@ -118,31 +119,50 @@ def _bucket_sizes(n: int, tail_fraction: float, head_fraction: float) -> tuple[i
     return n_tail, n_head
 
 
-def _thresholds(freq: np.ndarray, n_tail: int, n_head: int) -> tuple[Any, Any]:
-    """(t_tail, t_head): the frequency of the n_tail-th least and n_head-th most frequent concept
-    (None for a bucket of nominal size 0)."""
+def _tie_closed_count(ordered: np.ndarray, nominal: int) -> int:
+    """The length of the prefix of ``ordered`` (sorted) that splits no run of equal values and is
+    closest to ``nominal`` (on equal distance the shorter); never 0 when ``nominal`` > 0."""
+    nominal = min(nominal, len(ordered))
+    if nominal == 0:
+        return 0
+    value = ordered[nominal - 1]
+    below = int(np.searchsorted(ordered, value, side="left"))  # every value < the nominal boundary's
+    through = int(np.searchsorted(ordered, value, side="right"))  # ... and its whole tie
+    if below == 0:
+        return through
+    return below if nominal - below <= through - nominal else through
+
+
+def _boundary(freq: np.ndarray, nominal: int, *, lowest: bool) -> tuple[Any, int] | None:
+    """(frequency at the nominal boundary, concepts tied at it) of the tail (``lowest``) or head."""
+    if not nominal:
+        return None
     ordered = np.sort(freq)
-    t_tail = ordered[n_tail - 1] if n_tail else None
-    t_head = ordered[len(freq) - n_head] if n_head else None
-    return t_tail, t_head
+    value = ordered[nominal - 1] if lowest else ordered[len(freq) - nominal]
+    return value, int((freq == value).sum())
 
 
 def frequency_buckets(train_frequency: np.ndarray, *, tail_fraction: float = TAIL_FRACTION,
                       head_fraction: float = HEAD_FRACTION) -> np.ndarray:
     """Bucket (``"head"`` / ``"middle"`` / ``"tail"``) of every concept, tie-closed.
 
-    With ``n_tail = round(tail_fraction · C)`` and ``n_head = round(head_fraction · C)`` (half-way
-    rounds up): *tail* = the concepts whose frequency is ≤ that of the n_tail-th least frequent,
-    *head* = the other concepts whose frequency is ≥ that of the n_head-th most frequent, *middle*
-    = the rest. Concepts of equal frequency always fall in the same bucket (a tie reaching both
-    thresholds goes to the tail), so ties can make a bucket larger than nominal or empty
-    (``bucket_note`` describes it); a nominal size of 0 gives an empty bucket.
+    Nominal sizes ``n_tail = round(tail_fraction · C)``, ``n_head = round(head_fraction · C)``
+    (half-way rounds up). *tail* = every concept of frequency ≤ a threshold t, t chosen among the
+    concepts' frequencies so that the tail's size is closest to n_tail (on equal distance the
+    smaller tail) and not 0 unless n_tail is; *head* = likewise, among the concepts not in the
+    tail, every concept of frequency ≥ a threshold, the size closest to n_head; *middle* = the
+    rest. Concepts of equal frequency therefore always share a bucket and the buckets follow
+    frequency order; a tie at a boundary makes a bucket larger or smaller than nominal, or empty
+    (8 of 10 concepts at frequency 0 are all tail, the middle empty): ``bucket_note`` says so.
     """
     freq = np.asarray(train_frequency)
     n_tail, n_head = _bucket_sizes(len(freq), tail_fraction, head_fraction)
-    t_tail, t_head = _thresholds(freq, n_tail, n_head)
-    tail = freq <= t_tail if t_tail is not None else np.zeros(len(freq), bool)
-    head = (freq >= t_head) & ~tail if t_head is not None else np.zeros(len(freq), bool)
+    ascending = np.sort(freq)
+    k = _tie_closed_count(ascending, n_tail)
+    tail = freq <= ascending[k - 1] if k else np.zeros(len(freq), bool)
+    descending = np.sort(freq[~tail].astype(np.float64))[::-1]
+    k = _tie_closed_count(-descending, n_head)  # negated: ascending, the same prefix
+    head = ~tail & (freq >= descending[k - 1]) if k else np.zeros(len(freq), bool)
     bucket = np.full(len(freq), "middle", dtype=object)
     bucket[tail] = "tail"
     bucket[head] = "head"
@@ -162,8 +182,7 @@ def bucket_note(train_frequency: np.ndarray, bucket: np.ndarray, *, tail_fractio
     sizes = {b: int((bucket == b).sum()) for b in BUCKETS}
     if sizes == nominal:
         return None
-    t_tail, t_head = _thresholds(freq, n_tail, n_head)
-    bounds = {"tail": t_tail, "head": t_head}
+    bounds = {"tail": _boundary(freq, n_tail, lowest=True), "head": _boundary(freq, n_head, lowest=False)}
     parts = []
     for name in BUCKETS:
         size, want = sizes[name], nominal[name]
@@ -176,8 +195,9 @@ def bucket_note(train_frequency: np.ndarray, bucket: np.ndarray, *, tail_fractio
         else:
             text = f"the {name} holds {size} of {n} concepts"
         text += f" (nominally {want})"
-        if size > want and bounds.get(name) is not None:
-            text += f": {int((freq == bounds[name]).sum())} concepts tie at frequency {bounds[name]}"
+        if bounds.get(name) is not None and bounds[name][1] > 1:
+            value, tied = bounds[name]
+            text += f": {tied} concepts tie at frequency {value}, its nominal boundary"
         parts.append(text)
     return ("ties in training frequency (equal frequencies share a bucket): " + "; ".join(parts)
             + "; the bucket scores average these concepts, not the nominal "
@@ -588,10 +608,10 @@ class EvalReport:
         tied = self.notes.get("buckets")
         lines += [
             "", "## Long tail", "",
-            f"Tail: the concepts whose training frequency is at most that of the round({TAIL_FRACTION:g}·C)-th "
-            f"least frequent of the C = {self.per_concept.num_rows} concepts; head: the others whose frequency is "
-            f"at least that of the round({HEAD_FRACTION:g}·C)-th most frequent; middle: the rest. Equal "
-            "frequencies share a bucket.",
+            f"Tail: the least frequent concepts, head: the most frequent, middle: the rest; each bucket as "
+            f"close to round({TAIL_FRACTION:g}·C) resp. round({HEAD_FRACTION:g}·C) of the C = "
+            f"{self.per_concept.num_rows} concepts as the training frequencies allow: equal frequencies "
+            "always share a bucket.",
             *(["", f"**Ties**: {tied}."] if tied else []),
             "", *_markdown_table(["bucket", "concepts", "images", "train frequency", "mean per-class top-1"],
                                  self._bucket_rows()),
