@@ -6,7 +6,7 @@
 # the README table block (data/comparison/README_table.md, scripts/comparison_table.py).
 #
 #   bash scripts/compare.sh                          # both profiles, every recipe, every seed
-#   bash scripts/compare.sh --profile web --seeds 2 --recipes uniform-100 uniform-50 dynamics-50-exact
+#   bash scripts/compare.sh --profile web --seeds 2 --recipes uniform-100 uniform-50 dynamics-exact-50
 #   bash scripts/compare.sh --serial                 # profiles one after the other (default: side by side, 1 thread each)
 #
 # Resumable: recipe × epoch partitions whose eval_report is materialised are skipped
