@@ -3,7 +3,7 @@
 # pool profile, each profile in its own data root and Dagster instance (data/comparison/<profile>/),
 # then per profile the comparison report (recipes against uniform at equal compute: paired
 # differences, 95% intervals, MDE, verdicts, plots; Dagster asset comparison_report, MLflow) and
-# the README table block (data/comparison/README_table.md, scripts/comparison_table.py).
+# the comparison table block (data/comparison/comparison_table.md, scripts/comparison_table.py; docs/comparison.md).
 #
 #   bash scripts/compare.sh                          # both profiles, every recipe, every seed
 #   bash scripts/compare.sh --profile web --seeds 2 --recipes uniform-100 uniform-50 dynamics-exact-50
@@ -77,7 +77,7 @@ else
 fi
 wall=$(( $(date +%s) - started ))
 python scripts/comparison_table.py --root "$OUT_ROOT" --profiles "${profiles[@]}" --wall-seconds "$wall" \
-  --out "$OUT_ROOT/README_table.md" || status=1
-echo "comparison: wall time $((wall / 60)) min $((wall % 60)) s; table: $OUT_ROOT/README_table.md"
-echo "  README block: python scripts/comparison_table.py --root $OUT_ROOT --profiles ${profiles[*]} --readme README.md"
+  --out "$OUT_ROOT/comparison_table.md" || status=1
+echo "comparison: wall time $((wall / 60)) min $((wall % 60)) s; table: $OUT_ROOT/comparison_table.md"
+echo "  docs block: python scripts/comparison_table.py --root $OUT_ROOT --profiles ${profiles[*]} --doc docs/comparison.md"
 exit $status

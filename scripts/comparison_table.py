@@ -1,10 +1,10 @@
-"""The README's comparison block, produced from the comparison reports of scripts/compare.sh.
+"""The comparison block of docs/comparison.md, produced from the comparison reports of scripts/compare.sh.
 
 Reads each profile's current ``comparison_report`` version (statistics.parquet, written by the
 Dagster asset) under ``<root>/<profile>/artifacts/``, and writes a Markdown block — settings, wall
 time, uniform-100's accuracy on both eval styles, per profile every recipe against uniform at equal
 compute (Δ with 95% CI, MDE, verdict) and a paragraph on what it shows and does not — to ``--out``,
-and with ``--readme README.md`` between the markers ``<!-- comparison:start -->`` and
+and with ``--doc docs/comparison.md`` between the markers ``<!-- comparison:start -->`` and
 ``<!-- comparison:end -->`` of that file (added at its end when missing).
 
     python scripts/comparison_table.py --root data/comparison --profiles web concept --out table.md
@@ -150,7 +150,8 @@ def main(argv=None) -> int:
     ap.add_argument("--profiles", nargs="+", default=["web", "concept"])
     ap.add_argument("--wall-seconds", type=float)
     ap.add_argument("--out", help="write the block to this file")
-    ap.add_argument("--readme", help="replace the block between the markers in this file (e.g. README.md)")
+    ap.add_argument("--doc", "--readme", dest="readme",
+                    help="replace the block between the markers in this file (docs/comparison.md)")
     args = ap.parse_args(argv)
     root = Path(args.root).resolve()
     profiles = [p for p in args.profiles if (root / p / "artifacts" / "comparison_report").exists()]
