@@ -21,6 +21,7 @@ from dynamics_assets.core.cluster.kmeans import AssignmentSummary, assign, mean_
 from dynamics_assets.core.cluster.refresh import FitRecord, RefreshDecision, decide, encoder_identity
 from dynamics_assets.core.embed.store import EmbeddingStore
 from dynamics_assets.core.engine import Engine
+from dynamics_assets.core.ingest.held_out import is_held_out
 from dynamics_assets.core.io import lineage, versions
 
 
@@ -43,7 +44,7 @@ def cluster_pool(embeddings_dir: str | Path, manifest_dir: str | Path, root: str
     """Cluster the embeddings version ``embeddings_dir`` of the manifest version ``manifest_dir``
     into a new version of the clusters artefact ``root``; the previous version (if any) decides
     between keeping its centroids and fitting anew. ``hold_out``: keep evaluation's held-out slice
-    (``evaluate.holdout``) out of every plan: cluster -1, quarantine reason ``held_out``.
+    (``ingest.held_out``) out of every plan: cluster -1, quarantine reason ``held_out``.
     ``engine`` (``core.engine``; None: in this process) runs the assignment shard by shard; the
     k-means fit on a sample runs here."""
     lineage.require_made_from(embeddings_dir, manifest_dir, ref="manifest", what="clusters")
@@ -71,9 +72,7 @@ def cluster_pool(embeddings_dir: str | Path, manifest_dir: str | Path, root: str
         centroids = np.load(current / "centroids.npy")
         k_trained = int(previous.params["k"]) if previous.params.get("k") is not None else len(centroids)
         fit = previous  # the centroids are the same fit: its record goes on
-    mask = None
-    if hold_out:
-        from dynamics_assets.core.evaluate.holdout import is_held_out as mask
+    mask = is_held_out if hold_out else None
     summary = assign(store, centroids, root, use_gpu=use_gpu, fit=fit, refs={"manifest": manifest_dir}, hold_out=mask,
                      engine=engine)
     return ClusteringResult(clusters_dir=Path(summary.version_dir), decision=decision, k_trained=k_trained,

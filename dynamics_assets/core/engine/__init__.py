@@ -18,32 +18,14 @@ per-shard functions run inside the tasks, its quarantine stays in charge of bad 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, Iterable, Iterator, Literal, Protocol, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Literal, Protocol, TypeVar
+
+from dynamics_assets.core.engine.outcome import Outcome  # noqa: F401 (re-exported: the engines import it from outcome)
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 EngineName = Literal["local", "ray"]
-
-
-@dataclass(frozen=True)
-class Outcome(Generic[R]):
-    """The result of one item: ``value`` or ``error`` (the exception it raised)."""
-
-    index: int
-    value: R | None = None
-    error: BaseException | None = field(default=None)
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    def get(self) -> R:
-        """The value, or the item's error raised again."""
-        if self.error is not None:
-            raise self.error
-        return self.value  # type: ignore[return-value]
 
 
 class Engine(Protocol):

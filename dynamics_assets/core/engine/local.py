@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
-from dynamics_assets.core.engine import Outcome
+from dynamics_assets.core.engine.outcome import Outcome
 
 T = TypeVar("T")
 R = TypeVar("R")

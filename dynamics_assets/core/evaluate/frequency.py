@@ -7,7 +7,8 @@ Models") and Udandarao et al. 2024 ("No 'Zero-Shot' Without Exponential Data"). 
 per class however often the caption repeats it; a caption may count for several classes ("ankle
 boot" counts for both *ankle boot* and *boot*).
 
-**Matching** (``name_pattern``; RE2 syntax, as DuckDB's ``regexp_matches``):
+**Matching** (``name_pattern`` in ``ingest.text``, shared with the ``text_filter`` sampler; RE2
+syntax, as DuckDB's ``regexp_matches``):
 
 * word boundaries ``\\b`` on both sides: *cat* matches "a cat." and "Cat-food", not "category"
   or "bobcat" (RE2's ``\\b`` is ASCII: a boundary is only omitted next to a non-word end of the
@@ -36,39 +37,13 @@ from typing import Sequence
 import duckdb
 import numpy as np
 
-from dynamics_assets.core.evaluate.holdout import held_out_sql
+from dynamics_assets.core.ingest.held_out import held_out_sql
 from dynamics_assets.core.ingest.manifest import manifest_files
+from dynamics_assets.core.ingest.text import concept_pattern, name_pattern  # noqa: F401 (name_pattern re-exported)
 
 __all__ = ["CHUNK", "caption_frequency", "concept_pattern", "name_pattern"]
 
 CHUNK = 256  # classes counted per scan of the captions
-_SEPARATOR = r"[\s_\-]+"
-
-
-def _plural(word: str) -> str:
-    escaped = re.escape(word)
-    if len(word) > 1 and word[-1] in "yY" and word[-2].lower() not in "aeiou":
-        return re.escape(word[:-1]) + "(?:y|ies)"
-    return escaped + "(?:e?s)?"
-
-
-def name_pattern(name: str) -> str:
-    """The RE2 pattern (without flags) matching one class name as whole words (module docstring)."""
-    words = [w for w in re.split(r"[\s_\-]+", name.strip()) if w]
-    if not words:
-        raise ValueError(f"empty class name {name!r}")
-    body = _SEPARATOR.join([*map(re.escape, words[:-1]), _plural(words[-1])])
-    head = r"\b" if re.match(r"\w", words[0], re.ASCII) else ""
-    tail = r"\b" if re.search(r"\w$", words[-1], re.ASCII) else ""
-    return head + body + tail
-
-
-def concept_pattern(names: Sequence[str]) -> str:
-    """Case-insensitive alternation of the patterns of every name (duplicates dropped)."""
-    patterns = list(dict.fromkeys(name_pattern(n) for n in names if n.strip()))
-    if not patterns:
-        raise ValueError(f"no usable name in {list(names)!r}")
-    return "(?i)(?:" + "|".join(patterns) + ")"
 
 
 def _needle(name: str) -> str | None:

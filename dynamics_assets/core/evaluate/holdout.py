@@ -7,7 +7,9 @@ user's own data.
 ``key(id) mod 1000 < 5`` (``HOLDOUT_PER_MILLE`` = 5: 0.5 % of the pool). The decision depends on
 nothing but the ``sample_id`` (the manifest's stable id: the uid or a content hash), so it is the
 same in every shard, every pool version, every process and in SQL (``held_out_sql``, DuckDB's
-``sha256``), and a pair added to the pool later is held out or not on its own.
+``sha256``), and a pair added to the pool later is held out or not on its own. The rule is a
+property of the pool and lives in ``ingest.held_out`` (clustering applies it too); it is
+re-exported here.
 
 **The evaluated subset.** Every held-out pair is excluded from training, but evaluation reads at
 most ``MAX_EVAL_PAIRS`` (5,000) of them: the ok held-out pairs with the smallest ``(key, sample_id)``
@@ -26,10 +28,9 @@ manifest's offsets, bounded decoding), so memory holds one batch of pixels and t
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import duckdb
 import numpy as np
@@ -37,6 +38,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
+from dynamics_assets.core.evaluate.inference import inference, model_dtype, normalised
+from dynamics_assets.core.evaluate.retrieval import retrieval_recall
+from dynamics_assets.core.ingest.held_out import (  # noqa: F401 (the rule is the pool's: re-exported here)
+    HELD_OUT_CLUSTER, HELD_OUT_REASON, HOLDOUT_MODULUS, HOLDOUT_PER_MILLE, held_out_sql, holdout_key, is_held_out,
+    key_sql,
+)
 from dynamics_assets.core.ingest.manifest import manifest_files
 from dynamics_assets.core.ingest.pool import Pair, PoolShard, collate, iter_shard_pairs, pool_shards
 
@@ -57,38 +64,7 @@ __all__ = [
     "load_held_out",
 ]
 
-HOLDOUT_MODULUS = 1000
-HOLDOUT_PER_MILLE = 5
 MAX_EVAL_PAIRS = 5000
-HELD_OUT_REASON = "held_out"  # suggested quarantine reason / exclusion label for samplers
-HELD_OUT_CLUSTER = -1  # suggested cluster id of a held-out pair in the cluster assignment
-
-
-def holdout_key(sample_ids: Iterable[str | bytes]) -> np.ndarray:
-    """``uint64`` key per id: the first 8 bytes of ``sha256(id)``, big-endian (``bytes`` ids, e.g.
-    the ``'S32'`` arrays of ``pool.ok_sample_ids``, are hashed as they are)."""
-    keys = [int.from_bytes(hashlib.sha256(i if isinstance(i, bytes) else i.encode("utf-8")).digest()[:8], "big")
-            for i in sample_ids]
-    return np.array(keys, dtype=np.uint64)
-
-
-def is_held_out(sample_ids: Iterable[str | bytes], *, per_mille: int = HOLDOUT_PER_MILLE) -> np.ndarray:
-    """Boolean mask: True for the pairs of the held-out slice (``key mod 1000 < per_mille``)."""
-    if not 0 <= per_mille <= HOLDOUT_MODULUS:
-        raise ValueError(f"per_mille must lie in [0, {HOLDOUT_MODULUS}], got {per_mille}")
-    return holdout_key(sample_ids) % np.uint64(HOLDOUT_MODULUS) < np.uint64(per_mille)
-
-
-def _key_sql(column: str) -> str:
-    return f"('0x' || left(sha256({column}), 16))::UBIGINT"
-
-
-def held_out_sql(column: str = "sample_id", *, per_mille: int = HOLDOUT_PER_MILLE) -> str:
-    """The same test as ``is_held_out`` as a DuckDB boolean expression over ``column``
-    (e.g. ``WHERE status = 'ok' AND NOT (<this>)`` keeps the trainable rows)."""
-    if not 0 <= int(per_mille) <= HOLDOUT_MODULUS:
-        raise ValueError(f"per_mille must lie in [0, {HOLDOUT_MODULUS}], got {per_mille}")
-    return f"({_key_sql(column)} % {HOLDOUT_MODULUS} < {int(per_mille)})"
 
 
 _ROWS_SQL = """
@@ -110,7 +86,7 @@ def held_out_rows(manifest_dir: str | Path, *, cap: int | None = MAX_EVAL_PAIRS,
     if cap is not None and cap < 0:
         raise ValueError(f"cap must be >= 0, got {cap}")
     held_out_sql(per_mille=per_mille)  # validates per_mille
-    sql = _ROWS_SQL.format(key=_key_sql("sample_id"), modulus=HOLDOUT_MODULUS, per_mille=int(per_mille))
+    sql = _ROWS_SQL.format(key=key_sql("sample_id"), modulus=HOLDOUT_MODULUS, per_mille=int(per_mille))
     shards = {s.name: s for s in pool_shards(manifest_dir)}
     parts: list[pa.Table] = []
     with duckdb.connect() as con:
@@ -189,15 +165,13 @@ def embed_held_out(model, preprocess: Callable, tokenizer: Callable, held_out: H
                    batch_size: int = 256, progress: Callable[[int, int], None] | None = None
                    ) -> tuple[np.ndarray, np.ndarray]:
     """(image, text) L2-normalised float32 embeddings of the held-out pairs, batch by batch."""
-    from dynamics_assets.core.evaluate.report import _inference, _model_dtype, _normalised
-
-    dtype = _model_dtype(model)
+    dtype = model_dtype(model)
     images, texts, done = [], [], 0
-    with _inference(model):
+    with inference(model):
         for pairs in held_out.iter_batches(batch_size):
             pixels, tokens = collate(pairs, preprocess, tokenizer)
-            images.append(_normalised(model.encode_image(pixels.to(device, dtype))))
-            texts.append(_normalised(model.encode_text(tokens.to(device))))
+            images.append(normalised(model.encode_image(pixels.to(device, dtype))))
+            texts.append(normalised(model.encode_text(tokens.to(device))))
             done += len(pairs)
             if progress is not None:
                 progress(done, len(held_out))
@@ -209,11 +183,9 @@ def embed_held_out(model, preprocess: Callable, tokenizer: Callable, held_out: H
 def held_out_retrieval(model, preprocess: Callable, tokenizer: Callable, held_out: HeldOutPairs, *,
                        device: str = "cpu", batch_size: int = 256,
                        progress: Callable[[int, int], None] | None = None) -> dict[str, float]:
-    """Instance-level image↔text recall@1/5/10 on the held-out pairs (``report.retrieval_recall``
+    """Instance-level image↔text recall@1/5/10 on the held-out pairs (``retrieval.retrieval_recall``
     with one label per distinct caption): ``{"i2t_r1": …, "t2i_r10": …}``, only for k smaller than
     the number of pairs (n candidates each way: with k ≥ n the recall is 1 by construction)."""
-    from dynamics_assets.core.evaluate.report import retrieval_recall
-
     image_emb, text_emb = embed_held_out(model, preprocess, tokenizer, held_out, device, batch_size, progress)
     labels = caption_labels(held_out.captions)
     return retrieval_recall(image_emb, text_emb, labels, labels)

@@ -42,7 +42,6 @@ by batch under ``torch.inference_mode()``; images stay PNG-encoded in memory unt
 """
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import math
@@ -57,6 +56,8 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
+from dynamics_assets.core.evaluate.inference import inference, model_dtype, normalised
+from dynamics_assets.core.evaluate.retrieval import RETRIEVAL_KS, retrieval_recall, row_chunks, stable_rank  # noqa: F401 (RETRIEVAL_KS, retrieval_recall re-exported)
 from dynamics_assets.core.io import versions
 from dynamics_assets.core.io.progress import Progress, bar, offset
 from dynamics_assets.core.io.atomic import write_bytes, write_json, write_parquet
@@ -88,26 +89,11 @@ TAIL_FRACTION = 0.2
 HEAD_FRACTION = 0.2
 BUCKETS = ("head", "middle", "tail")
 TOPK = (1, 5)
-RETRIEVAL_KS = (1, 5, 10)
 WORST_CLUSTERS = 10  # pool clusters listed in the report, lowest accuracy first
-_ROW_CHUNK = 4096  # score-matrix rows computed at a time (bounds memory to chunk × columns)
 
 # ---------------------------------------------------------------------------------------------
 # Pure metrics (numpy)
 # ---------------------------------------------------------------------------------------------
-
-
-def _row_chunks(n: int) -> Iterator[slice]:
-    for start in range(0, n, _ROW_CHUNK):
-        yield slice(start, min(start + _ROW_CHUNK, n))
-
-
-def _stable_rank(scores: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """0-based position of column ``target[i]`` in row ``i`` under a stable descending sort."""
-    target_score = np.take_along_axis(scores, target[:, None], axis=1)
-    columns = np.arange(scores.shape[1])
-    ahead = (scores > target_score) | ((scores == target_score) & (columns < target[:, None]))
-    return ahead.sum(axis=1)
 
 
 def _bucket_sizes(n: int, tail_fraction: float, head_fraction: float) -> tuple[int, int]:
@@ -247,8 +233,8 @@ def zero_shot_metrics(image_emb: np.ndarray, class_emb: np.ndarray, labels: np.n
                          f"{n_classes} classes, {len(train_frequency)} frequencies")
     if labels.min() < 0 or labels.max() >= n_classes:
         raise ValueError(f"labels must lie in [0, {n_classes}); got [{labels.min()}, {labels.max()}]")
-    rank = np.concatenate([_stable_rank(image_emb[rows] @ class_emb.T, labels[rows])
-                           for rows in _row_chunks(len(labels))])
+    rank = np.concatenate([stable_rank(image_emb[rows] @ class_emb.T, labels[rows])
+                           for rows in row_chunks(len(labels))])
     correct = rank == 0
     counts = np.bincount(labels, minlength=n_classes)
     hits = np.bincount(labels, weights=correct, minlength=n_classes)
@@ -266,44 +252,6 @@ def zero_shot_metrics(image_emb: np.ndarray, class_emb: np.ndarray, labels: np.n
         "bucket_accuracy": {b: _class_mean(per_class, bucket == b) for b in BUCKETS},
         "frequency_bins": _frequency_bin_table(np.asarray(train_frequency), per_class, counts),
     }
-
-
-def _class_aware_recall(queries: np.ndarray, items: np.ndarray, query_labels: np.ndarray,
-                        item_labels: np.ndarray, ks: Sequence[int]) -> dict[int, float]:
-    """Fraction of queries with a same-label item among their k most similar items, for every k
-    smaller than the number of items (with k ≥ n every query finds one: 1 by construction)."""
-    ks = [k for k in ks if k < len(items)]
-    ranks = []
-    for rows in _row_chunks(len(queries)):
-        relevant = item_labels[None, :] == query_labels[rows, None]
-        answered = relevant.any(axis=1)
-        if not answered.all():
-            missing = np.unique(query_labels[rows][~answered])
-            raise ValueError(f"no relevant item for queries with labels {missing[:5].tolist()}: "
-                             "every query label must occur among the retrieved items")
-        scores = queries[rows] @ items.T
-        best_relevant = np.where(relevant, scores, -np.inf).argmax(axis=1)  # first among ties
-        ranks.append(_stable_rank(scores, best_relevant))
-    rank = np.concatenate(ranks)
-    return {k: float((rank < k).mean()) for k in ks}
-
-
-def retrieval_recall(image_emb: np.ndarray, text_emb: np.ndarray, image_labels: np.ndarray,
-                     text_labels: np.ndarray, ks: Sequence[int] = RETRIEVAL_KS) -> dict[str, float]:
-    """Class-aware recall@k both ways: ``{"i2t_r1": …, "t2i_r1": …}`` for every k smaller than
-    the number of candidates of that direction (texts for i2t, images for t2i); a k ≥ n is left
-    out (every query would find its match: 1 by construction; ``trivial_ks`` lists them).
-
-    A retrieved text (image) is relevant to an image (text) query when their labels are equal;
-    every label must occur on both sides (else ``ValueError``).
-    """
-    image_labels, text_labels = np.asarray(image_labels), np.asarray(text_labels)
-    if len(image_emb) != len(image_labels) or len(text_emb) != len(text_labels):
-        raise ValueError(f"{len(image_emb)} image embeddings vs {len(image_labels)} labels, "
-                         f"{len(text_emb)} text embeddings vs {len(text_labels)} labels")
-    i2t = _class_aware_recall(image_emb, text_emb, image_labels, text_labels, ks)
-    t2i = _class_aware_recall(text_emb, image_emb, text_labels, image_labels, ks)
-    return {**{f"i2t_r{k}": v for k, v in i2t.items()}, **{f"t2i_r{k}": v for k, v in t2i.items()}}
 
 
 def trivial_ks(candidates: Mapping[str, int], ks: Sequence[int] = RETRIEVAL_KS) -> dict[str, list[int]]:
@@ -448,33 +396,13 @@ def load_eval_set(eval_dir: str | Path, concepts_dir: str | Path | None = None) 
 # ---------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _inference(model: torch.nn.Module) -> Iterator[None]:
-    """Eval mode and ``inference_mode`` for the block; the model's training flag is restored."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            yield
-    finally:
-        model.train(was_training)
-
-
-def _model_dtype(model: torch.nn.Module) -> torch.dtype:
-    return next(model.parameters()).dtype
-
-
-def _normalised(features: torch.Tensor) -> torch.Tensor:
-    return torch.nn.functional.normalize(features.float(), dim=-1).cpu()
-
-
 def _encode_texts(model, tokenizer: Callable, texts: Sequence[str], device: str,
                   batch_size: int) -> Iterator[torch.Tensor]:
     """L2-normalised float32 CPU text embeddings, one batch at a time."""
-    with _inference(model):
+    with inference(model):
         for start in range(0, len(texts), batch_size):
             tokens = tokenizer(list(texts[start:start + batch_size])).to(device)
-            yield _normalised(model.encode_text(tokens))
+            yield normalised(model.encode_text(tokens))
 
 
 def embed_texts(model, tokenizer: Callable, texts: Sequence[str], device: str, batch_size: int = 256) -> np.ndarray:
@@ -492,19 +420,19 @@ def class_embeddings(model, tokenizer: Callable, prompt_names: Sequence[Sequence
     owner = torch.tensor([c for c, names in enumerate(prompt_names) for _ in range(len(names) * len(templates))])
     batches = zip(owner.split(batch_size), _encode_texts(model, tokenizer, texts, device, batch_size))
     sums = sum(torch.zeros(len(prompt_names), emb.shape[1]).index_add_(0, ids, emb) for ids, emb in batches)
-    return _normalised(sums).numpy()
+    return normalised(sums).numpy()
 
 
 def embed_eval_images(model, preprocess: Callable, eval_set: EvalSet, device: str,
                       batch_size: int = 256, progress: Progress | None = None) -> np.ndarray:
     """(n, D) L2-normalised float32 image embeddings, decoding and encoding batch by batch;
     ``progress``: (images done, n)."""
-    dtype = _model_dtype(model)
+    dtype = model_dtype(model)
     out: list[torch.Tensor] = []
-    with _inference(model):
+    with inference(model):
         for start in range(0, len(eval_set), batch_size):
             batch = [preprocess(eval_set.image(i)) for i in range(start, min(start + batch_size, len(eval_set)))]
-            out.append(_normalised(model.encode_image(torch.stack(batch).to(device, dtype))))
+            out.append(normalised(model.encode_image(torch.stack(batch).to(device, dtype))))
             if progress is not None:
                 progress(start + len(batch), len(eval_set))
     return torch.cat(out).numpy()

@@ -20,7 +20,6 @@
 from __future__ import annotations
 
 import contextlib
-import difflib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,25 +31,14 @@ import torch
 from dynamics_assets.core.io.hashing import file_sha256
 
 from dynamics_assets.core.io.atomic import atomic_path
+from dynamics_assets.core.model.configs import CONFIG_DIR, check_model_name, open_clip_with_configs  # noqa: F401 (CONFIG_DIR, check_model_name re-exported)
 from dynamics_assets.core.model.devices import resolve_device, resolve_precision
 from dynamics_assets.core.model.spec import EncoderSpec  # noqa: F401 (re-exported: the spec record is light, the loading here is not)
 
-CONFIG_DIR = Path(__file__).with_name("model_configs")
-open_clip.add_model_config(CONFIG_DIR)
+open_clip_with_configs()  # the project's model configs, registered at import
 
 INIT_SEED = 0  # seed of the random initialisation when no weights are given
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def check_model_name(model_name: str) -> None:
-    """Raise ``ValueError`` naming close matches if open_clip has no config ``model_name``."""
-    known = open_clip.list_models()
-    if model_name not in known:
-        close = difflib.get_close_matches(model_name, known, n=5, cutoff=0.4)
-        raise ValueError(
-            f"unknown open_clip model {model_name!r}; close names: {close or 'none'} "
-            f"({len(known)} models in open_clip.list_models())"
-        )
 
 
 def resolve_weights(spec: EncoderSpec) -> tuple[str | None, str]:

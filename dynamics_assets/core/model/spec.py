@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dynamics_assets.core.model.configs import check_model_name  # open_clip: imported on first check only
+
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
@@ -20,8 +22,6 @@ class EncoderSpec:
     precision: str = "fp32"
 
     def __post_init__(self) -> None:
-        from dynamics_assets.core.model.clip import check_model_name  # open_clip: imported on use only
-
         check_model_name(self.model_name)
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision {self.precision!r} not in {PRECISIONS}")

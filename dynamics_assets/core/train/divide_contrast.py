@@ -40,7 +40,7 @@ from __future__ import annotations
 import copy
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -49,11 +49,10 @@ from dynamics_assets.core.ingest.pool import collate
 from dynamics_assets.core.model.clip import autocast_for, create_model, read_checkpoint, save_checkpoint
 from dynamics_assets.core.model.flops import forward_flops, forward_flops_per_pair
 from dynamics_assets.core.sample import read_plan
+from dynamics_assets.core.train.job import (CHECKPOINT_NAME, EpochJob, checkpoint_extra, checkpoint_file, rank_world,
+                                            steps_per_epoch, train_config)
 from dynamics_assets.core.train.loader import PairBatches
 from dynamics_assets.core.train.loop import TrainState, train_steps
-
-if TYPE_CHECKING:
-    from dynamics_assets.core.train.epoch import EpochJob
 
 EXPERT_NAME = "dnc-expert-{k}.pt"
 SUPER_CLUSTERS_NAME = "dnc-super-clusters.npz"
@@ -65,10 +64,8 @@ __all__ = ["EXPERT_NAME", "SUPER_CLUSTERS_NAME", "run_phase", "super_clusters", 
 def run_phase(job: "EpochJob", work_dir: Path, *, on_step: Callable[[int, dict[str, float]], None] | None = None,
               ) -> dict[str, Any]:
     """Epoch ``job.epoch`` (≥ 2) of a DnC recipe; writes ``checkpoint.pt`` (and for epoch 2 the
-    experts) into ``work_dir`` and returns the epoch's metrics (as ``epoch._run_epoch``)."""
-    from dynamics_assets.core.train.epoch import _rank_world
-
-    if _rank_world()[1] != 1:
+    experts) into ``work_dir`` and returns the epoch's metrics (as ``epoch._run_epoch``, which calls it)."""
+    if rank_world()[1] != 1:
         raise ValueError("divide_contrast trains in one process (world size 1)")
     if job.epoch < 2 or not job.previous_checkpoint:
         raise ValueError("divide_contrast phases start at epoch 2, from the base's checkpoint")
@@ -139,7 +136,6 @@ def _start(job: "EpochJob") -> tuple[float, str, str, Any, torch.nn.Module, Any,
     """(start time, device, precision, plan, the previous checkpoint's model, its preprocess, the
     checkpoint): what both phases begin with."""
     from dynamics_assets.core.model.devices import resolve_device, resolve_precision
-    from dynamics_assets.core.train.epoch import checkpoint_file
 
     started = time.perf_counter()
     device = resolve_device(job.device)
@@ -160,8 +156,6 @@ def _metrics(job: "EpochJob", started: float, *, device: str, state: TrainState,
 def _save(job: "EpochJob", work_dir: Path, model: torch.nn.Module, state: TrainState, metrics: dict[str, Any],
           optimizer: dict[str, Any], **lists: list[int]) -> dict[str, Any]:
     """``checkpoint.pt`` of the phase (its metrics, with ``lists``, in the checkpoint's extra); the metrics."""
-    from dynamics_assets.core.train.epoch import CHECKPOINT_NAME, checkpoint_extra
-
     metrics.update(lists)
     save_checkpoint(work_dir / CHECKPOINT_NAME, model, model_name=job.model_name, epoch=job.epoch, step=state.step,
                     samples_seen=state.samples_seen, optimizer=optimizer,
@@ -174,8 +168,6 @@ def _save(job: "EpochJob", work_dir: Path, model: torch.nn.Module, state: TrainS
 # ---------------------------------------------------------------------------------------------
 
 def _divide(job: "EpochJob", work_dir: Path, on_step) -> dict[str, Any]:
-    from dynamics_assets.core.train.epoch import steps_per_epoch, train_config
-
     started, device, precision, plan, base, preprocess, ckpt = _start(job)
     collate_fn = _collate_fn(job, preprocess)
     base.eval()
@@ -245,8 +237,6 @@ def distillation_loss(student: tuple[torch.Tensor, torch.Tensor], teachers: list
 
 
 def _experts_dir(job: "EpochJob", previous_extra: dict[str, Any]) -> Path:
-    from dynamics_assets.core.train.epoch import checkpoint_file
-
     from dynamics_assets.core.io import versions
 
     recorded = previous_extra.get("dnc_experts_dir")  # checkpoints written before the ref existed
@@ -263,8 +253,6 @@ def _experts_dir(job: "EpochJob", previous_extra: dict[str, Any]) -> Path:
 
 
 def _distil(job: "EpochJob", work_dir: Path, on_step) -> dict[str, Any]:
-    from dynamics_assets.core.train.epoch import CHECKPOINT_NAME, train_config
-
     started, device, precision, plan, student, preprocess, ckpt = _start(job)
     experts_dir = _experts_dir(job, ckpt["extra"])
     # the base (teacher) = the epoch-2 checkpoint (the base itself); a later epoch's previous is a student

@@ -31,11 +31,9 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import numpy as np
 import torch
 
 from dynamics_assets.core.model.devices import resolve_device, resolve_precision
@@ -44,94 +42,18 @@ from dynamics_assets.core.model.clip import (EncoderSpec, autocast_for, create_m
 from dynamics_assets.core.io import lineage, versions
 from dynamics_assets.core.io.hashing import file_sha256
 from dynamics_assets.core.io.progress import Progress, bar
-from dynamics_assets.core.train.online_selection import check_same_inputs, load_reference_model, scoring_flops_per_pair, seeded_generator, select, super_batch_size
+from dynamics_assets.core.train.online_selection import check_same_inputs, load_reference_model, scoring_flops_per_pair, seeded_generator, select
 from dynamics_assets.core.train.loader import PairBatches, batch_loader
 from dynamics_assets.core.ingest.pool import collate
 from dynamics_assets.core.sample import read_plan
 from dynamics_assets.core.train.loop import Batch, TrainConfig, TrainState, load_train_state, train_steps
-from dynamics_assets.core.train.settings import TrainSettings
+from dynamics_assets.core.train.job import (  # noqa: F401 (re-exported: EpochJob and the rules divide_contrast shares)
+    CHECKPOINT_NAME, RUN_FACTS, EpochJob, checkpoint_extra, checkpoint_file, keeps_last_batch, plan_share, rank_world,
+    settings_identity, steps_per_epoch, train_config,
+)
 
 
-CHECKPOINT_NAME = "checkpoint.pt"  # in a committed checkpoint version
 STEP_NAME = "step.pt"  # in the staging directory only, while the epoch runs
-
-
-@dataclass(frozen=True, kw_only=True)
-class EpochJob(TrainSettings):
-    """One epoch of one recipe: the training settings, plus where its inputs and output are."""
-
-    plan_dir: str
-    manifest_dir: str
-    # The pool (clusters) version this run reads (its id, version directory or root); required: the
-    # plan must have been drawn on it, and the manifest must be the one it pins (``io.lineage``).
-    pool_version: str
-    shards_dir: str
-    out_checkpoint: str
-    epoch: int
-    n_epochs: int  # resolved: the cosine schedule's span
-    previous_checkpoint: str | None = None  # None: epoch 1 starts from init_pretrained / scratch
-    device: str = "cpu"
-    precision: str = "bf16"
-    cluster_ids: str | None = None  # the pool's cluster_id.npy: record the epoch's per-cluster loss (cluster_loss.npy)
-    n_clusters: int = 0  # with cluster_ids: K
-    reference_checkpoint: str | None = None  # with selection: the reference model's open_clip checkpoint
-    num_workers: int = 0  # DataLoader workers decoding per process (0: in it); the batches do not depend on it
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0 (got {self.num_workers})")
-        if self.selection is None:
-            return
-        if not self.reference_checkpoint:
-            raise ValueError(f"selection {self.selection!r} needs a reference_checkpoint")
-        super_batch_size(self.batch_size, self.filter_ratio)  # validates filter_ratio
-
-    @property
-    def loader_batch_size(self) -> int:
-        """Pairs pulled from the plan per step: the super-batch with selection, else the batch."""
-        return self.batch_size if self.selection is None else super_batch_size(self.batch_size, self.filter_ratio)
-
-    @classmethod
-    def from_json(cls, path: str | os.PathLike) -> "EpochJob":
-        return cls(**json.loads(Path(path).read_text()))
-
-
-def _rank_world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
-def plan_share(indices: np.ndarray, counts: np.ndarray, rank: int, world: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rank r's disjoint share of a plan: entries r, r+W, … (every copy of a sample on one rank)."""
-    return np.asarray(indices[rank::world]), np.asarray(counts[rank::world])
-
-
-def keeps_last_batch(job: EpochJob, world: int) -> bool:
-    """Whether the epoch trains the samples left after the last full batch (see steps_per_epoch)."""
-    return world == 1 and job.selection is None
-
-
-def steps_per_epoch(plan_size: int, batch_size: int, world: int, keep_last: bool = True) -> int:
-    """Steps of an epoch (for the schedule). One process trains the whole plan: the samples left
-    after the last full batch form a smaller last batch (open_clip drops them; here samples seen =
-    plan size, so recipes are compared on exactly what they planned). Under DDP every rank must
-    contribute equal-sized batches to the gathered contrastive loss, and online selection scores
-    whole super-batches, so there the remainder (fewer than world × batch samples) is dropped;
-    ``samples_seen`` counts what was trained."""
-    if world == 1 and keep_last:
-        return -(-plan_size // batch_size)
-    return plan_size // (batch_size * world)
-
-
-def train_config(job: EpochJob, plan_size: int, world: int, device: str) -> TrainConfig:
-    per_epoch = max(1, steps_per_epoch(plan_size, job.loader_batch_size, world, keeps_last_batch(job, world)))
-    total = per_epoch * job.n_epochs
-    return TrainConfig(lr=job.lr, weight_decay=job.weight_decay, warmup_steps=min(total - 1, int(job.warmup_fraction * total)),
-                       total_steps=total, grad_clip_norm=job.grad_clip_norm, batch_size=job.batch_size,
-                       precision=resolve_precision(job.precision, device), device=device, seed=job.seed + job.epoch,
-                       checkpoint_every_steps=job.checkpoint_every_steps)
 
 
 def _initial_state(job: EpochJob, device: str) -> tuple[torch.nn.Module, Any, TrainState]:
@@ -163,7 +85,7 @@ def run_epoch(job: EpochJob, *, on_step: Callable[[int, dict[str, float]], None]
 
     ``progress`` gets ``(steps done in this epoch, steps of the epoch)`` on rank 0 (default:
     ``io.progress.bar``)."""
-    rank, world = _rank_world()
+    rank, world = rank_world()
     lineage.check_plan_inputs(job.plan_dir, job.pool_version, "training", manifest=job.manifest_dir)
     inputs = training_inputs(job, world)
     reused = [reusable_version(job.out_checkpoint, inputs) if rank == 0 else None]
@@ -194,21 +116,6 @@ def run_epoch(job: EpochJob, *, on_step: Callable[[int, dict[str, float]], None]
     return metrics
 
 
-RUN_FACTS = ("seconds", "device_seconds", "device", "resumed_at_step", "ranks_in_sync", "dnc_experts_dir")
-"""Metrics that describe how a run went (timings, host, where it resumed, paths), not what it
-trained: kept in the version's ``_version.json`` meta, never in ``checkpoint.pt`` (whose bytes the
-version id hashes)."""
-
-
-def checkpoint_extra(job: EpochJob, metrics: dict[str, Any], last_loss: float, **lists: Any) -> dict[str, Any]:
-    """``checkpoint.pt``'s ``extra``: what determines and describes the trained weights (settings,
-    counts, loss, scoring compute), nothing that changes from run to run of the same training
-    (wall-clock seconds, host, paths, a resume point): the same plan, seed and settings give
-    byte-identical checkpoints (on a deterministic device) and so the same version id."""
-    return {"last_loss": last_loss, "settings": _settings_identity(job), **lists,
-            **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) and k not in RUN_FACTS}}
-
-
 def training_inputs(job: EpochJob, world: int) -> dict[str, Any]:
     """Everything that determines an epoch's checkpoint: the plan's and the previous checkpoint's
     versions, the settings, the schedule span, the world size and the device kind and precision.
@@ -216,7 +123,7 @@ def training_inputs(job: EpochJob, world: int) -> dict[str, Any]:
     device = resolve_device(job.device)
     inputs: dict[str, Any] = {
         "plan_version": plan_identity(job.plan_dir), "pool_version": _pool_id(job.plan_dir), "epoch": job.epoch,
-        "previous": _checkpoint_identity(job.previous_checkpoint), "settings": _settings_identity(job),
+        "previous": _checkpoint_identity(job.previous_checkpoint), "settings": settings_identity(job),
         "n_epochs": job.n_epochs, "world": world, "device_type": device.split(":")[0],
         "precision": resolve_precision(job.precision, device)}
     if job.init_pretrained and not job.previous_checkpoint:
@@ -298,12 +205,6 @@ def _checkpoint_identity(checkpoint: str | None) -> str | None:
     return "sha256:" + file_sha256(checkpoint_file(checkpoint))
 
 
-def checkpoint_file(path: str | os.PathLike) -> Path:
-    """The checkpoint file of a checkpoint version directory or artefact root (a file: itself)."""
-    p = Path(path)
-    return versions.resolve(p) / CHECKPOINT_NAME if p.is_dir() else p
-
-
 def _version_of(checkpoint: str | None) -> Path | None:
     if checkpoint is None:
         return None
@@ -321,7 +222,7 @@ def _run_epoch(job: EpochJob, work_dir: Path, *, on_step: Callable[[int, dict[st
         from dynamics_assets.core.train.divide_contrast import run_phase
         return run_phase(job, work_dir, on_step=on_step)
     started = time.perf_counter()
-    rank, world = _rank_world()
+    rank, world = rank_world()
     device = resolve_device(job.device)
     if device.startswith("cuda") and world > 1:
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
@@ -352,7 +253,7 @@ def _run_epoch(job: EpochJob, work_dir: Path, *, on_step: Callable[[int, dict[st
     identity = {"plan": plan.meta.get("pool_version"), "plan_version": plan_identity(job.plan_dir),
                 "plan_meta": {k: plan.meta.get(k) for k in ("recipe", "seed", "epoch", "strategy")},
                 "epoch": job.epoch, "world": world, "plan_size": plan.size, "start_step": start_step,
-                "settings": _settings_identity(job), "n_epochs": job.n_epochs}
+                "settings": settings_identity(job), "n_epochs": job.n_epochs}
     if job.selection is not None:
         identity["selection"] = _selection_identity(job)
     if step_path.exists():
@@ -415,12 +316,6 @@ def plan_identity(plan_dir: str | os.PathLike) -> str:
     return "sha256:" + file_sha256(d / "indices.npy")[:16] + file_sha256(d / "multiplicity.npy")[:16]
 
 
-def _settings_identity(job: EpochJob) -> dict[str, Any]:
-    """The settings a step checkpoint must match; DnC's settings only when on (older step checkpoints,
-    written before they existed, still resume)."""
-    return {k: v for k, v in asdict(job.settings()).items() if job.dnc_experts or not k.startswith("dnc_")}
-
-
 def _epoch_progress(progress: Progress | None, epoch: int, start_step: int, n_batches: int, rank: int) -> Progress:
     """train_steps' ``(global step, run total)`` as ``(step of the epoch, n_batches)``; silent off rank 0."""
     progress = None if rank != 0 else progress if progress is not None else bar(f"epoch {epoch}", "step")
@@ -479,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.distributed.init_process_group(backend)
     try:
         metrics = run_epoch(job)
-        if _rank_world()[0] == 0 and len(argv) > 1:
+        if rank_world()[0] == 0 and len(argv) > 1:
             Path(argv[1]).write_text(json.dumps(metrics, indent=2))
     finally:
         if world > 1:

@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from dynamics_assets.core.train.epoch import EpochJob
+from dynamics_assets.core.train.job import EpochJob
 
 ENTRY = ["-m", "dynamics_assets.core.train.epoch"]
 DEFAULT_RDZV_PORT = 29400  # torchrun's default c10d port

@@ -2,7 +2,7 @@
 
 Formula (the rule): keep sample i iff language(caption_i) = ``language`` (default 'en'; null: no language rule)
 and caption_i names at least one of the target class names as whole words, case-insensitively —
-the matching of ``evaluate.frequency`` (``concept_pattern``: word boundaries, any run of spaces /
+the matching of ``evaluate.frequency`` (``ingest.text.concept_pattern``: word boundaries, any run of spaces /
 ``-`` / ``_`` between the words of a name, an optional plural of the last word, regex specials
 literal), run by DuckDB's RE2 over the manifest's captions (``ClusterPool.manifest_dir``; no
 pixels: it runs on pools that ship embeddings). Class names (``classnames``): a list, or a path to
@@ -27,6 +27,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from dynamics_assets.core.ingest.text import concept_pattern
 from dynamics_assets.core.sample.base import ClusterPool, DataclassParams
 from dynamics_assets.core.sample.pruning import MaskFilter
 from dynamics_assets.core.sample.spec import check_filter_values
@@ -94,8 +95,6 @@ class TextFilter(MaskFilter, DataclassParams):
         return {**p, "classnames": names if names is None or isinstance(names, str) else list(names)}
 
     def keep_and_meta(self, pool: ClusterPool, *, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
-        from dynamics_assets.core.evaluate.frequency import concept_pattern
-
         names = read_classnames(self.classnames)
         patterns = [concept_pattern(names[i:i + NAMES_PER_PATTERN]) for i in range(0, len(names), NAMES_PER_PATTERN)]
         named = " OR ".join(["coalesce(regexp_matches(caption, ?), false)"] * len(patterns))
