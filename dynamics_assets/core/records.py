@@ -3,6 +3,9 @@
     raw_shards       → RawShards        the shard folder (and, for the synthetic pool, its eval set)
     raw_pairs        → PoolManifest     the manifest of every pair: kept and quarantined
     reference_model  → ReferenceModel   the pool-trained open_clip encoder
+    curated_model    → CuratedModel     the open_clip model trained on the user's curated set (DFN's filter)
+    dfn_scores       → DFNScores        the curated model's image·text score of every pool pair
+    curation_targets → CurationTargets  the pool's class names and the target set's embeddings
     pair_embeddings  → PoolEmbeddings   the embeddings and the encoder that made them
     shard_embeddings → ShardIngest      one landed shard, manifested and embedded alone
     clusters         → PoolClusters     the clustered pool; its ``pool_version`` is what plans index
@@ -39,6 +42,8 @@ class RawShards:
     layout: str = "webdataset"  # webdataset shards, or a pool that ships embeddings: "datacomp" | "laion"
     embedding: Optional[str] = None  # datacomp: which embeddings ("b32" | "l14")
     images_dir: Optional[str] = None  # a pool of embeddings: shards holding its images (joined by uid)
+    curated_dir: Optional[str] = None  # the user's curated set (shards it trusts), checked not to overlap the eval set
+    target_dir: Optional[str] = None  # the user's target set: images and/or a classnames.txt
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,9 @@ class PoolManifest:
     has_images: bool = True  # False for a pool that ships embeddings only
     embeddings_dir: Optional[str] = None  # set when the pool ships its embeddings (committed with the manifest)
     encoder: Optional[EncoderSpec] = None  # ... and the encoder they came from
+    curated_dir: Optional[str] = None  # raw_shards' curated and target sets, passed on
+    target_dir: Optional[str] = None
+    ground_truth: Optional[str] = None  # synthetic pool: the generator's ground truth (dirt of every pair)
 
     @property
     def n_quarantined(self) -> int:
@@ -70,6 +78,40 @@ class ReferenceModel:
     @property
     def encoder(self) -> EncoderSpec:
         return EncoderSpec(self.model_name, self.checkpoint)
+
+
+@dataclass(frozen=True)
+class CuratedModel:
+    checkpoint: Optional[str]  # None: no curated set was named (raw_shards.curated)
+    model_name: str
+    manifest_dir: Optional[str] = None  # the curated set's manifest (its pairs, quarantine)
+    shards_dir: Optional[str] = None
+    pairs: int = 0
+    steps: int = 0
+    samples_seen: int = 0
+    flops: float = 0.0  # training FLOPs ≈ 3 × forward FLOPs per pair × samples seen
+    seconds: float = 0.0
+    reused: bool = False
+
+    @property
+    def encoder(self) -> EncoderSpec:
+        return EncoderSpec(self.model_name, self.checkpoint)
+
+
+@dataclass(frozen=True)
+class DFNScores:
+    scores_dir: Optional[str]  # the committed version holding scores.npy (float32, pool order); None: none
+    source: str  # "curated model" | "shipped clip_b32_similarity_score" | "none"
+    n: int = 0
+
+
+@dataclass(frozen=True)
+class CurationTargets:
+    targets_dir: Optional[str]  # the committed version: classnames.txt and/or target.npy; None: nothing to write
+    classnames: Optional[str] = None  # its classnames.txt (the pool's concepts, or the user's)
+    target_embeddings: Optional[str] = None  # its target.npy (the target images in the pool's encoder space)
+    classnames_source: str = ""
+    target_source: str = ""
 
 
 @dataclass(frozen=True)

@@ -253,8 +253,6 @@ def test_compose_records_the_laion2b_threshold(tiny):
     ({"strategy": "laion2b_filter", "reference_fraction": 0}, "reference_fraction"),
     ({"strategy": "laion2b_filter", "encoder_threshold": -2}, "encoder_threshold"),
     ({"strategy": "text_filter", "classnames": []}, "classnames"),
-    ({"strategy": "text_filter"}, "classnames"),
-    ({"strategy": "image_filter"}, "target_embeddings"),
     ({"strategy": "image_filter", "target_embeddings": "t.npy", "neighbours": 0}, "neighbours"),
 ])
 def test_settings_outside_their_range_are_refused_naming_them(spec, setting):
@@ -265,6 +263,17 @@ def test_settings_outside_their_range_are_refused_naming_them(spec, setting):
     steps = {"strategy": "compose", "steps": [spec, {"strategy": "uniform", "budget": 1.0}]}
     with pytest.raises(SettingError, match=rf"steps\[0\]\.{setting}"):
         normalise_sampler_spec(steps, "recipe 'x': sampler")
+
+
+@pytest.mark.parametrize("spec, setting", [({"strategy": "text_filter"}, "classnames"),
+                                           ({"strategy": "image_filter"}, "target_embeddings"),
+                                           ({"strategy": "dfn"}, "scores")])
+def test_a_recipe_may_leave_out_what_the_lineage_fills_in_a_strategy_may_not(spec, setting):
+    """The pool's class names, the target embeddings and the DFN scores are filled in by sample_plan
+    (defs/sample/assets.py); built without them, the strategy is refused naming the setting."""
+    assert normalise_sampler_spec(spec, "recipe 'x': sampler") == spec
+    with pytest.raises(ValueError, match=rf"\.{setting}:"):
+        make_sampler(**spec)
 
 
 def test_a_language_the_identifier_does_not_know_is_refused():

@@ -68,6 +68,7 @@ __all__ = [
     "WebProfile",
     "concepts",
     "generate",
+    "generate_curated",
     "zipf_counts",
 ]
 
@@ -429,6 +430,7 @@ def _caption(rng: np.random.Generator, concept: Concept) -> str:
 
 _TRAIN, _EVAL, _PLAN, _RANKS, _EVAL_PLAN = 1, 2, 3, 4, 5  # independent RNG streams per seed
 _BURST_PLAN, _BURST, _EVAL_TRAIN, _EVAL_TRAIN_PLAN = 6, 7, 8, 9  # web profile and the training-style eval set
+_CURATED, _CURATED_PLAN = 10, 11  # the clean curated set (generate_curated): its own streams, its own uids
 
 
 def _rng(seed: int, stream: int, *index: int) -> np.random.Generator:
@@ -911,11 +913,16 @@ def generate(
     zipf_s: float = 1.3,
     profile: str = "concept",
     web: WebProfile = WebProfile(),
+    curated_per_concept: int = 0,
 ) -> GeneratedDataset:
     """Write the synthetic pool under ``out_dir`` (idempotent: an up-to-date MANIFEST.json short-circuits).
 
     ``profile``: ``"concept"`` (independent drawings) or ``"web"`` (near-duplicate bursts, ``web``'s
-    parameters); the labels, dirt and eval sets are the same in both for the same seed."""
+    parameters); the labels, dirt and eval sets are the same in both for the same seed.
+    ``curated_per_concept`` > 0 also writes the clean curated set (``generate_curated``) into
+    ``out_dir/curated/``; it is not part of the pool's parameters, so the pool's files do not change."""
+    if curated_per_concept:
+        generate_curated(out_dir, seed=seed, per_concept=curated_per_concept, samples_per_shard=samples_per_shard)
     if not 1 <= samples_per_shard <= MAX_SAMPLES_PER_SHARD:
         raise ValueError(f"samples_per_shard={samples_per_shard} must be in [1, {MAX_SAMPLES_PER_SHARD}]")
     if seed < 0 or eval_per_concept < 1:
@@ -961,6 +968,53 @@ def generate(
     }
     write_json(out_dir / MANIFEST_NAME, manifest)
     return GeneratedDataset.from_manifest(out_dir, manifest)
+
+
+CURATED_MANIFEST = "CURATED.json"
+
+
+def _curated_sample(seed: int, index: int, key: str, concept: Concept) -> _Sample:
+    """A clean curated pair: a training-style drawing of ``concept`` and a caption that names it."""
+    rng = _rng(seed, _CURATED, index)
+    drawing = _sample_drawing(rng, concept, _TRAIN_STYLE)
+    meta = {"uid": _uid(seed, "curated", index), "concept_id": concept.concept_id, "concept": concept.name}
+    return _Sample(key, _png(_render(drawing)), _caption(rng, concept), meta)
+
+
+def generate_curated(out_dir: str | Path, *, seed: int = 0, per_concept: int = 4,
+                     samples_per_shard: int = 2_000) -> Path:
+    """Write a small clean curated set — the embedded pool's stand-in for a user's trusted shards —
+    into ``out_dir/curated/curated-NNNNN.tar`` and return that folder (idempotent: an up-to-date
+    ``CURATED.json`` short-circuits).
+
+    ``per_concept`` pairs of every concept (balanced, shuffled), each an independent drawing in the
+    training style with a caption that names its concept (the pool's templates and synonyms): no
+    dirt, no duplicates, no bursts. Own RNG streams and uids (split ``"curated"``), so it shares no
+    uid and (almost surely) no image with the pool or the evaluation sets."""
+    if per_concept < 1:
+        raise ValueError(f"curated per_concept={per_concept} must be ≥ 1")
+    if not 1 <= samples_per_shard <= MAX_SAMPLES_PER_SHARD:
+        raise ValueError(f"samples_per_shard={samples_per_shard} must be in [1, {MAX_SAMPLES_PER_SHARD}]")
+    folder = Path(out_dir) / "curated"
+    params = {"version": GENERATOR_VERSION, "seed": seed, "per_concept": per_concept,
+              "samples_per_shard": samples_per_shard}
+    path = folder / CURATED_MANIFEST
+    if path.is_file():
+        manifest = json.loads(path.read_text())
+        if manifest.get("params") == params and all((folder / n).is_file() for n in manifest["shards"]):
+            return folder
+    path.unlink(missing_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    labels = _rng(seed, _CURATED_PLAN).permutation(np.repeat(np.arange(len(concepts())), per_concept))
+    names = []
+    for shard, start in enumerate(range(0, len(labels), samples_per_shard)):
+        chunk = range(start, min(start + samples_per_shard, len(labels)))
+        names.append(f"curated-{shard:05d}.tar")
+        _write_tar(folder / names[-1],
+                   (_curated_sample(seed, i, _key(shard, i - start), concepts()[labels[i]]) for i in chunk))
+    _remove_stale(folder, "curated-*.tar", names)
+    write_json(path, {"params": params, "pairs": int(len(labels)), "shards": names})
+    return folder
 
 
 def _main(argv: Sequence[str] | None = None) -> None:

@@ -21,13 +21,14 @@ _LAZY = {
     "LearnabilitySampler": "strategies.learnability", "ClusterFeedback": "strategies.learnability", "read_plan": "plan_io", "write_plan": "plan_io",
     "BasicFilter": "strategies.basic_filter", "Laion2BFilter": "strategies.laion2b_filter",
     "TextFilter": "strategies.text_filter", "ImageFilter": "strategies.image_filter",
+    "DFNFilter": "strategies.dfn",
 }
 _STRATEGY_CLASSES = {"uniform": "UniformSampler", "dynamics": "DynamicsSampler", "flatten": "FlattenSampler",
                      "semdedup": "SemDeDup", "ssp": "SSPPruning", "dbp": "DBPPruning", "clip_score": "ClipScoreFilter",
                      "compose": "Compose", "learnability": "LearnabilitySampler",
                      # DataComp's baselines (Gadre et al. 2023)
                      "basic_filter": "BasicFilter", "laion2b_filter": "Laion2BFilter", "text_filter": "TextFilter",
-                     "image_filter": "ImageFilter"}
+                     "image_filter": "ImageFilter", "dfn": "DFNFilter"}
 
 
 def __getattr__(name: str) -> Any:
@@ -65,5 +66,5 @@ def sampler_from_spec(spec: dict, *, cache_dir: str | None = None) -> Sampler:
 
 __all__ = ["ClusterPool", "Plan", "Sampler", "DynamicsSampler", "UniformSampler", "FlattenSampler",
            "SemDeDup", "SSPPruning", "DBPPruning", "ClipScoreFilter", "Compose", "LearnabilitySampler",
-           "ClusterFeedback", "BasicFilter", "Laion2BFilter", "TextFilter", "ImageFilter", "SAMPLERS",
+           "ClusterFeedback", "BasicFilter", "Laion2BFilter", "TextFilter", "ImageFilter", "DFNFilter", "SAMPLERS",
            "make_sampler", "sampler_from_spec", "resolve_budget", "cluster_targets", "read_plan", "write_plan"]

@@ -26,6 +26,8 @@ STRATEGIES: dict[str, tuple[str, ...]] = {
     "laion2b_filter": ("threshold", "encoder_threshold", "reference_fraction", "language"),
     "text_filter": ("classnames", "language"),
     "image_filter": ("target_embeddings", "neighbours", "language", "min_words", "min_chars"),
+    # Fang et al. 2024: a CLIP trained on a curated set scores the pool (the dfn_scores asset)
+    "dfn": ("fraction", "scores"),
 }
 _PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
 
@@ -116,13 +118,21 @@ FILTER_VALUES: dict[str, dict[str, Any]] = {
 
 
 REQUIRED: dict[str, tuple[str, ...]] = {"text_filter": ("classnames",), "image_filter": ("target_embeddings",)}
+# settings a recipe may leave out because the lineage fills them in where samplers are built
+# (defs/sample/assets.py): the pool's class names, the target set's embeddings, the current DFN scores
+LINEAGE_FILLS: dict[str, tuple[str, ...]] = {"text_filter": ("classnames",), "image_filter": ("target_embeddings",),
+                                             "dfn": ("scores",)}
+FILTER_VALUES["dfn"] = {"fraction": _number_in(0.0, 1.0, " (the share of the pool kept)", lo_open=True),
+                        "scores": lambda v: None if v is None or (isinstance(v, str) and v.strip())
+                        else "a path to the dfn_scores version or its scores.npy, or null (the lineage's)"}
 
 
-def check_filter_values(strategy: str, values: Mapping[str, Any], where: str) -> None:
+def check_filter_values(strategy: str, values: Mapping[str, Any], where: str, *, recipe: bool = False) -> None:
     """Refuse a missing required setting, or a value outside its range, naming the setting, the
-    value and what is allowed."""
+    value and what is allowed. ``recipe``: a recipe may leave out what the lineage fills in
+    (``LINEAGE_FILLS``); a strategy built without it is refused."""
     for name in REQUIRED.get(strategy, ()):
-        if values.get(name) is None:
+        if values.get(name) is None and not (recipe and name in LINEAGE_FILLS.get(strategy, ())):
             raise SettingError(f"{where}.{name}: strategy {strategy!r} needs it: "
                                f"{FILTER_VALUES[strategy][name](None)}")
     for name, check in FILTER_VALUES.get(strategy, {}).items():
@@ -143,7 +153,7 @@ def normalise_sampler_spec(spec: Mapping[str, Any], where: str) -> dict[str, Any
     if unknown:
         raise SettingError(f"{where}: strategy {strategy!r} has no parameter(s) {unknown}; "
                            f"its parameters: {list(STRATEGIES[strategy])}")
-    check_filter_values(strategy, spec, where)
+    check_filter_values(strategy, spec, where, recipe=True)
     out = dict(spec)
     if "budget" in out and out["budget"] is not None:
         out["budget"] = parse_budget(out["budget"], f"{where}.budget")

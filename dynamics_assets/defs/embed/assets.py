@@ -9,7 +9,8 @@ from typing import Optional
 import dagster as dg
 
 from dynamics_assets.core.model.spec import EncoderSpec
-from dynamics_assets.core.records import PoolEmbeddings, PoolManifest, ReferenceModel, ShardIngest
+from dynamics_assets.core.records import (CuratedModel, CurationTargets, DFNScores, PoolEmbeddings, PoolManifest,
+                                         ReferenceModel, ShardIngest)
 from dynamics_assets.defs.metadata import md_table
 from dynamics_assets.defs.partitions import raw_shard_partitions
 from dynamics_assets.defs.resources import GpuResource, StorageResource
@@ -156,3 +157,256 @@ def shard_embeddings(context: dg.AssetExecutionContext, raw_pairs: PoolManifest,
         "dagster/row_count": counts.rows,
     })
     return ShardIngest(shard=shard, pairs=counts.rows, ok=counts.ok, pairs_embedded=summary.pairs_embedded)
+
+
+class CuratedModelConfig(dg.Config):
+    """The curated model (DFN's filtering network): the reference model's trainer on the user's
+    curated set (``raw_shards.curated``). Empty epochs / batch: the reference model's rules."""
+
+    model_name: str = "dynamics-tiny-32"
+    epochs: Optional[int] = None
+    batch_size: Optional[int] = None
+    seed: int = 0
+    retrain: bool = False
+
+
+@dg.asset(group_name=GROUP, kinds={"pytorch"}, pool="gpu")
+def curated_model(context: dg.AssetExecutionContext, config: CuratedModelConfig, raw_pairs: PoolManifest,
+                  storage: StorageResource, gpu: GpuResource) -> CuratedModel:
+    """An open_clip model trained on the curated set, not on the raw pool it then judges: the
+    filtering network of DFN (``dfn_scores``). Its compute (steps, samples seen, FLOPs, seconds) is
+    in this metadata; its version references the curated set's manifest. Skipped (nothing trained)
+    when no curated set is named."""
+    from dynamics_assets.core.evaluate.dfn import train_curated_model
+    from dynamics_assets.core.io.versions import Artefact, pinned
+
+    if not raw_pairs.curated_dir:
+        context.add_output_metadata({"skipped": "no curated set (raw_shards.curated, --curated): nothing trained"})
+        return CuratedModel(checkpoint=None, model_name=config.model_name)
+    artefact = Artefact(storage.layout.artifact("curated_model"))
+    with artefact.write(base=artefact.current(), resume=True, keep_on_error=True) as staging:
+        try:
+            m = train_curated_model(raw_pairs.curated_dir, storage.layout.artifact("curated_pairs"),
+                                    staging / f"{config.model_name}.pt", model_name=config.model_name,
+                                    epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
+                                    device=gpu.resolved_device(), reuse=not config.retrain)
+        except ValueError as e:
+            raise dg.Failure(f"curated_model: {e}") from None
+        staging.refs.update(pinned(curated_manifest=m["manifest_dir"]))
+    out = staging.version_dir / f"{config.model_name}.pt"
+    context.add_output_metadata({
+        "checkpoint": dg.MetadataValue.path(str(out)), "model_name": config.model_name,
+        "curated_dir": dg.MetadataValue.path(raw_pairs.curated_dir),
+        "curated_manifest": dg.MetadataValue.path(m["manifest_dir"]),
+        "pairs": m["pairs"], "quarantined": m["quarantined"], "epochs": m["epochs"], "batch_size": m["batch_size"],
+        "steps": int(m["steps"]), "samples_seen": int(m.get("samples_seen", 0)), "flops": float(m["flops"]),
+        "device_seconds": round(float(m.get("seconds", 0.0)), 2), "final_loss": float(m["final_loss"]),
+        "reused": bool(m["reused"]),
+    })
+    return CuratedModel(checkpoint=str(out), model_name=config.model_name, manifest_dir=m["manifest_dir"],
+                        shards_dir=raw_pairs.curated_dir, pairs=int(m["pairs"]), steps=int(m["steps"]),
+                        samples_seen=int(m.get("samples_seen", 0)), flops=float(m["flops"]),
+                        seconds=float(m.get("seconds", 0.0)), reused=bool(m["reused"]))
+
+
+class DFNScoresConfig(dg.Config):
+    """``fraction``: the keep fraction at which the filter's precision / recall are reported."""
+
+    fraction: float = 0.3
+    batch_size: int = 256
+
+
+@dg.asset(group_name=GROUP, kinds={"numpy"}, pool="gpu")
+def dfn_scores(context: dg.AssetExecutionContext, config: DFNScoresConfig, raw_pairs: PoolManifest,
+               curated_model: CuratedModel, storage: StorageResource, gpu: GpuResource) -> DFNScores:
+    """The data filtering network's score of every pool pair: the image·text cosine in the curated
+    model's space (``scores.npy``, float32, pool order; embedded and scored shard by shard), read by
+    the ``dfn`` strategy. Its quality as a filter (synthetic pool: AUC, precision and recall against
+    the generator's dirt) is reported apart from its own zero-shot accuracy. Without a curated set, a
+    DataComp pool's shipped ``clip_b32_similarity_score`` stands in (said in ``source``); else skipped."""
+    from dynamics_assets.core.evaluate import dfn
+    from dynamics_assets.core.ingest.manifest import pool_identity
+    from dynamics_assets.core.io.atomic import write_json
+    from dynamics_assets.core.io.versions import Artefact, pinned, resolve
+
+    if not 0.0 < config.fraction <= 1.0:
+        raise dg.Failure(f"dfn_scores.fraction: {config.fraction} is outside its range (0, 1]")
+    manifest = str(resolve(raw_pairs.manifest_dir))
+    if curated_model.checkpoint is None:
+        shipped = _shipped_scores(manifest) if raw_pairs.embeddings_dir else None
+        if shipped is None:
+            context.add_output_metadata({"skipped": "no curated model (raw_shards.curated, --curated) and no score "
+                                                    "shipped with the pool: the dfn strategy cannot run"})
+            return DFNScores(scores_dir=None, source="none")
+        source = "shipped clip_b32_similarity_score (DataComp's OpenAI B/32 score: no curated model; not a DFN)"
+    else:
+        source = f"curated model {curated_model.checkpoint}"
+    artefact = Artefact(storage.layout.artifact("dfn_scores"))
+    quality, zero_shot, extra = {}, {}, {}
+    with artefact.write(refs=pinned(manifest=manifest)) as staging:
+        path = staging / dfn.SCORES_FILE
+        if curated_model.checkpoint is None:
+            import numpy as np
+
+            from dynamics_assets.core.io.atomic import save_npy
+
+            save_npy(path, shipped.astype(np.float32))
+            n = len(shipped)
+        else:
+            staging.refs.update(pinned(curated_model=str(Path(curated_model.checkpoint).parent)))
+            spec = EncoderSpec(curated_model.model_name, curated_model.checkpoint, precision=gpu.resolved_precision())
+            with gpu.compute.engine_for(context.log) as engine:
+                summary, emb = dfn.score_pool(spec, manifest, raw_pairs.shards_dir,
+                                              storage.layout.artifact("dfn_embeddings"), path,
+                                              device=gpu.resolved_device(), batch_size=config.batch_size,
+                                              num_workers=gpu.num_workers, engine=engine)
+            n = summary.n
+            extra = {"unscored (image did not decode)": summary.unscored, "mean_score": summary.mean,
+                     "score_quantiles": dg.MetadataValue.json(summary.quantiles),
+                     "scoring_seconds": round(emb.seconds, 2), "pairs_embedded": emb.pairs_embedded}
+        write_json(staging / "dfn_meta.json", {"source": source, "n": n, "manifest_dir": manifest,
+                                                "pool_identity": pool_identity(manifest)})
+        if raw_pairs.ground_truth:
+            quality = dfn.filter_quality(path, manifest, raw_pairs.ground_truth, config.fraction)
+            write_json(staging / "filter_quality.json", quality)
+        if curated_model.checkpoint is not None and raw_pairs.eval_dir:
+            zero_shot = dfn.zero_shot_top1(spec, raw_pairs.eval_dir, raw_pairs.eval_kind, gpu.resolved_device())
+            write_json(staging / "zero_shot.json", zero_shot)
+    out = staging.version_dir
+    by_dirt = quality.pop("by_dirt", {})
+    context.add_output_metadata({
+        "scores": dg.MetadataValue.path(str(out / dfn.SCORES_FILE)), "source": source, "dagster/row_count": n,
+        **extra,
+        **({f"filter/{k}": v for k, v in dfn.finite(quality).items()} if quality else
+           {"filter": "no ground truth (only the synthetic pool knows which pairs are dirty)"}),
+        **({"filter/by_dirt": md_table(["dirt", "pairs", "mean score", f"kept at {config.fraction:g}"],
+                                       [(d, v["pairs"], round(v["mean_score"], 4), round(v["kept_share"], 3))
+                                        for d, v in by_dirt.items()])} if by_dirt else {}),
+        **({f"model/zero_shot_{k}": v for k, v in zero_shot.items()} if zero_shot else
+           {"model/zero_shot": "no curated model or no labelled eval set"}),
+        "curated_model_flops": curated_model.flops, "curated_model_steps": curated_model.steps,
+    })
+    return DFNScores(scores_dir=str(out), source=source, n=n)
+
+
+def _shipped_scores(manifest_dir: str):
+    """DataComp's shipped clip_b32_similarity_score of every ok pair in pool order, or None when
+    some pair lacks it."""
+    import duckdb
+    import numpy as np
+
+    from dynamics_assets.core.ingest.manifest import manifest_files
+
+    sql = ("SELECT TRY_CAST(json_extract_string(meta_json, '$.clip_b32_similarity_score') AS DOUBLE) "
+           "FROM read_parquet(?) WHERE status = 'ok' ORDER BY \"row\"")
+    parts = []
+    with duckdb.connect() as con:
+        for _, path in manifest_files(manifest_dir):
+            parts.append(np.array([r[0] if r[0] is not None else np.nan
+                                   for r in con.sql(sql, params=[str(path)]).fetchall()], dtype=np.float64))
+    scores = np.concatenate(parts).astype(np.float64) if parts else np.zeros(0)
+    if not len(scores) or not np.isfinite(scores).all():
+        return None
+    return scores
+
+
+@dg.asset(group_name=GROUP, kinds={"numpy"}, pool="gpu")
+def curation_targets(context: dg.AssetExecutionContext, raw_pairs: PoolManifest, pair_embeddings: PoolEmbeddings,
+                     storage: StorageResource, gpu: GpuResource) -> CurationTargets:
+    """What the DataComp filters aim at, filled into recipes that leave it out: the pool's class
+    names for ``text_filter`` (synthetic: the generator's concepts and the names its prompts use; a
+    user's pool: the --eval set's classes, else the --target set's classnames.txt) and the target
+    set's image embeddings for ``image_filter`` (the --target images, else the curated set's images,
+    embedded with the pool's encoder)."""
+    import numpy as np
+
+    from dynamics_assets.core.io.atomic import save_npy, write_json
+    from dynamics_assets.core.io.versions import Artefact
+
+    names, names_source = _pool_classnames(raw_pairs)
+    images, images_source = _target_images(raw_pairs)
+    if images and not raw_pairs.has_images and pair_embeddings.encoder.checkpoint is None:
+        context.log.warning(f"target images of {images_source} are not embedded: the pool's encoder "
+                            f"({pair_embeddings.encoder.model_name}, shipped embeddings) has no weights here; give "
+                            "image_filter.target_embeddings a .npy made with that encoder")
+        images = None
+    if not names and not images:
+        context.add_output_metadata({"skipped": "no class names (no eval set, no --target classnames.txt) and no "
+                                                "target or curated images"})
+        return CurationTargets(targets_dir=None)
+    artefact = Artefact(storage.layout.artifact("curation_targets"))
+    meta = {}
+    with artefact.write() as staging:
+        if names:
+            (staging / "classnames.txt").write_text("\n".join(names) + "\n", encoding="utf-8")
+        if images:
+            emb = _embed_images(pair_embeddings.encoder, images, gpu.resolved_device())
+            save_npy(staging / "target.npy", emb.astype(np.float32))
+            meta["target_images"] = int(len(emb))
+        write_json(staging / "targets.json", {"classnames_source": names_source, "target_source": images_source,
+                                              "encoder": pair_embeddings.encoder.model_name, **meta})
+    out = staging.version_dir
+    context.add_output_metadata({
+        "classnames": len(names or []), "classnames_source": names_source or "none",
+        "target_images": meta.get("target_images", 0), "target_source": images_source or "none",
+        "encoder": pair_embeddings.encoder.model_name, "targets_dir": dg.MetadataValue.path(str(out)),
+    })
+    return CurationTargets(targets_dir=str(out), classnames=str(out / "classnames.txt") if names else None,
+                           target_embeddings=str(out / "target.npy") if images else None,
+                           classnames_source=names_source, target_source=images_source)
+
+
+def _pool_classnames(raw_pairs: PoolManifest) -> tuple[list[str], str]:
+    from dynamics_assets.core.sample.strategies.text_filter import read_classnames
+
+    if raw_pairs.eval_kind == "synthetic" and raw_pairs.eval_dir:
+        return read_classnames(raw_pairs.eval_dir), "the synthetic pool's concepts (eval/concepts.parquet prompt names)"
+    if raw_pairs.eval_dir:
+        from dynamics_assets.core.evaluate.eval_set import validate_eval_set
+
+        return list(validate_eval_set(raw_pairs.eval_dir).classes), f"the eval set's classes ({raw_pairs.eval_dir})"
+    if raw_pairs.target_dir and (Path(raw_pairs.target_dir) / "classnames.txt").is_file():
+        return read_classnames(str(Path(raw_pairs.target_dir) / "classnames.txt")), \
+            f"the target set's classnames.txt ({raw_pairs.target_dir})"
+    return [], ""
+
+
+def _target_images(raw_pairs: PoolManifest):
+    from dynamics_assets.core.ingest.curated import TargetSet, check_curated, check_target, target_images
+
+    if raw_pairs.target_dir:
+        target = check_target(raw_pairs.target_dir)
+        if target.has_images:
+            return list(target_images(target)), f"the target set ({raw_pairs.target_dir})"
+    if raw_pairs.curated_dir:
+        cur = check_curated(raw_pairs.curated_dir)
+        shards = tuple(cur.root / s for s in cur.shards)
+        return list(target_images(TargetSet(cur.root, (), shards, None))), \
+            f"the curated set's images ({raw_pairs.curated_dir})"
+    return None, ""
+
+
+def _embed_images(spec: EncoderSpec, images, device: str, batch: int = 256):
+    """Unit-norm image embeddings of (name, bytes) pairs; an image that does not decode is refused."""
+    import io
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from dynamics_assets.core.evaluate.inference import inference, normalised
+    from dynamics_assets.core.model.clip import load_encoder
+
+    enc = load_encoder(spec, device)
+    out = []
+    with inference(enc.model):
+        for s in range(0, len(images), batch):
+            tensors = []
+            for name, data in images[s:s + batch]:
+                try:
+                    tensors.append(enc.preprocess(Image.open(io.BytesIO(data)).convert("RGB")))
+                except Exception as e:  # noqa: BLE001 (any decoder error: named)
+                    raise dg.Failure(f"target image {name} does not decode ({type(e).__name__}: {e})") from None
+            x = torch.stack(tensors).to(enc.device)
+            out.append(normalised(enc.model.encode_image(x).float()).cpu().numpy())
+    return np.concatenate(out)

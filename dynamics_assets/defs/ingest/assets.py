@@ -32,6 +32,47 @@ class RawShardsConfig(dg.Config):
     burst_share: Optional[float] = None  # web profile overrides (empty: synthetic.WebProfile's defaults)
     burst_exponent: Optional[float] = None
     frequency_exponent: Optional[float] = None
+    # a curated set (shards the user trusts: the curated model / DFN trains on it), or "synthetic" with
+    # the synthetic source: the generator's clean set (curated_per_concept pairs of every concept)
+    curated: Optional[str] = None
+    curated_per_concept: int = 4
+    target: Optional[str] = None  # a target set: images (-> image_filter's target embeddings) and/or classnames.txt
+
+
+def _curated_and_target(config: RawShardsConfig, raw_root: Path, eval_dir: Optional[str], log) -> dict:
+    """raw_shards' curated and target sets, checked: the curated set must not overlap the eval set
+    (by uid and by image SHA-256), the target set must hold images or class names."""
+    from dynamics_assets.core.ingest.curated import CuratedSetError, check_curated, check_no_overlap, check_target
+
+    out = {}
+    try:
+        if config.curated:
+            if config.curated == "synthetic":
+                if config.source != "synthetic":
+                    raise CuratedSetError("curated: 'synthetic' names the generator's clean set, which only the "
+                                          "synthetic pool has; give a folder of webdataset shards")
+                from dynamics_assets.core.ingest.synthetic import generate_curated
+
+                try:
+                    folder = generate_curated(raw_root, seed=config.seed, per_concept=config.curated_per_concept,
+                                              samples_per_shard=config.samples_per_shard)
+                except ValueError as e:
+                    raise CuratedSetError(f"curated_per_concept: {e}") from None
+            else:
+                folder = Path(config.curated)
+            curated = check_curated(folder)
+            if eval_dir:
+                o = check_no_overlap(curated, eval_dir)
+                log.info(f"curated set {curated.root}: {o.curated_pairs} pairs, none shared with the "
+                         f"{o.eval_samples} eval samples (by uid or image SHA-256)")
+            out["curated_dir"] = str(curated.root)
+        if config.target:
+            target = check_target(config.target)
+            log.info(f"target set: {target.describe()}")
+            out["target_dir"] = str(target.root)
+    except CuratedSetError as e:
+        raise dg.Failure(f"raw_shards: {e}") from None
+    return out
 
 
 @dg.asset(group_name=GROUP, kinds={"webdataset"})
@@ -58,14 +99,16 @@ def raw_shards(context: dg.AssetExecutionContext, config: RawShardsConfig, stora
             raise dg.Failure(f"raw_shards synthetic pool: {e}") from e
         shards_dir = ds.out_dir / "shards"
         extra = {"eval_dir": str(ds.eval_dir), "eval_kind": "synthetic", "ground_truth": str(ds.ground_truth_path),
-                 "dirt_counts": dict(ds.dirt_counts)}
+                 "dirt_counts": dict(ds.dirt_counts),
+                 **_curated_and_target(config, layout.root / "raw", str(ds.eval_dir), context.log)}
     elif (precomputed := _precomputed(config.source)) is not None:
         context.add_output_metadata({"layout": precomputed.layout, "parts": len(precomputed.parts),
                                      "folder": dg.MetadataValue.path(str(precomputed.root))})
         return RawShards(source=_shown(config.source), shards_dir=str(precomputed.root),
                          shards=tuple(p.name for p in precomputed.parts), eval_dir=config.eval,
                          eval_kind="labelled" if config.eval else None,
-                         layout=precomputed.layout, embedding=config.embedding, images_dir=config.images)
+                         layout=precomputed.layout, embedding=config.embedding, images_dir=config.images,
+                         **_curated_and_target(config, layout.root / "raw", config.eval, context.log))
     else:
         from dynamics_assets.core.ingest.sources import redact, resolve_source, scrub
 
@@ -74,6 +117,7 @@ def raw_shards(context: dg.AssetExecutionContext, config: RawShardsConfig, stora
         except (FileNotFoundError, OSError, ValueError) as e:  # the URI may carry credentials: never echoed
             raise dg.Failure(f"raw_shards source {redact(config.source)!r}: {scrub(str(e), config.source)}") from None
         extra = {"eval_dir": config.eval, "eval_kind": "labelled"} if config.eval else {}
+        extra.update(_curated_and_target(config, layout.root / "raw", config.eval, context.log))
     shards = tuple(sorted(p.name for p in shards_dir.glob("*.tar")))
     if not shards:
         raise dg.Failure(f"no .tar shards in {shards_dir}")
@@ -83,6 +127,8 @@ def raw_shards(context: dg.AssetExecutionContext, config: RawShardsConfig, stora
         "num_shards": len(shards),
         "bytes": sum((shards_dir / s).stat().st_size for s in shards),
         **({"planted_dirt": dg.MetadataValue.json(dict(record.dirt_counts))} if record.dirt_counts else {}),
+        **({"curated_dir": dg.MetadataValue.path(record.curated_dir)} if record.curated_dir else {}),
+        **({"target_dir": dg.MetadataValue.path(record.target_dir)} if record.target_dir else {}),
     })
     return record
 
@@ -169,7 +215,8 @@ def raw_pairs(context: dg.AssetExecutionContext, config: RawPairsConfig, raw_sha
     })
     return PoolManifest(manifest_dir=str(out), shards_dir=str(shards_dir), n_ok=summary.ok,
                         n_total=summary.total, by_reason=dict(summary.by_reason), eval_dir=raw_shards.eval_dir,
-                        eval_kind=raw_shards.eval_kind)
+                        eval_kind=raw_shards.eval_kind, curated_dir=raw_shards.curated_dir,
+                        target_dir=raw_shards.target_dir, ground_truth=raw_shards.ground_truth)
 
 
 def _ingest_precomputed(context: dg.AssetExecutionContext, raw_shards: RawShards,
@@ -203,5 +250,6 @@ def _ingest_precomputed(context: dg.AssetExecutionContext, raw_shards: RawShards
     return PoolManifest(manifest_dir=str(s.manifest_dir), shards_dir=raw_shards.shards_dir, n_ok=s.ok,
                         n_total=s.total, by_reason=dict(s.by_reason), eval_dir=raw_shards.eval_dir,
                         eval_kind=raw_shards.eval_kind,
-                        has_images=False, embeddings_dir=str(s.embeddings_dir),
+                        has_images=False, embeddings_dir=str(s.embeddings_dir), curated_dir=raw_shards.curated_dir,
+                        target_dir=raw_shards.target_dir,
                         encoder=EncoderSpec(s.encoder["model_name"], None, precision="fp16"))
