@@ -72,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval", dest="eval_set", help="a labelled evaluation set: an ImageFolder (one folder per "
                         "class) or a clip_benchmark webdataset folder; without one a user's pool is evaluated "
                         "by retrieval only")
+    parser.add_argument("--curated", help="a curated set: a folder of webdataset shards you trust (the curated model "
+                        "and the dfn strategy train on it; it must not overlap the eval set), or 'synthetic' for the "
+                        "synthetic pool's clean set. raw_shards' `curated`")
+    parser.add_argument("--target", help="a target set: a folder of images (image_filter's target embeddings, "
+                        "embedded with the pool's encoder) and/or a classnames.txt (text_filter's class names). "
+                        "raw_shards' `target`")
     parser.add_argument("--pool-option", dest="pool_options", action="append", default=[], metavar="KEY=VALUE",
                         help="one more raw_shards config value (repeatable), e.g. pairs=5000 or profile=web "
                              "for the synthetic pool")
@@ -205,6 +211,18 @@ def check_pool_inputs(args: argparse.Namespace) -> tuple[dict[str, dict[str, Any
         pool_ops = pool_config(args.source, args.eval_set, args.pool_options)
     except SystemExit as e:
         raise InputError(str(e.code)) from e
+    for name in ("curated", "target"):  # --curated / --target, checked before any run
+        if (value := getattr(args, name, None)):
+            from dynamics_assets.core.ingest.curated import CuratedSetError, check_curated, check_target
+
+            try:
+                if name == "target":
+                    check_target(value)
+                elif value != "synthetic":
+                    check_curated(value)
+            except CuratedSetError as e:
+                raise InputError(f"--{name}: {e}") from e
+            pool_ops.setdefault("raw_shards", {})[name] = value
     pool = pool_ops.get("raw_shards", {})
     check_source(pool.get("source"))
     described = check_eval(pool.get("eval"), pool.get("source"))
