@@ -327,12 +327,33 @@ def _shipped_embeddings(values: Mapping[str, Any], seen: Mapping[str, Mapping[st
     return f"{head} shipped by the pool" + (f" ({about})" if about else "")
 
 
+def _skipped(values: Mapping[str, Any], seen: Mapping[str, Mapping[str, Any]]) -> str:
+    """An asset that had nothing to do says why (its ``skipped`` metadata)."""
+    return f"skipped: {values['skipped']}" if values.get("skipped") else ""
+
+
+def _dfn_scores(values: Mapping[str, Any], seen: Mapping[str, Mapping[str, Any]]) -> str:
+    """dfn_scores: how many pairs scored by what, the filter's quality and the model's own accuracy, apart."""
+    if values.get("skipped"):
+        return _skipped(values, seen)
+    parts = [f"{values['dagster/row_count']:,} pairs scored" if isinstance(values.get("dagster/row_count"), int)
+             else "scored", str(values.get("source", "")) or None]
+    if isinstance(values.get("filter/auc_clean_vs_misaligned"), float):
+        parts.append(f"filter AUC {values['filter/auc_clean_vs_misaligned']:.3f}")
+    if isinstance(values.get("model/zero_shot_top1"), float):
+        parts.append(f"its own top-1 {values['model/zero_shot_top1']:.3f}")
+    return ", ".join(p for p in parts if p)
+
+
 # asset → a line built from its whole metadata (and the other assets' in ``seen``), for the cases
 # FIGURES' per-key parts cannot say; "" falls back to FIGURES.
 LINES: dict[str, Callable[[Mapping[str, Any], Mapping[str, Mapping[str, Any]]], str]] = {
     "raw_shards": _shipped_pool,
     "reference_model": _reference_not_trained,
     "pair_embeddings": _shipped_embeddings,
+    "curated_model": _skipped,
+    "dfn_scores": _dfn_scores,
+    "curation_targets": _skipped,
 }
 
 
@@ -345,6 +366,10 @@ FIGURES: dict[str, list[tuple[str, str | Callable[[Any], str]]]] = {
     "pair_embeddings": [("pairs_embedded", "{:,} pairs embedded"), ("shards_skipped (already done)", "{:,} shards reused"),
                         ("invalid_rows", "{:,} invalid rows")],
     "shard_embeddings": [("ok", "{:,} pairs kept"), ("quarantined", "{:,} quarantined")],
+    "curated_model": [("pairs", "{:,} curated pairs"), ("final_loss", "loss {:.3f}"), ("steps", "{:,} steps"),
+                      ("reused", _reused)],
+    "curation_targets": [("classnames", "{:,} class names"), ("classnames_source", "({})"),
+                         ("target_images", "{:,} target images"), ("target_source", "({})")],
     "clusters": [("k", "{:,} clusters"), ("merged", "{:,} merged"), ("action", "{}")],
     "cluster_stats": [("clusters", "{:,} clusters"), ("empty_clusters", "{:,} empty"), ("largest", "largest {:,}")],
     "sample_plan": [("realised", "plan {:,} pairs"), ("distinct", "{:,} distinct"), ("strategy", "{}")],
