@@ -14,7 +14,7 @@ import dagster as dg
 import yaml
 from dagster._utils.schedules import is_valid_cron_string  # no public equivalent in dagster 1.13
 
-from dynamics_assets.core.sample.spec import normalise_sampler_spec
+from dynamics_assets.core.sample.spec import check_recipe_sampler, normalise_sampler_spec
 from dynamics_assets.core.train.settings import TrainSettings
 from dynamics_assets.defs.partitions import epoch_partitions
 
@@ -69,6 +69,8 @@ def load_experiments(path: str | os.PathLike | None = None) -> Experiments:
         if "sampler" not in body or "strategy" not in body["sampler"]:
             raise ValueError(f"{path}: recipe {name!r} needs sampler.strategy")
         sampler = normalise_sampler_spec(body["sampler"], f"{path}: recipe {name!r}: sampler")
+        # built now, so a value outside its range (alpha: 1.5) is refused as the code location loads
+        check_recipe_sampler(sampler, f"{path}: recipe {name!r}: sampler")
         training = dict(body.get("training") or {})
         TrainSettings().with_overrides(training, source=f"{path}: recipe {name!r}: training")
         for seed in seeds:

@@ -2,6 +2,7 @@
 flattening, SSP, CLIP score, composition; pool context (artefacts, masks); determinism."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -425,3 +426,31 @@ def test_compose_computes_survivors_once_per_pool_and_reads_them_back(planted, t
     assert calls[-1] == 4 and len(list((tmp_path / "cache").glob("*.npy"))) == 1, "masks of older pools dropped"
     cached.draw(planted.pool(), epoch=1, seed=4)
     assert len(calls) == 5, "a pool without a fingerprint is never cached"
+
+
+# ---------------------------------------------------------------------------------------------
+# the one strategy registry (sample.registry): classes, parameters and feedback read from the class
+# ---------------------------------------------------------------------------------------------
+
+
+def test_the_registry_reads_parameters_and_feedback_from_each_strategy_class():
+    """Every strategy's parameters are its dataclass's fields (no hand-kept list beside them), the
+    recipe check accepts each and refuses any other, and ``needs_feedback`` is the class's."""
+    import dataclasses
+
+    from dynamics_assets.core.sample import SAMPLERS, registry, spec
+
+    assert not hasattr(spec, "STRATEGIES"), "no second table of strategies"
+    assert set(SAMPLERS) == set(registry.CLASSES) and len(SAMPLERS) >= 14
+    for strategy, cls in SAMPLERS.items():
+        fields = [f.name for f in dataclasses.fields(cls) if f.name not in ("name", "dynamic", "cache_dir")]
+        assert list(registry.parameters(strategy)) == fields, strategy
+        name = next(f for f in dataclasses.fields(cls) if f.name == "name").default
+        assert name == strategy, f"{cls.__name__} calls itself {name!r}, the registry {strategy!r}"
+        assert registry.needs_feedback({"strategy": strategy}) is bool(getattr(cls, "needs_feedback", False))
+        with pytest.raises(spec.SettingError, match=rf"has no parameter\(s\) \['zzz'\]; its parameters: "
+                                                    rf"{re.escape(str(fields))}"):
+            spec.normalise_sampler_spec({"strategy": strategy, "zzz": 1}, "r")
+    assert [s for s in SAMPLERS if registry.needs_feedback(s)] == ["learnability"]
+    with pytest.raises(ValueError, match=r"unknown strategy 'dynamic'; known: \["):
+        registry.needs_feedback({"strategy": "dynamic"})

@@ -22,14 +22,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import duckdb
 import numpy as np
-import pyarrow as pa
 
 from dynamics_assets.core.cluster.stopwords import STOPWORDS
 from dynamics_assets.core.io import versions
 from dynamics_assets.core.io.atomic import write_parquet
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 STATS_NAME = "cluster_stats.parquet"
 
@@ -102,6 +104,9 @@ def compute_cluster_stats(assignments: str | Path, centroids: np.ndarray | None,
     if spill_dir is not None:
         Path(spill_dir).mkdir(parents=True, exist_ok=True)
         config["temp_directory"] = Path(spill_dir).as_posix()
+    import duckdb  # here, not at the top: the code location imports this module and stays light
+    import pyarrow as pa
+
     con = duckdb.connect(config=config)
     inter = pa.table({"cluster_id": pa.array(np.arange(k, dtype=np.int32)),
                       "d_inter": pa.array(d_inter(centroids, l_nearest))})

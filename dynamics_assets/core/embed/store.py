@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import TYPE_CHECKING, Iterator, NamedTuple
 
 import numpy as np
-import pyarrow as pa
 
 from dynamics_assets.core.io.arrays import npy_chunks
 from dynamics_assets.core.io import versions
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 EMBEDDING_KINDS = ("image", "text")
 
@@ -101,6 +103,8 @@ class EmbeddingStore:
     def sample_ids(self, shard: str, start: int, stop: int) -> pa.Array:
         """Sample ids of rows ``[start, stop)`` of a shard, as an Arrow string array."""
         ids = np.load(self.sample_id_path(shard), mmap_mode="r")[start:stop]
+        import pyarrow as pa  # here: the code location imports this module (through the samplers)
+
         return pa.array(np.asarray(ids)).cast(pa.string())
 
     def take(self, indices: np.ndarray) -> np.ndarray:

@@ -18,13 +18,14 @@ different identifier gives a slightly different English set (short captions are 
 from __future__ import annotations
 
 import functools
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
-import duckdb
 import numpy as np
-import pyarrow as pa
 
 from dynamics_assets.core.sample.base import ClusterPool
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 __all__ = ["LANGUAGES", "encoder_of", "is_openai_b32", "language_of", "manifest_rows", "word_counts"]
 
@@ -94,6 +95,8 @@ def manifest_rows(pool: ClusterPool, select: str, params: Sequence[object] = (),
     same_shards = store is not None and store.shards == [s for s, _ in files]
     sql = f'SELECT sample_id, {select} FROM read_parquet(?) WHERE status = \'ok\' ORDER BY "row"'
     start = 0
+    import duckdb  # here, not at the top: the code location builds the samplers and stays light
+
     with duckdb.connect() as con:
         for s, (shard, path) in enumerate(files):
             table = con.sql(sql, params=[*params, str(path)]).to_arrow_table()  # select's ? come first

@@ -1,4 +1,7 @@
-"""A recipe's ``sampler:`` block, checked before anything runs (no heavy import here).
+"""A recipe's ``sampler:`` block, checked before anything runs.
+
+The strategies and their parameter names come from the one registry (``sample.registry``: the
+parameters are the samplers' dataclass fields), so asking about a strategy imports its module.
 
 Budgets cannot be confused: a **fraction** of the valid pool is a decimal number in (0, 1]
 (``0.5``, ``1.0``) or a percentage string (``"50%"``); a **count** of samples is written
@@ -10,25 +13,10 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
-# strategy -> its parameters (besides budget); kept in step with the strategy dataclasses by a test
-STRATEGIES: dict[str, tuple[str, ...]] = {
-    "uniform": ("budget", "mode", "redraw"),
-    "dynamics": ("budget", "alpha", "mode", "max_repeat"),
-    "flatten": ("budget", "t"),
-    "semdedup": ("budget", "epsilon", "embedding", "tile", "panel"),
-    "ssp": ("budget", "keep", "balanced"),
-    "dbp": ("budget", "tau", "l_nearest"),
-    "clip_score": ("fraction",),
-    "compose": ("steps",),
-    "learnability": ("budget", "alpha", "beta", "z_max", "kappa", "mode", "max_repeat"),
-    # DataComp's baselines (Gadre et al. 2023): static filters, checked by ``check_filter_values``
-    "basic_filter": ("language", "min_words", "min_chars", "min_side", "max_aspect"),
-    "laion2b_filter": ("threshold", "encoder_threshold", "reference_fraction", "language"),
-    "text_filter": ("classnames", "language"),
-    "image_filter": ("target_embeddings", "neighbours", "language", "min_words", "min_chars"),
-    # Fang et al. 2024: a CLIP trained on a curated set scores the pool (the dfn_scores asset)
-    "dfn": ("fraction", "scores"),
-}
+import dynamics_assets.core.sample.registry as registry
+# settings a recipe may leave out (the lineage fills them in): kept with the strategies, in the registry
+from dynamics_assets.core.sample.registry import LINEAGE_FILLS
+
 _PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
 
 
@@ -118,10 +106,6 @@ FILTER_VALUES: dict[str, dict[str, Any]] = {
 
 
 REQUIRED: dict[str, tuple[str, ...]] = {"text_filter": ("classnames",), "image_filter": ("target_embeddings",)}
-# settings a recipe may leave out because the lineage fills them in where samplers are built
-# (defs/sample/assets.py): the pool's class names, the target set's embeddings, the current DFN scores
-LINEAGE_FILLS: dict[str, tuple[str, ...]] = {"text_filter": ("classnames",), "image_filter": ("target_embeddings",),
-                                             "dfn": ("scores",)}
 FILTER_VALUES["dfn"] = {"fraction": _number_in(0.0, 1.0, " (the share of the pool kept)", lo_open=True),
                         "scores": lambda v: None if v is None or (isinstance(v, str) and v.strip())
                         else "a path to the dfn_scores version or its scores.npy, or null (the lineage's)"}
@@ -141,18 +125,20 @@ def check_filter_values(strategy: str, values: Mapping[str, Any], where: str, *,
 
 
 def normalise_sampler_spec(spec: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """The sampler block with its strategy checked, its parameter names checked and every budget
-    parsed (compositions step by step). Values are checked by the strategies themselves when they
-    are built (``sample.sampler_from_spec``)."""
+    """The sampler block with its strategy checked, its parameter names checked (the strategy's
+    dataclass fields, from ``sample.registry``) and every budget parsed (compositions step by step).
+    Values are checked by the strategies themselves when they are built: the code location builds
+    every recipe's sampler when it loads (``registry.check_recipe_sampler``)."""
     if not isinstance(spec, Mapping) or "strategy" not in spec:
-        raise SettingError(f"{where}: needs a 'strategy' (one of {sorted(STRATEGIES)})")
+        raise SettingError(f"{where}: needs a 'strategy' (one of {registry.names()})")
     strategy = spec["strategy"]
-    if strategy not in STRATEGIES:
-        raise SettingError(f"{where}: unknown strategy {strategy!r}; known: {sorted(STRATEGIES)}")
-    unknown = sorted(set(spec) - {"strategy", *STRATEGIES[strategy]})
+    if strategy not in registry.CLASSES:
+        raise SettingError(f"{where}: unknown strategy {strategy!r}; known: {registry.names()}")
+    known = registry.parameters(strategy)
+    unknown = sorted(set(spec) - {"strategy", *known})
     if unknown:
         raise SettingError(f"{where}: strategy {strategy!r} has no parameter(s) {unknown}; "
-                           f"its parameters: {list(STRATEGIES[strategy])}")
+                           f"its parameters: {list(known)}")
     check_filter_values(strategy, spec, where, recipe=True)
     out = dict(spec)
     if "budget" in out and out["budget"] is not None:
@@ -163,3 +149,40 @@ def normalise_sampler_spec(spec: Mapping[str, Any], where: str) -> dict[str, Any
             raise SettingError(f"{where}: compose needs at least one step")
         out["steps"] = [normalise_sampler_spec(s, f"{where}.steps[{i}]") for i, s in enumerate(steps)]
     return out
+
+
+def check_recipe_sampler(spec: Mapping[str, Any], where: str) -> None:
+    """Build a recipe's (normalised) sampler block as the code location loads, so that every value
+    its constructor refuses is refused now: raises ``SettingError`` naming ``where`` (the file and
+    the recipe), the setting(s) at fault and the constructor's reason, which states the range.
+
+    A strategy whose lineage-filled setting (``registry.LINEAGE_FILLS``) is read when it is built is not
+    built here (the file may not exist before the lineage makes it); its values were checked by
+    ``check_filter_values``, the table its constructor runs. A composition builds its steps."""
+    strategy = spec["strategy"]
+    if strategy in registry.LINEAGE_FILLS:
+        return
+    if strategy == "compose":
+        for i, step in enumerate(spec["steps"]):
+            check_recipe_sampler(step, f"{where}.steps[{i}]")
+        if any(step["strategy"] in registry.LINEAGE_FILLS for step in spec["steps"]):
+            return  # the composition's own rule (static pruners first) is checked when the plan is drawn
+    params = {k: v for k, v in spec.items() if k != "strategy"}
+    try:
+        registry.sampler_from_spec(spec)
+    except (ValueError, TypeError) as e:
+        if strategy == "compose":
+            raise SettingError(f"{where}: {e}") from None
+
+        def at_fault(setting: str) -> bool:  # without it (its default), the sampler builds or fails otherwise
+            try:
+                registry.sampler_from_spec({k: v for k, v in spec.items() if k != setting})
+                return True
+            except (ValueError, TypeError) as other:
+                return str(other) != str(e)
+        faulty = [k for k in params if at_fault(k)]
+        reason = str(e) if str(e).startswith("strategy ") else f"strategy {strategy!r}: {e}"
+        if len(faulty) == 1:
+            raise SettingError(f"{where}.{faulty[0]}: {params[faulty[0]]!r} is outside its range: {reason}") from None
+        given = ", ".join(f"{k}={params[k]!r}" for k in (faulty or params))
+        raise SettingError(f"{where}: {given}: {reason}") from None

@@ -19,9 +19,9 @@ def trained_plan_dir(recipe, epoch_key: str, sample_plan: PlanRecord, storage: S
     e−1's per-cluster loss, so its export reads that plan's committed version and is refused, with
     the reason, until the training step has drawn it (it is not the size-only ``sample_plan``)."""
     from dynamics_assets.core.io.versions import Artefact
-    from dynamics_assets.defs.sample.assets import FEEDBACK_STRATEGIES
+    from dynamics_assets.core.sample import registry
 
-    if recipe.sampler.get("strategy") not in FEEDBACK_STRATEGIES:
+    if not registry.needs_feedback(recipe.sampler):
         return sample_plan.plan_dir
     current = Artefact(storage.layout.artifact("feedback_plan", str(partition_dir(recipe, epoch_key)))).current()
     if current is None:

@@ -19,7 +19,7 @@ def sample_plan(context: dg.AssetExecutionContext, clusters: PoolClusters, stora
     """The samples one recipe trains on in one epoch: sorted indices with multiplicity, and the
     per-cluster summary (size, expected, realised). Dynamic strategies redraw every epoch."""
     from dynamics_assets.core.io.plots import plot_cluster_scaling
-    from dynamics_assets.core.sample import ClusterPool, sampler_from_spec, write_plan
+    from dynamics_assets.core.sample import ClusterPool, registry, sampler_from_spec, write_plan
 
     recipe, epoch_key = recipe_and_epoch(context)
     epoch = epoch_of(epoch_key)
@@ -34,7 +34,7 @@ def sample_plan(context: dg.AssetExecutionContext, clusters: PoolClusters, stora
                      extras=lambda d: plot_cluster_scaling(plan.cluster_size, plan.cluster_realised,
                                                            d / "cluster_scaling.png", title=f"{recipe.key} {epoch_key}"))
     notes = {}
-    if getattr(sampler, "needs_feedback", False):
+    if registry.needs_feedback(recipe.sampler):
         notes["trained_plan"] = ("feedback_plan: this recipe's sampler reweights clusters by the previous epoch's "
                                  "training; this plan is its size-only prior (what epoch 1 trains)")
     context.add_output_metadata({"recipe": recipe.key, "epoch": epoch, "strategy": recipe.sampler["strategy"],
@@ -45,7 +45,7 @@ def sample_plan(context: dg.AssetExecutionContext, clusters: PoolClusters, stora
 
 def lineage_filled(spec: dict, storage: StorageResource, recipe: str) -> dict:
     """The sampler block with what a recipe may leave out filled in from the lineage's current
-    versions (``sample.spec.LINEAGE_FILLS``): ``text_filter.classnames`` = the pool's class names and
+    versions (``sample.registry.LINEAGE_FILLS``): ``text_filter.classnames`` = the pool's class names and
     ``image_filter.target_embeddings`` = the target set's embeddings (``curation_targets``),
     ``dfn.scores`` = the data filtering network's scores (``dfn_scores``); compositions step by
     step. Nothing there to fill in: refused, naming the recipe, the setting and what provides it."""
@@ -98,9 +98,6 @@ def plan_metadata(plan, out) -> dict:
         "cluster_scaling_plot": md_image(plot, "cluster sizes before and after scaling"),
         "dagster/row_count": int(len(plan.indices)),
     }
-
-
-FEEDBACK_STRATEGIES = ("learnability",)  # samplers whose plan of epoch e reads epoch e−1's training
 
 
 def feedback_plan_of(recipe, epoch_key: str, clusters: PoolClusters, previous: Optional[CheckpointRecord],

@@ -22,7 +22,8 @@ from dynamics_assets.core.train.settings import TrainSettings
 from dynamics_assets.defs.config import config_from
 from dynamics_assets.defs.experiments import partition_dir, recipe_and_epoch, recipe_epoch_partitions
 from dynamics_assets.defs.partitions import N_EPOCHS, epoch_of
-from dynamics_assets.defs.sample.assets import FEEDBACK_STRATEGIES, feedback_plan_of
+from dynamics_assets.core.sample import registry
+from dynamics_assets.defs.sample.assets import feedback_plan_of
 from dynamics_assets.defs.resources import GpuResource, StorageResource
 from dynamics_assets.defs.tracking import MlflowResource
 
@@ -87,7 +88,7 @@ def checkpoint(context: dg.AssetExecutionContext, config: TrainingConfig, sample
     settings = resolve_training(config.model_dump(), recipe.training, recipe.seed, clusters.n,
                                 config.model_fields_set, default_epochs=N_EPOCHS, recipe_name=recipe.name)
     plan = sample_plan
-    if recipe.sampler["strategy"] in FEEDBACK_STRATEGIES:
+    if registry.needs_feedback(recipe.sampler):
         # drawn, written and checked before training; yielded after the checkpoint (Dagster wants a
         # multi_asset's outputs in the order of its lineage, and feedback_plan(e) ← checkpoint(e−1))
         plan, plan_md = feedback_plan_of(recipe, epoch_key, clusters, previous_checkpoint, storage, context.log)
