@@ -96,7 +96,8 @@ def test_recuration_settings_and_jobs(tmp_path):
     def selected(job):
         return {k.to_user_string() for k in defs.resolve_job_def(job).asset_layer.executable_asset_keys}
 
-    assert selected("recurate_pool") == {"raw_shards", "raw_pairs", "pair_embeddings", "clusters", "cluster_stats"}
+    assert selected("recurate_pool") == {"raw_shards", "raw_pairs", "pair_embeddings", "clusters", "cluster_stats",
+                                         "dfn_scores", "curation_targets"}  # encoders (reference, curated) kept
     assert selected("ingest_shard") == {"shard_embeddings"}
     assert "shard_embeddings" not in selected("curate_pool") and "reference_model" in selected("curate_pool")
     schedule = defs.resolve_schedule_def("nightly_recuration")

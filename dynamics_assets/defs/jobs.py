@@ -18,9 +18,11 @@ ingest_shard_job = dg.define_asset_job(
 
 recurate_pool_job = dg.define_asset_job(
     "recurate_pool",
-    selection=dg.AssetSelection.groups(*CURATION_GROUPS) - _PER_SHARD - dg.AssetSelection.assets("reference_model"),
-    description="Re-curation on the grown pool with the same encoder (the reference model is not re-trained): "
-                "manifest, embeddings of shards not yet embedded, clusters refreshed (centroids kept "
+    selection=dg.AssetSelection.groups(*CURATION_GROUPS) - _PER_SHARD
+    - dg.AssetSelection.assets("reference_model", "curated_model"),
+    description="Re-curation on the grown pool with the same encoders (neither the reference model nor the "
+                "curated model is re-trained): manifest, embeddings of shards not yet embedded, DFN scores and "
+                "curation targets of the grown pool, clusters refreshed (centroids kept "
                 "unless the new data drifts), statistics. The coming epochs' plans follow "
                 "(sensor replan_after_recuration).")
 
