@@ -78,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--target", help="a target set: a folder of images (image_filter's target embeddings, "
                         "embedded with the pool's encoder) and/or a classnames.txt (text_filter's class names). "
                         "raw_shards' `target`")
+    parser.add_argument("--reference-on", dest="reference_on", choices=("pool", "curated"), default="pool",
+                        help="what the reference model (the pool's encoder: embeddings, clusters, CLIP score) "
+                        "trains on: the raw pool (default) or the curated set (needs --curated). "
+                        "reference_model's `train_on`")
     parser.add_argument("--pool-option", dest="pool_options", action="append", default=[], metavar="KEY=VALUE",
                         help="one more raw_shards config value (repeatable), e.g. pairs=5000 or profile=web "
                              "for the synthetic pool")
@@ -223,6 +227,11 @@ def check_pool_inputs(args: argparse.Namespace) -> tuple[dict[str, dict[str, Any
             except CuratedSetError as e:
                 raise InputError(f"--{name}: {e}") from e
             pool_ops.setdefault("raw_shards", {})[name] = value
+    if getattr(args, "reference_on", "pool") == "curated":
+        if not pool_ops.get("raw_shards", {}).get("curated"):
+            raise InputError("--reference-on curated: no curated set to train on; name one with --curated DIR "
+                             "(or --curated synthetic, or raw_shards' `curated` with --pool-option)")
+        pool_ops.setdefault("reference_model", {})["train_on"] = "curated"
     pool = pool_ops.get("raw_shards", {})
     check_source(pool.get("source"))
     described = check_eval(pool.get("eval"), pool.get("source"))

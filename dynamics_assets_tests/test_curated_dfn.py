@@ -33,9 +33,10 @@ def lineage(tmp_path_factory):
     from dynamics_assets.defs.resources import GpuResource, StorageResource
 
     root = tmp_path_factory.mktemp("dfn") / "data"
-    resources = {"storage": StorageResource(root=str(root)), "gpu": GpuResource(device="cpu")}
-    result = dg.materialize_to_memory(ASSETS, resources=resources,
-                                      run_config=_config(curated="synthetic", curated_per_concept=2))
+    resources = {"storage": StorageResource(root=str(root)), "gpu": GpuResource(device="cpu"),
+                 "io_manager": dg.FilesystemIOManager(base_dir=str(root.parent / "io"))}  # later runs load from it
+    result = dg.materialize(ASSETS, resources=resources,
+                            run_config=_config(curated="synthetic", curated_per_concept=2))
     assert result.success
     return result, root, resources
 
@@ -112,3 +113,104 @@ def test_without_a_curated_set_the_dfn_recipe_is_refused_naming_what_provides_it
     with pytest.raises(dg.Failure, match=r"recipe r: dfn.scores is not set .* --curated"):
         lineage_filled({"strategy": "compose", "steps": [{"strategy": "dfn"}, {"strategy": "uniform", "budget": 1.0}]},
                        StorageResource(root=str(tmp_path)), "r")
+
+
+# ------------------------------------------------------------------------ trained on the curated set
+
+
+def _reference(lineage, raw_pairs=None, **config):
+    from dynamics_assets.defs.embed.assets import ReferenceModelConfig, reference_model
+
+    result, _, resources = lineage
+    ctx = dg.build_asset_context(resources={"storage": resources["storage"], "gpu": resources["gpu"]})
+    return reference_model(ctx, config=ReferenceModelConfig(**config),
+                           raw_pairs=raw_pairs or result.output_for_node("raw_pairs")), ctx
+
+
+def test_reference_model_trained_on_the_curated_set_pins_its_manifest_and_counts_its_compute(lineage):
+    """reference_model.train_on: curated — the curated_model's trainer and curated manifest (one
+    path), the pool's manifest no longer its input; FLOPs / samples / seconds in the record."""
+    result, _, _ = lineage
+    pooled = result.output_for_node("reference_model")
+    curated = result.output_for_node("curated_model")
+    model, ctx = _reference(lineage, epochs=2, batch_size=32, train_on="curated")
+    assert model.trained_on == "curated" and model.manifest_dir == curated.manifest_dir
+    refs = json.loads((Path(model.checkpoint).parent / "_version.json").read_text())["refs"]
+    assert set(refs) == {"curated_manifest"} and refs["curated_manifest"]["id"] == Path(curated.manifest_dir).name
+    # the same settings as curated_model on the same set: the same weights, another artefact
+    assert Path(model.checkpoint).read_bytes() == Path(curated.checkpoint).read_bytes()
+    assert model.checkpoint != curated.checkpoint and Path(model.checkpoint).read_bytes() != Path(pooled.checkpoint).read_bytes()
+    assert model.samples_seen == model.steps * 32 == curated.samples_seen and model.flops == curated.flops > 0
+    md = ctx.get_output_metadata("result")
+    assert md["trained_on"] == "curated" and md["flops"] == model.flops and md["samples_seen"] == model.samples_seen
+    # the pool-trained one records its compute too
+    assert pooled.trained_on == "pool" and pooled.manifest_dir == result.output_for_node("raw_pairs").manifest_dir
+    assert pooled.flops > 0 and pooled.samples_seen > 0
+
+
+def test_reference_model_on_the_curated_set_without_one_is_refused(lineage):
+    import dataclasses
+
+    result, _, _ = lineage
+    bare = dataclasses.replace(result.output_for_node("raw_pairs"), curated_dir=None)
+    with pytest.raises(dg.Failure, match=r"reference_model: train_on is 'curated' but no curated set .*--curated"):
+        _reference(lineage, raw_pairs=bare, train_on="curated")
+    with pytest.raises(Exception, match="train_on"):  # neither pool nor curated: refused by the config
+        _reference(lineage, train_on="raw")
+
+
+def test_a_jest_recipe_with_the_curated_reference_scores_with_the_curated_model_and_counts_it_once(
+        lineage, monkeypatch, tmp_path):
+    """training.reference: curated — the checkpoint's online selection loads curated_model's
+    checkpoint (its hash in the epoch's selection identity), and its training FLOPs are the
+    eval report's compute/curation_flops, inside compute/total_flops."""
+    from dynamics_assets.core.io.hashing import file_sha256
+    from dynamics_assets.defs.evaluate import assets as evaluation
+    from dynamics_assets.defs.sample import assets as sampling
+    from dynamics_assets.defs.tracking import MlflowResource
+    from dynamics_assets.defs.train import assets as training
+
+    result, root, resources = lineage
+    curated = result.output_for_node("curated_model")
+    key = "jest-50.s0"
+    monkeypatch.setitem(EXPERIMENTS.recipes, key, Recipe("jest-50", 0, {"strategy": "uniform", "budget": 0.5},
+                                                         {"selection": "jest", "filter_ratio": 0.5, "reference": "curated"}))
+    epoch = [sampling.sample_plan, training.checkpoint, evaluation.eval_report]
+    res = {**resources, "mlflow": MlflowResource(data_root=str(root), tracking_uri=f"sqlite:///{tmp_path / 'm.db'}")}
+    run = dg.materialize([*ASSETS, *epoch], selection=epoch, resources=res,
+                         partition_key=dg.MultiPartitionKey({"recipe": key, "epoch": "epoch-001"}),
+                         run_config={"ops": {"checkpoint": {"config": {"batch_size": 16, "checkpoint_every_steps": 0}}}})
+    assert run.success
+    ck = run.output_for_node("checkpoint", "checkpoint")
+    inputs = json.loads((Path(ck.checkpoint).parent / "_version.json").read_text())["meta"]["inputs"]
+    assert inputs["selection"]["reference"] == file_sha256(curated.checkpoint) \
+        != file_sha256(result.output_for_node("reference_model").checkpoint)
+    assert inputs["settings"]["reference"] == "curated"
+    md = next(m for m in run.get_asset_materialization_events()
+              if m.asset_key == dg.AssetKey("checkpoint")).materialization.metadata
+    assert md["reference_checkpoint"].value == curated.checkpoint and md["reference"].value == "curated"
+    assert ck.curation_flops == curated.flops > 0 and ck.scoring_flops > 0
+    metrics = run.output_for_node("eval_report").metrics
+    assert metrics["compute/curation_flops"] == curated.flops
+    assert metrics["compute/total_flops"] == pytest.approx(
+        metrics["compute/train_flops"] + metrics["compute/scoring_flops"] + curated.flops)
+
+
+def test_a_curated_reference_without_a_curated_model_is_refused(tmp_path):
+    from dynamics_assets.defs.resources import StorageResource
+    from dynamics_assets.defs.train.assets import _curated_reference
+
+    with pytest.raises(dg.Failure, match=r"recipe r\.s0: training.reference is 'curated' but there is no curated "
+                                         r"model: materialise curated_model .*--curated"):
+        _curated_reference(StorageResource(root=str(tmp_path)), "r.s0")
+
+
+def test_main_command_reference_on_curated_sets_train_on_and_needs_a_curated_set():
+    from dynamics_assets.pipeline import InputError, build_parser, check_pool_inputs
+
+    args = build_parser().parse_args(["--reference-on", "curated", "--curated", "synthetic"])
+    ops, _ = check_pool_inputs(args)
+    assert ops["reference_model"] == {"train_on": "curated"} and ops["raw_shards"]["curated"] == "synthetic"
+    assert "reference_model" not in check_pool_inputs(build_parser().parse_args(["--curated", "synthetic"]))[0]
+    with pytest.raises(InputError, match="--reference-on curated: no curated set .*--curated DIR"):
+        check_pool_inputs(build_parser().parse_args(["--reference-on", "curated"]))

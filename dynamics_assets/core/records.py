@@ -74,6 +74,11 @@ class ReferenceModel:
     steps: int
     final_loss: float
     reused: bool
+    trained_on: str = "pool"  # 'pool' (the raw pairs) or 'curated' (the curated set: reference_model.train_on)
+    manifest_dir: Optional[str] = None  # the manifest it was trained on (the pool's or the curated set's)
+    samples_seen: int = 0
+    flops: float = 0.0  # training FLOPs ≈ 3 × forward FLOPs per pair × samples seen
+    seconds: float = 0.0
 
     @property
     def encoder(self) -> EncoderSpec:
@@ -173,6 +178,9 @@ class CheckpointRecord:
     final_loss: float
     cluster_loss: Optional[str] = None  # the epoch's per-cluster training loss (cluster_loss.npy: (2, K) sum, draws)
     plan_dir: Optional[str] = None  # the plan trained (sample_plan's, or feedback_plan's for a feedback recipe)
+    # training FLOPs of the curated model the recipe's online selection scores with (training
+    # reference: curated); a one-off cost, counted once per recipe (not per epoch), 0 otherwise
+    curation_flops: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -211,7 +211,7 @@ def test_loss_decreases_on_learnable_pairs(pool):
 def test_resume_from_step_checkpoint_is_bit_identical(pool, tmp_path):
     manifest_dir, shards_dir, _ = pool
     batches = PairBatches(manifest_dir, shards_dir, seed=3, batch_size=16, buffer_size=32)
-    cfg = TrainConfig(lr=1e-3, warmup_steps=2, total_steps=6, batch_size=16, checkpoint_every_steps=3)
+    cfg = TrainConfig(lr=1e-3, weight_decay=0.1, warmup_steps=2, total_steps=6, batch_size=16, checkpoint_every_steps=3)
 
     straight, preprocess, tokenizer = _fresh()
     state = train_steps(straight, islice(_tensor_batches(batches, preprocess, tokenizer), 6), cfg)
@@ -268,9 +268,39 @@ def test_reference_model_resumes_after_a_crash_and_is_open_clip_loadable(tmp_pat
 
 def test_train_config_validates():
     with pytest.raises(ValueError, match="precision"):
-        TrainConfig(precision="fp8", total_steps=2)
+        TrainConfig(lr=1e-3, weight_decay=0.1, precision="fp8", total_steps=2)
     with pytest.raises(ValueError, match="warmup"):
-        TrainConfig(warmup_steps=5, total_steps=5)
+        TrainConfig(lr=1e-3, weight_decay=0.1, warmup_steps=5, total_steps=5)
+    with pytest.raises(TypeError, match="lr.*weight_decay"):  # no unused defaults: every caller derives them
+        TrainConfig(total_steps=2)
+
+
+def test_reference_model_hyper_parameters_are_the_training_settings(tmp_path):
+    """The reference model trains with TrainSettings' values (no hard-coded second set): by default
+    exactly the ones it always had (lr 1e-3, weight decay 0.1, warm-up ⌊S/10⌋, clip 1.0, step
+    checkpoints every 20), the run record unchanged (so a default checkpoint keeps its bytes); a
+    setting changed is used and recorded, so the default-trained checkpoint is not reused for it;
+    an unknown one is refused."""
+    from dynamics_assets.core.train.settings import TrainSettings
+
+    manifest_dir, shards_dir, _ = write_pool(tmp_path, [40, 30])
+    out = tmp_path / "ref.pt"
+    first = train_reference_model(manifest_dir, shards_dir, out, epochs=1, batch_size=16, buffer_size=24)
+    cfg = first["config"]
+    assert (cfg["lr"], cfg["weight_decay"], cfg["grad_clip_norm"], cfg["checkpoint_every_steps"]) == (1e-3, 0.1, 1.0, 20)
+    assert cfg["warmup_steps"] == cfg["total_steps"] // 10
+    record = json.loads((tmp_path / "ref.pt.json").read_text())
+    assert set(record["run"]) == {"model_name", "epochs", "batch_size", "seed", "lr", "buffer_size", "n_pairs",
+                                  "total_steps"}
+    settings = TrainSettings(weight_decay=0.3, warmup_fraction=0.5)
+    other = train_reference_model(manifest_dir, shards_dir, out, settings=settings, epochs=1, batch_size=16,
+                                  buffer_size=24)
+    assert other["reused"] is False
+    assert other["config"]["weight_decay"] == 0.3 and other["config"]["warmup_steps"] == other["config"]["total_steps"] // 2
+    record = json.loads((tmp_path / "ref.pt.json").read_text())
+    assert record["run"]["weight_decay"] == 0.3 and record["run"]["warmup_fraction"] == 0.5
+    with pytest.raises(ValueError, match="train_reference_model: unknown training setting.*'momentum'"):
+        train_reference_model(manifest_dir, shards_dir, out, epochs=1, momentum=0.9)
 
 
 def test_reference_model_is_reused_on_the_same_pool_with_the_same_arguments_only(tmp_path):

@@ -28,7 +28,7 @@ CLASSES: dict[str, str] = {
     # DataComp's baselines (Gadre et al. 2023)
     "basic_filter": "basic_filter:BasicFilter", "laion2b_filter": "laion2b_filter:Laion2BFilter",
     "text_filter": "text_filter:TextFilter", "image_filter": "image_filter:ImageFilter",
-    # Fang et al. 2024: a CLIP trained on a curated set scores the pool (the dfn_scores asset)
+    # Fang et al. 2024: CLIP-score with a CLIP trained on the curated set as the scorer (the dfn_scores asset)
     "dfn": "dfn:DFNFilter",
 }
 # dataclass fields that are not settings of a recipe

@@ -18,7 +18,7 @@ import torch
 
 from dynamics_assets.core.io import versions
 from dynamics_assets.core.model.devices import resolve_precision
-from dynamics_assets.core.train.loop import TrainConfig
+from dynamics_assets.core.train.loop import TrainConfig, warmup_steps
 from dynamics_assets.core.train.online_selection import super_batch_size
 from dynamics_assets.core.train.settings import TrainSettings
 
@@ -101,7 +101,7 @@ def steps_per_epoch(plan_size: int, batch_size: int, world: int, keep_last: bool
 def train_config(job: EpochJob, plan_size: int, world: int, device: str) -> TrainConfig:
     per_epoch = max(1, steps_per_epoch(plan_size, job.loader_batch_size, world, keeps_last_batch(job, world)))
     total = per_epoch * job.n_epochs
-    return TrainConfig(lr=job.lr, weight_decay=job.weight_decay, warmup_steps=min(total - 1, int(job.warmup_fraction * total)),
+    return TrainConfig(lr=job.lr, weight_decay=job.weight_decay, warmup_steps=warmup_steps(job.warmup_fraction, total),
                        total_steps=total, grad_clip_norm=job.grad_clip_norm, batch_size=job.batch_size,
                        precision=resolve_precision(job.precision, device), device=device, seed=job.seed + job.epoch,
                        checkpoint_every_steps=job.checkpoint_every_steps)
@@ -124,8 +124,10 @@ def checkpoint_extra(job: EpochJob, metrics: dict[str, Any], last_loss: float, *
 
 def settings_identity(job: EpochJob) -> dict[str, Any]:
     """The settings a checkpoint records and a step checkpoint must match; DnC's settings only when
-    on (older step checkpoints, written before they existed, still resume)."""
-    return {k: v for k, v in asdict(job.settings()).items() if job.dnc_experts or not k.startswith("dnc_")}
+    on, ``reference`` only when not 'pool' (older step checkpoints, written before they existed,
+    still resume; the reference file's hash is in the selection identity anyway)."""
+    return {k: v for k, v in asdict(job.settings()).items()
+            if (job.dnc_experts or not k.startswith("dnc_")) and not (k == "reference" and v == "pool")}
 
 
 def checkpoint_file(path: str | os.PathLike) -> Path:

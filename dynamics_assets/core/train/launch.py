@@ -3,6 +3,10 @@
 The job travels as JSON (``EpochJob.from_json``); global rank 0 writes the metrics file the caller
 reads, and the checkpoint (so ``job.out_checkpoint`` must be storage every node reaches).
 
+``launch(job, topology)`` is the one entry: it picks the launcher from the ``Topology`` (several
+nodes: ``run_multinode_ray``; one node, several processes: ``run_under_torchrun``; one process:
+``epoch.run_epoch`` in this process).
+
 One node: ``run_under_torchrun`` starts ``torchrun --standalone --nproc-per-node=P``.
 
 Several nodes: one torchrun launcher per node, all meeting at a c10d rendezvous (``Rendezvous``:
@@ -35,6 +39,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from dynamics_assets.core.train.epoch import run_epoch
 from dynamics_assets.core.train.job import EpochJob
 
 ENTRY = ["-m", "dynamics_assets.core.train.epoch"]
@@ -295,3 +300,44 @@ def _gather(ray, refs: list) -> list[dict[str, Any] | None]:
                 results[ref] = None
             break
     return [results[ref] for ref in refs]
+
+
+# ------------------------------------------------------------------------------------ the launcher
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Where an epoch trains: ``num_nodes`` machines × ``num_processes`` processes each (one per
+    GPU); with several nodes, the Ray cluster at ``ray_address`` (empty: RAY_ADDRESS or a private
+    local Ray) and the c10d rendezvous at ``rdzv_endpoint`` (empty: node 0's address)."""
+
+    num_nodes: int = 1
+    num_processes: int = 1
+    ray_address: str | None = None
+    rdzv_endpoint: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.num_nodes < 1 or self.num_processes < 1:
+            raise ValueError(f"topology: need num_nodes ≥ 1 and num_processes ≥ 1 "
+                             f"(got {self.num_nodes}, {self.num_processes})")
+
+    @property
+    def launcher(self) -> str:
+        """'ray' (several nodes), 'torchrun' (one node, several processes) or 'inline' (one process)."""
+        return "ray" if self.num_nodes > 1 else "torchrun" if self.num_processes > 1 else "inline"
+
+
+def launch(job: EpochJob, topology: Topology = Topology(), *,
+           on_step: Callable[[int, dict[str, float]], None] | None = None,
+           log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train ``job``'s epoch on ``topology`` and return global rank 0's metrics: several nodes → one
+    torchrun launcher per node as Ray tasks (``run_multinode_ray``); one node, several processes →
+    ``torchrun --standalone`` (``run_under_torchrun``); one process → ``run_epoch`` here, with
+    ``on_step`` called after each step (the launched processes report through their metrics file).
+    A launcher that fails raises ``LaunchError`` (with its stderr); the inline epoch raises its own."""
+    if topology.launcher == "ray":
+        return run_multinode_ray(job, topology.num_nodes, topology.num_processes, address=topology.ray_address or None,
+                                 rdzv_endpoint=topology.rdzv_endpoint or None, log=log)
+    if topology.launcher == "torchrun":
+        return run_under_torchrun(job, topology.num_processes, log)
+    return run_epoch(job, on_step=on_step)

@@ -36,6 +36,7 @@ from dynamics_assets.core.io.hashing import file_sha256
 from dynamics_assets.core.io.progress import Progress, bar
 from dynamics_assets.core.ingest.pool import Pair, collate, pool_shards
 from dynamics_assets.core.train.loader import PairBatches, batch_loader
+from dynamics_assets.core.train.settings import TrainSettings
 
 REFERENCE_MODEL = "dynamics-tiny-32"
 REFERENCE_EPOCHS = 2
@@ -48,8 +49,11 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 
 @dataclass(frozen=True)
 class TrainConfig:
-    lr: float = 5e-4
-    weight_decay: float = 0.2
+    """One run's optimiser schedule; ``lr`` and ``weight_decay`` have no default: every caller
+    derives them from ``train.settings.TrainSettings`` (``job.train_config``, ``train_reference_model``)."""
+
+    lr: float
+    weight_decay: float
     warmup_steps: int = 0
     total_steps: int = 1  # of the whole run (all epochs): the cosine schedule's length
     grad_clip_norm: float | None = 1.0
@@ -297,28 +301,30 @@ def train_reference_model(
     shards_dir: str | os.PathLike,
     out_path: str | os.PathLike,
     *,
-    model_name: str = REFERENCE_MODEL,
+    settings: TrainSettings | None = None,
     epochs: int = REFERENCE_EPOCHS,
-    batch_size: int = 256,
-    seed: int = 0,
     device: str = "cpu",
-    lr: float = 1e-3,
-    buffer_size: int = 4096,
-    checkpoint_every_steps: int = 20,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     reuse: bool = True,
     num_workers: int = 0,
     progress: Progress | None = None,
+    **overrides: Any,
 ) -> dict[str, Any]:
     """Train a small open_clip model on every ok pair of the pool and write its checkpoint.
 
-    Epoch e is a ``PairBatches`` pass seeded with (seed, e). Step checkpoints go to
+    The hyper-parameters are the training settings (``train.settings.TrainSettings``: model_name,
+    lr, weight_decay, warmup_fraction, grad_clip_norm, batch_size, buffer_size, seed,
+    checkpoint_every_steps), ``settings`` (default: ``TrainSettings()``) with ``overrides`` (setting
+    names, e.g. ``batch_size=64``; an unknown one is refused) — the same settings and defaults as a
+    recipe's epochs. Epoch e is a ``PairBatches`` pass seeded with (seed, e). Step checkpoints go to
     ``<out>.step<suffix>``; a rerun with the same arguments resumes from there. With ``reuse``, a
     finished checkpoint whose record (``<out>.json``) names the same arguments, the same pool
     (``pool_identity``) and the checkpoint's own hash is returned as it is (``"reused": True``):
     re-curating an unchanged pool keeps its encoder, hence its embeddings and clusters.
     ``num_workers``: DataLoader workers decoding the batches (the batches do not depend on it).
     """
+    s = (settings or TrainSettings()).with_overrides(overrides, source="train_reference_model")
+    model_name, batch_size, seed, lr, buffer_size = s.model_name, s.batch_size, s.seed, s.lr, s.buffer_size
     started = time.perf_counter()
     out_path = Path(out_path)
     step_path = out_path.with_name(f"{out_path.stem}.step{out_path.suffix}")
@@ -330,12 +336,15 @@ def train_reference_model(
     total_steps = sum(lengths)
     if total_steps == 0:
         raise ValueError(f"{manifest_dir}: fewer ok pairs than one batch of {batch_size}")
-    cfg = TrainConfig(lr=lr, weight_decay=0.1, warmup_steps=total_steps // 10, total_steps=total_steps,
-                      batch_size=batch_size, device=device, seed=seed,
-                      checkpoint_every_steps=checkpoint_every_steps)
-    n_pairs = sum(s.n_ok for s in pool_shards(manifest_dir))
+    cfg = TrainConfig(lr=lr, weight_decay=s.weight_decay, warmup_steps=warmup_steps(s.warmup_fraction, total_steps),
+                      total_steps=total_steps, grad_clip_norm=s.grad_clip_norm, batch_size=batch_size,
+                      device=device, seed=seed, checkpoint_every_steps=s.checkpoint_every_steps)
+    n_pairs = sum(shard.n_ok for shard in pool_shards(manifest_dir))
     run = {"model_name": model_name, "epochs": epochs, "batch_size": batch_size, "seed": seed,
            "lr": lr, "buffer_size": buffer_size, "n_pairs": n_pairs, "total_steps": total_steps}
+    # the settings that shape the weights beyond these, recorded (and matched for reuse) only when
+    # they differ from the defaults, so a default run's record and checkpoint keep their bytes
+    run |= {k: getattr(s, k) for k in _REFERENCE_RECORDED if getattr(s, k) != getattr(_DEFAULTS, k)}
     record_path = out_path.with_name(f"{out_path.name}.json")
     pool = pool_identity(manifest_dir)
     if reuse and (kept := _reusable(out_path, record_path, run, pool)) is not None:
@@ -377,6 +386,30 @@ def train_reference_model(
     write_json(record_path, {"run": run, "pool": pool, "checkpoint_sha256": file_sha256(out_path),
                              "metrics": {k: v for k, v in metrics.items() if k != "seconds"}})
     return {**metrics, "reused": False}
+
+
+_DEFAULTS = TrainSettings()
+_REFERENCE_RECORDED = ("weight_decay", "warmup_fraction", "grad_clip_norm")
+
+
+def warmup_steps(warmup_fraction: float, total_steps: int) -> int:
+    """The warm-up steps of a run of ``total_steps``: ⌊fraction × total⌋, below the total (the one
+    rule of the recipes' epochs, ``job.train_config``, and the reference model)."""
+    return min(total_steps - 1, int(warmup_fraction * total_steps))
+
+
+def trained_record(checkpoint: str | os.PathLike) -> dict[str, Any]:
+    """The record ``train_reference_model`` wrote beside ``checkpoint`` (``<checkpoint>.json``: the
+    run's arguments, the pool, the metrics: steps, samples seen), checked against the checkpoint's
+    hash; a missing, unreadable or mismatched record is refused, naming the file."""
+    path = Path(f"{checkpoint}.json")
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: no readable training record beside {checkpoint} ({e})") from None
+    if record.get("checkpoint_sha256") != file_sha256(checkpoint):
+        raise ValueError(f"{path}: the record names another checkpoint than {checkpoint} (sha256 differs)")
+    return record
 
 
 def _reusable(out_path: Path, record_path: Path, run: dict[str, Any], pool: str) -> dict[str, Any] | None:

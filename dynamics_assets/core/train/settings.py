@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import AbstractSet as Set, Any, Mapping, Optional
 
 SELECTION_METHODS = ("jest", "activeclip")  # online batch selection (train.online_selection)
+REFERENCES = ("pool", "curated")  # what online selection's reference model was trained on
 FILTER_RATIO = 0.8  # with selection: the share of each super-batch left out
 N_CHUNKS = 16  # JEST's blocked sampling
 
@@ -35,6 +36,10 @@ class TrainSettings:
     n_epochs: Optional[int] = None  # the cosine schedule's span in epochs (None: every epoch partition)
     checkpoint_every_steps: int = 20
     selection: Optional[str] = None  # online batch selection: None (off), 'jest' or 'activeclip'
+    # with selection: the reference model that scores the super-batches: 'pool' (reference_model,
+    # trained on the raw pool) or 'curated' (curated_model, trained on the curated set; its training
+    # FLOPs are counted once in the recipe's compute: CheckpointRecord.curation_flops)
+    reference: str = "pool"
     filter_ratio: float = FILTER_RATIO
     n_chunks: int = N_CHUNKS
     dnc_experts: int = 0  # Divide and Contrast (train.divide_contrast): K super-cluster experts; 0 = off
@@ -54,6 +59,11 @@ class TrainSettings:
             problems.append(f"n_epochs must be ≥ 1 (got {self.n_epochs})")
         if self.selection is not None and self.selection not in SELECTION_METHODS:
             problems.append(f"selection must be one of {SELECTION_METHODS} or empty (got {self.selection!r})")
+        if self.reference not in REFERENCES:
+            problems.append(f"reference must be one of {REFERENCES} (got {self.reference!r})")
+        elif self.reference != "pool" and self.selection is None:
+            problems.append(f"reference {self.reference!r} is online selection's reference model: it needs "
+                            f"selection ({' or '.join(SELECTION_METHODS)})")
         if not 0.0 < self.filter_ratio < 1.0:
             problems.append(f"filter_ratio must lie in (0, 1) (got {self.filter_ratio})")
         if self.n_chunks < 1:

@@ -1,10 +1,10 @@
-"""Stage 2 — embed: a small open_clip reference model trained on the raw pairs, the L2-normalised
-image and text embeddings of every valid pair (written per shard, resumable), and the embeddings
-of each shard that lands later (one dynamic partition per shard)."""
+"""Stage 2 — embed: a small open_clip reference model trained on the raw pairs (or the curated
+set), the L2-normalised image and text embeddings of every valid pair (written per shard,
+resumable), and the embeddings of each shard that lands later (one dynamic partition per shard)."""
 
 import math
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import dagster as dg
 
@@ -20,60 +20,115 @@ GROUP = "embeddings"
 
 class ReferenceModelConfig(dg.Config):
     """``retrain``: train even when the checkpoint was trained on this same pool with these
-    settings (by default it is reused, so re-curating an unchanged pool keeps its encoder)."""
+    settings (by default it is reused, so re-curating an unchanged pool keeps its encoder).
+    ``train_on``: 'pool' (the raw pairs, the default) or 'curated' (the curated set named by
+    ``raw_shards.curated`` / ``--curated``, trained exactly as ``curated_model`` is: the pool's
+    embeddings, clusters and CLIP-score scores then come from a model that did not learn from the
+    pool it judges). The other hyper-parameters are the training settings' defaults
+    (``train.settings.TrainSettings``: lr, weight decay, warm-up, clipping, buffer)."""
 
     model_name: str = "dynamics-tiny-32"
     epochs: Optional[int] = None  # empty: enough for ≥ 140 steps, at least 2 (train.settings.reference_epochs_for)
     batch_size: Optional[int] = None  # empty: a power of two ≤ N/32 in [16, 256] (train.settings.batch_for)
     seed: int = 0
     retrain: bool = False
+    train_on: Literal["pool", "curated"] = "pool"
 
 
 @dg.asset(group_name=GROUP, kinds={"pytorch"}, pool="gpu")
 def reference_model(context: dg.AssetExecutionContext, config: ReferenceModelConfig, raw_pairs: PoolManifest,
                     storage: StorageResource, gpu: GpuResource) -> ReferenceModel:
-    """A small open_clip model trained on all valid raw pairs: the offline default encoder (no
-    pretrained weights can be downloaded here) and the reference model of the baselines.
+    """A small open_clip model trained on all valid raw pairs (or, with ``train_on: curated``, on
+    the curated set): the offline default encoder (no pretrained weights can be downloaded here) and
+    the reference model of the baselines. Its version references the manifest it was trained on;
+    its compute (steps, samples seen, FLOPs, seconds) is in this metadata and the record.
     Its checkpoint loads with ``open_clip.create_model_and_transforms(model_name, pretrained=path)``."""
+    from dynamics_assets.core.evaluate.dfn import training_flops
     from dynamics_assets.core.io.versions import Artefact
     from dynamics_assets.core.train.loop import train_reference_model
-    from dynamics_assets.core.train.settings import batch_for, near_chance, reference_epochs_for
+    from dynamics_assets.core.train.settings import TrainSettings, batch_for, near_chance, reference_epochs_for
 
     if not raw_pairs.has_images:
         context.add_output_metadata({"skipped": "the pool ships its embeddings and has no images to train on"})
         return ReferenceModel(checkpoint=None, model_name=config.model_name, steps=0, final_loss=float("nan"),
-                              reused=False)
+                              reused=False, trained_on=config.train_on)
 
-    batch = config.batch_size or batch_for(raw_pairs.n_ok)
-    epochs = config.epochs or reference_epochs_for(raw_pairs.n_ok, batch)
-
-    # A new version of the artefact, starting from links to the current one (so an unchanged pool
-    # and settings reuse the checkpoint); a crash keeps the staging directory and its step
-    # checkpoints, and the next run resumes from them.
-    artefact = Artefact(storage.layout.artifact("reference_model"))
-    with artefact.write(base=artefact.current(), resume=True, keep_on_error=True,
-                        refs={"manifest": raw_pairs.manifest_dir}) as staging:
-        metrics = train_reference_model(
-            raw_pairs.manifest_dir, raw_pairs.shards_dir, staging / f"{config.model_name}.pt",
-            model_name=config.model_name, epochs=epochs, batch_size=batch, seed=config.seed,
-            device=gpu.resolved_device(), reuse=not config.retrain)
-    out = staging.version_dir / f"{config.model_name}.pt"
+    if config.train_on == "curated":
+        if not raw_pairs.curated_dir:
+            raise dg.Failure("reference_model: train_on is 'curated' but no curated set is configured "
+                             "(raw_shards.curated: a shard folder or 'synthetic'; the main command's --curated DIR)")
+        out, m = _train_on_curated_set(context, "reference_model", config, raw_pairs, storage, gpu)
+        manifest_dir, md = m["manifest_dir"], _curated_metadata(out, config, raw_pairs, m)
+        batch, flops = int(m["batch_size"]), float(m["flops"])
+    else:
+        batch = config.batch_size or batch_for(raw_pairs.n_ok)
+        epochs = config.epochs or reference_epochs_for(raw_pairs.n_ok, batch)
+        # A new version of the artefact, starting from links to the current one (so an unchanged pool
+        # and settings reuse the checkpoint); a crash keeps the staging directory and its step
+        # checkpoints, and the next run resumes from them.
+        artefact = Artefact(storage.layout.artifact("reference_model"))
+        with artefact.write(base=artefact.current(), resume=True, keep_on_error=True,
+                            refs={"manifest": raw_pairs.manifest_dir}) as staging:
+            m = train_reference_model(
+                raw_pairs.manifest_dir, raw_pairs.shards_dir, staging / f"{config.model_name}.pt",
+                settings=TrainSettings(model_name=config.model_name, batch_size=batch, seed=config.seed),
+                epochs=epochs, device=gpu.resolved_device(), reuse=not config.retrain)
+        out = staging.version_dir / f"{config.model_name}.pt"
+        manifest_dir, flops = raw_pairs.manifest_dir, float(training_flops(config.model_name, int(m["samples_seen"])))
+        md = {"checkpoint": dg.MetadataValue.path(str(out)), "model_name": config.model_name,
+              "epochs": epochs, "batch_size": batch, "flops": flops,
+              **{k: v for k, v in m.items() if isinstance(v, (int, float, str))}}
     warnings = []
-    if near_chance(float(metrics["final_loss"]), batch):
-        warnings.append(f"the reference model ended at loss {float(metrics['final_loss']):.3f}, within 10% of chance "
+    if near_chance(float(m["final_loss"]), batch):
+        warnings.append(f"the reference model ended at loss {float(m['final_loss']):.3f}, within 10% of chance "
                         f"(ln {batch} = {math.log(batch):.3f}): it learnt nothing, and the embeddings "
                         "and clusters made with it will not follow the content; train longer or configure a "
                         "pretrained encoder for pair_embeddings")
     for w in warnings:
         context.log.warning(w)
     context.add_output_metadata({
-        "checkpoint": dg.MetadataValue.path(str(out)), "model_name": config.model_name,
-        "epochs": epochs, "batch_size": batch,
+        **md, "trained_on": config.train_on,
         "warnings": dg.MetadataValue.md("\n".join(f"- ⚠ {w}" for w in warnings) or "none"),
-        **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str))},
     })
-    return ReferenceModel(checkpoint=str(out), model_name=config.model_name, steps=int(metrics["steps"]),
-                          final_loss=float(metrics["final_loss"]), reused=bool(metrics["reused"]))
+    return ReferenceModel(checkpoint=str(out), model_name=config.model_name, steps=int(m["steps"]),
+                          final_loss=float(m["final_loss"]), reused=bool(m["reused"]), trained_on=config.train_on,
+                          manifest_dir=str(manifest_dir), samples_seen=int(m.get("samples_seen", 0)), flops=flops,
+                          seconds=float(m.get("seconds", 0.0)))
+
+
+def _train_on_curated_set(context: dg.AssetExecutionContext, name: str, config, raw_pairs: PoolManifest,
+                          storage: StorageResource, gpu: GpuResource) -> tuple[Path, dict]:
+    """The reference trainer on the curated set (``evaluate.dfn.train_curated_model``: the curated
+    shards manifested under ``curated_pairs``, the reference model's settings rules), written as a
+    new version of artefact ``name`` whose refs pin the curated manifest: the one path of
+    ``curated_model`` and of ``reference_model`` with ``train_on: curated``. Its checkpoint and metrics."""
+    from dynamics_assets.core.evaluate.dfn import train_curated_model
+    from dynamics_assets.core.io.versions import Artefact, pinned
+
+    artefact = Artefact(storage.layout.artifact(name))
+    with artefact.write(base=artefact.current(), resume=True, keep_on_error=True) as staging:
+        try:
+            m = train_curated_model(raw_pairs.curated_dir, storage.layout.artifact("curated_pairs"),
+                                    staging / f"{config.model_name}.pt", model_name=config.model_name,
+                                    epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
+                                    device=gpu.resolved_device(), reuse=not config.retrain)
+        except ValueError as e:
+            raise dg.Failure(f"{name}: {e}") from None
+        staging.refs.update(pinned(curated_manifest=m["manifest_dir"]))
+    return staging.version_dir / f"{config.model_name}.pt", m
+
+
+def _curated_metadata(out: Path, config, raw_pairs: PoolManifest, m: dict) -> dict:
+    """The metadata of a model trained on the curated set: the set, its manifest, the compute."""
+    return {
+        "checkpoint": dg.MetadataValue.path(str(out)), "model_name": config.model_name,
+        "curated_dir": dg.MetadataValue.path(raw_pairs.curated_dir),
+        "curated_manifest": dg.MetadataValue.path(m["manifest_dir"]),
+        "pairs": m["pairs"], "quarantined": m["quarantined"], "epochs": m["epochs"], "batch_size": m["batch_size"],
+        "steps": int(m["steps"]), "samples_seen": int(m.get("samples_seen", 0)), "flops": float(m["flops"]),
+        "device_seconds": round(float(m.get("seconds", 0.0)), 2), "final_loss": float(m["final_loss"]),
+        "reused": bool(m["reused"]),
+    }
 
 
 class EmbeddingConfig(dg.Config):
@@ -177,32 +232,11 @@ def curated_model(context: dg.AssetExecutionContext, config: CuratedModelConfig,
     filtering network of DFN (``dfn_scores``). Its compute (steps, samples seen, FLOPs, seconds) is
     in this metadata; its version references the curated set's manifest. Skipped (nothing trained)
     when no curated set is named."""
-    from dynamics_assets.core.evaluate.dfn import train_curated_model
-    from dynamics_assets.core.io.versions import Artefact, pinned
-
     if not raw_pairs.curated_dir:
         context.add_output_metadata({"skipped": "no curated set (raw_shards.curated, --curated): nothing trained"})
         return CuratedModel(checkpoint=None, model_name=config.model_name)
-    artefact = Artefact(storage.layout.artifact("curated_model"))
-    with artefact.write(base=artefact.current(), resume=True, keep_on_error=True) as staging:
-        try:
-            m = train_curated_model(raw_pairs.curated_dir, storage.layout.artifact("curated_pairs"),
-                                    staging / f"{config.model_name}.pt", model_name=config.model_name,
-                                    epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
-                                    device=gpu.resolved_device(), reuse=not config.retrain)
-        except ValueError as e:
-            raise dg.Failure(f"curated_model: {e}") from None
-        staging.refs.update(pinned(curated_manifest=m["manifest_dir"]))
-    out = staging.version_dir / f"{config.model_name}.pt"
-    context.add_output_metadata({
-        "checkpoint": dg.MetadataValue.path(str(out)), "model_name": config.model_name,
-        "curated_dir": dg.MetadataValue.path(raw_pairs.curated_dir),
-        "curated_manifest": dg.MetadataValue.path(m["manifest_dir"]),
-        "pairs": m["pairs"], "quarantined": m["quarantined"], "epochs": m["epochs"], "batch_size": m["batch_size"],
-        "steps": int(m["steps"]), "samples_seen": int(m.get("samples_seen", 0)), "flops": float(m["flops"]),
-        "device_seconds": round(float(m.get("seconds", 0.0)), 2), "final_loss": float(m["final_loss"]),
-        "reused": bool(m["reused"]),
-    })
+    out, m = _train_on_curated_set(context, "curated_model", config, raw_pairs, storage, gpu)
+    context.add_output_metadata(_curated_metadata(out, config, raw_pairs, m))
     return CuratedModel(checkpoint=str(out), model_name=config.model_name, manifest_dir=m["manifest_dir"],
                         shards_dir=raw_pairs.curated_dir, pairs=int(m["pairs"]), steps=int(m["steps"]),
                         samples_seen=int(m.get("samples_seen", 0)), flops=float(m["flops"]),

@@ -52,9 +52,12 @@ def eval_report(context: dg.AssetExecutionContext, checkpoint: CheckpointRecord,
     visual, text = enc.model.visual, enc.model
     flops_pair = forward_flops_per_pair(enc.model, visual.image_size, text.context_length)
     training = float(train_flops(checkpoint.samples_seen, flops_pair))
+    # curation_flops: the curated model a recipe's online selection scores with (reference: curated),
+    # trained once for all its epochs (0 otherwise; records from before the field read the default)
+    curation = float(getattr(checkpoint, "curation_flops", 0.0))
     compute = {"samples_seen": checkpoint.samples_seen, "device_seconds": checkpoint.device_seconds,
-               "train_flops": training, "scoring_flops": checkpoint.scoring_flops,
-               "total_flops": training + checkpoint.scoring_flops,
+               "train_flops": training, "scoring_flops": checkpoint.scoring_flops, "curation_flops": curation,
+               "total_flops": training + checkpoint.scoring_flops + curation,
                "forward_flops_per_pair": int(flops_pair), "epoch": checkpoint.epoch}
     report.metrics.update({f"compute/{k}": v for k, v in compute.items()})
     files = report.save(storage.layout.artifact("eval_report", str(partition_dir(recipe, epoch_key))),

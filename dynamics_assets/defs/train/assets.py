@@ -55,7 +55,7 @@ TrainingConfig = config_from(
     specs=[
         dg.AssetSpec("checkpoint", kinds={"pytorch"}, description="An open_clip checkpoint after epoch e of a recipe "
                      "(a feedback recipe's: trained on the feedback_plan the same step draws first).",
-                     deps=["sample_plan", "clusters", "reference_model",
+                     deps=["sample_plan", "clusters", "reference_model", "curated_model",
                            dg.AssetDep("checkpoint", partition_mapping=PREVIOUS_EPOCH)]).with_io_manager_key("io_manager"),
         dg.AssetSpec("feedback_plan", kinds={"numpy"}, skippable=True,
                      description="A feedback recipe's plan of epoch e, drawn with the per-cluster loss of epoch e−1's "
@@ -74,8 +74,8 @@ def checkpoint(context: dg.AssetExecutionContext, config: TrainingConfig, sample
     A feedback recipe's plan is drawn here first (``feedback_plan``, see the module doc)."""
     from dynamics_assets.core.io.lineage import LineageError
     from dynamics_assets.core.io.versions import StalePlanError
-    from dynamics_assets.core.train.epoch import EpochJob, run_epoch
-    from dynamics_assets.core.train.launch import LaunchError, run_multinode_ray, run_under_torchrun
+    from dynamics_assets.core.train.epoch import EpochJob
+    from dynamics_assets.core.train.launch import LaunchError, Topology, launch
 
     from dynamics_assets.core.train.settings import resolve_training
 
@@ -93,33 +93,27 @@ def checkpoint(context: dg.AssetExecutionContext, config: TrainingConfig, sample
         # multi_asset's outputs in the order of its lineage, and feedback_plan(e) ← checkpoint(e−1))
         plan, plan_md = feedback_plan_of(recipe, epoch_key, clusters, previous_checkpoint, storage, context.log)
     out = storage.layout.artifact("checkpoint", str(partition_dir(recipe, epoch_key)))
+    reference, curation_flops = reference_model.checkpoint, 0.0
+    if settings.selection and settings.reference == "curated":  # curated_model's, its training counted once
+        reference, curation_flops = _curated_reference(storage, recipe.key)
     job = EpochJob(
         **dataclasses.asdict(settings),
         plan_dir=plan.plan_dir, manifest_dir=clusters.manifest_dir, shards_dir=clusters.shards_dir,
         out_checkpoint=str(out), epoch=epoch_of(epoch_key), pool_version=clusters.clusters_dir,
         previous_checkpoint=previous_checkpoint.checkpoint if previous_checkpoint else None,
         device=gpu.resolved_device(), precision=gpu.resolved_precision(),
-        reference_checkpoint=reference_model.checkpoint if settings.selection else None,
+        reference_checkpoint=reference if settings.selection else None,
         cluster_ids=str(Path(clusters.clusters_dir) / "cluster_id.npy"), n_clusters=clusters.k,
         num_workers=gpu.num_workers)
     with mlflow.start_run(context, run_name=f"train {recipe.key} {epoch_key}", tags={"recipe": recipe.key}) as run:
         run.log_params({**dataclasses.asdict(job), "num_processes": gpu.num_processes, "num_nodes": gpu.num_nodes})
-        if gpu.num_nodes > 1:
-            try:
-                metrics = run_multinode_ray(job, gpu.num_nodes, gpu.num_processes, address=gpu.ray_address or None,
-                                            rdzv_endpoint=gpu.rdzv_endpoint or None, log=context.log.info)
-            except LaunchError as e:
-                raise dg.Failure(str(e), metadata={"stderr": e.stderr}) from e
-        elif gpu.num_processes > 1:
-            try:
-                metrics = run_under_torchrun(job, gpu.num_processes, context.log.info)
-            except LaunchError as e:
-                raise dg.Failure(str(e), metadata={"stderr": e.stderr}) from e
-        else:
-            try:
-                metrics = run_epoch(job, on_step=lambda step, m: run.log_metrics(m, step=step))
-            except (StalePlanError, LineageError) as e:
-                raise dg.Failure(str(e)) from e
+        topology = Topology(gpu.num_nodes, gpu.num_processes, gpu.ray_address or None, gpu.rdzv_endpoint or None)
+        try:
+            metrics = launch(job, topology, on_step=lambda step, m: run.log_metrics(m, step=step), log=context.log.info)
+        except LaunchError as e:
+            raise dg.Failure(str(e), metadata={"stderr": e.stderr}) from e
+        except (StalePlanError, LineageError) as e:
+            raise dg.Failure(str(e)) from e
         run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
     context.add_output_metadata(output_name="checkpoint", metadata={
         "checkpoint": dg.MetadataValue.path(str(metrics["checkpoint"])), "plan_dir": plan.plan_dir,
@@ -132,6 +126,9 @@ def checkpoint(context: dg.AssetExecutionContext, config: TrainingConfig, sample
         "model_dir": dg.MetadataValue.path(str(metrics["version_dir"])),
         "reused": bool(metrics.get("reused", False)),
         "batch_size": job.batch_size, "lr": job.lr, "seed": job.seed, "n_epochs": job.n_epochs,
+        "launcher": topology.launcher,
+        **({"reference": settings.reference, "reference_checkpoint": dg.MetadataValue.path(str(reference)),
+            "curation_flops": curation_flops} if settings.selection else {}),
         "mlflow_run": run.url_hint,
     })
     before = previous_checkpoint
@@ -141,7 +138,30 @@ def checkpoint(context: dg.AssetExecutionContext, config: TrainingConfig, sample
         device_seconds=(before.device_seconds if before else 0.0) + float(metrics["device_seconds"]),
         scoring_flops=(before.scoring_flops if before else 0.0) + float(metrics.get("scoring_flops", 0.0)),
         global_step=int(metrics["global_step"]), final_loss=float(metrics["final_loss"]),
-        cluster_loss=metrics.get("cluster_loss"), plan_dir=plan.plan_dir))
+        cluster_loss=metrics.get("cluster_loss"), plan_dir=plan.plan_dir,
+        # the curated model is trained once for all the recipe's epochs: its FLOPs counted once
+        curation_flops=max(before.curation_flops if before else 0.0, curation_flops)))
     if plan is not sample_plan:
         yield dg.Output(plan, output_name="feedback_plan", metadata=plan_md)
 
+
+def _curated_reference(storage: StorageResource, recipe: str) -> tuple[str, float]:
+    """The current curated_model checkpoint (online selection's reference with ``training.reference:
+    curated``) and its training FLOPs, read from the record its trainer wrote beside it; refused,
+    naming the recipe and what provides it, when there is none."""
+    from dynamics_assets.core.evaluate.dfn import training_flops
+    from dynamics_assets.core.io.versions import Artefact
+    from dynamics_assets.core.train.loop import trained_record
+
+    version = Artefact(storage.layout.artifact("curated_model")).current()
+    found = sorted(version.glob("*.pt")) if version is not None else []
+    if len(found) != 1:
+        raise dg.Failure(f"recipe {recipe}: training.reference is 'curated' but there is no curated model"
+                         + (f" ({len(found)} checkpoints in {version})" if found else "")
+                         + ": materialise curated_model with a curated set (--curated DIR; the synthetic pool: "
+                           "--curated synthetic), or set reference: pool")
+    try:
+        record = trained_record(found[0])
+    except ValueError as e:
+        raise dg.Failure(f"recipe {recipe}: training.reference is 'curated': {e}") from None
+    return str(found[0]), float(training_flops(record["run"]["model_name"], int(record["metrics"]["samples_seen"])))

@@ -7,6 +7,11 @@ to the lower index; quarantined samples (cluster -1) are never kept. Default f =
 ``Compose`` the count refers to the original pool (``pool.budget_base``). Static.
 Scores are streamed shard slice by shard slice (``ROWS`` rows at a time) and recomputed on each of
 the few passes of the exact selection (``keep_top``), so memory is O(ROWS · D) whatever N.
+Which model scores: the encoder of the pool's embeddings — the reference model, trained on the
+raw pool by default, or on the curated set with ``reference_model.train_on: curated`` (``--reference-on
+curated``; then clusters and every embedding-based strategy use that model too). CLIP-score with a
+model trained on the curated set *without* changing the pool's embeddings is the ``dfn`` strategy
+(the ``curated_model``'s image·text cosine, ``dfn_scores``): same rule, another scorer.
 Source: Gadre et al., "DataComp: In search of the next generation of multimodal datasets",
 NeurIPS 2023 (CLIP score top 30%); Hessel et al., "CLIPScore", EMNLP 2021.
 """

@@ -14,6 +14,9 @@ refused naming both. A pair scored −2 (its image did not decode) ranks below e
 DataComp pool without a curated set, ``dfn_scores`` may hold the shipped
 ``clip_b32_similarity_score`` instead (then this is CLIP-score filtering with OpenAI's B/32, and
 the plan's meta says so: ``dfn.source``).
+This is the CLIP-score rule (``clip_score``) with the curated model as the scorer: the CLIP-score
+filter trained on the curated set (issue 21), kept apart so the pool's own embeddings and clusters
+need not change.
 Source: Fang et al., "Data Filtering Networks", ICLR 2024 (a filter's quality as a filter differs
 from its accuracy as a model; DFN-2B/5B beat LAION-2B and DataComp-1B at equal compute).
 """
