@@ -325,3 +325,20 @@ def test_reference_model_is_reused_on_the_same_pool_with_the_same_arguments_only
     for name in ("ref.pt", "ref.pt.json"):
         shutil.copy(tmp_path / "a" / name, tmp_path / "b" / name)
     assert train_reference_model(manifest_b, shards_b, tmp_path / "b" / "ref.pt", seed=2, **kwargs)["reused"] is False
+
+
+def test_the_selection_reference_setting_is_checked_with_its_range_when_the_recipes_load(tmp_path):
+    """training.reference: 'pool' | 'curated', only with online selection; refused when the
+    experiments file loads, naming the file, the recipe and the range."""
+    from dynamics_assets.core.train.settings import TrainSettings
+    from dynamics_assets.defs.experiments import load_experiments
+
+    assert TrainSettings().reference == "pool" and TrainSettings(selection="jest", reference="curated").reference == "curated"
+    head = "default_recipe: a\nrecipes:\n  a: {sampler: {strategy: uniform, budget: 0.5}"
+    (tmp_path / "ok.yaml").write_text(head + ", training: {selection: activeclip, reference: curated}}\n")
+    assert load_experiments(tmp_path / "ok.yaml").recipes["a.s0"].training["reference"] == "curated"
+    for training, message in (("{selection: jest, reference: raw}", r"reference must be one of \('pool', 'curated'\)"),
+                              ("{reference: curated}", r"reference 'curated' .* needs selection \(jest or activeclip\)")):
+        (tmp_path / "bad.yaml").write_text(head + f", training: {training}}}\n")
+        with pytest.raises(ValueError, match=rf"bad.yaml: recipe 'a'.*{message}"):
+            load_experiments(tmp_path / "bad.yaml")

@@ -79,11 +79,14 @@ class TrainSettings:
 
     def with_overrides(self, overrides: Mapping[str, Any], *, source: str = "overrides") -> "TrainSettings":
         """These settings with ``overrides`` applied (e.g. a recipe's ``training:`` block); an unknown
-        key is refused, naming the known ones."""
+        key is refused, naming the known ones, and a value outside its range naming ``source``."""
         known = {f.name for f in dataclasses.fields(TrainSettings)}
         if unknown := sorted(set(overrides) - known):
             raise ValueError(f"{source}: unknown training setting(s) {unknown}; known: {sorted(known)}")
-        return dataclasses.replace(self, **dict(overrides))
+        try:
+            return dataclasses.replace(self, **dict(overrides))
+        except ValueError as e:  # a value outside its range: say whose
+            raise ValueError(f"{source}: {e}") from None
 
     def settings(self) -> "TrainSettings":
         """The bare settings (an ``EpochJob`` without its paths)."""
