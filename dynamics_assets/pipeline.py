@@ -354,6 +354,17 @@ def _dfn_scores(values: Mapping[str, Any], seen: Mapping[str, Mapping[str, Any]]
     return ", ".join(p for p in parts if p)
 
 
+def _curation_targets(values: Mapping[str, Any], seen: Mapping[str, Mapping[str, Any]]) -> str:
+    """curation_targets: how many class names and target images, and where each came from."""
+    if values.get("skipped"):
+        return _skipped(values, seen)
+    def part(n: Any, noun: str, source: Any) -> str:
+        n = n if isinstance(n, int) else 0
+        return f"{_count(n, noun)}" + (f" from {source}" if n and source and source != "none" else "")
+    return "; ".join([part(values.get("classnames"), "class name", values.get("classnames_source")),
+                      part(values.get("target_images"), "target image", values.get("target_source"))])
+
+
 # asset → a line built from its whole metadata (and the other assets' in ``seen``), for the cases
 # FIGURES' per-key parts cannot say; "" falls back to FIGURES.
 LINES: dict[str, Callable[[Mapping[str, Any], Mapping[str, Mapping[str, Any]]], str]] = {
@@ -362,7 +373,7 @@ LINES: dict[str, Callable[[Mapping[str, Any], Mapping[str, Mapping[str, Any]]], 
     "pair_embeddings": _shipped_embeddings,
     "curated_model": _skipped,
     "dfn_scores": _dfn_scores,
-    "curation_targets": _skipped,
+    "curation_targets": _curation_targets,
 }
 
 
@@ -377,8 +388,6 @@ FIGURES: dict[str, list[tuple[str, str | Callable[[Any], str]]]] = {
     "shard_embeddings": [("ok", "{:,} pairs kept"), ("quarantined", "{:,} quarantined")],
     "curated_model": [("pairs", "{:,} curated pairs"), ("final_loss", "loss {:.3f}"), ("steps", "{:,} steps"),
                       ("reused", _reused)],
-    "curation_targets": [("classnames", "{:,} class names"), ("classnames_source", "({})"),
-                         ("target_images", "{:,} target images"), ("target_source", "({})")],
     "clusters": [("k", "{:,} clusters"), ("merged", "{:,} merged"), ("action", "{}")],
     "cluster_stats": [("clusters", "{:,} clusters"), ("empty_clusters", "{:,} empty"), ("largest", "largest {:,}")],
     "sample_plan": [("realised", "plan {:,} pairs"), ("distinct", "{:,} distinct"), ("strategy", "{}")],
