@@ -35,7 +35,7 @@ def test_lineage_and_groups():
     assert deps["clusters"] == {"raw_pairs", "pair_embeddings", "shard_embeddings"}
     assert deps["cluster_stats"] == {"clusters"}
     assert deps["sample_plan"] == {"clusters", "cluster_stats"}
-    assert deps["checkpoint"] == {"sample_plan", "clusters", "reference_model", "checkpoint"}
+    assert deps["checkpoint"] == {"sample_plan", "clusters", "reference_model", "curated_model", "checkpoint"}
     assert deps["feedback_plan"] == {"checkpoint", "clusters"}  # of the previous epoch (test_feedback_lineage)
     assert deps["eval_report"] == {"checkpoint", "raw_pairs", "clusters"}
     assert deps["comparison_report"] == {"eval_report", "raw_shards", "clusters"} and deps["learning_curve"] == {"eval_report"}
