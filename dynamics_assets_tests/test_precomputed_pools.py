@@ -154,3 +154,35 @@ def test_the_main_command_on_a_pool_of_embeddings_says_what_each_step_did_and_wh
     assert re.search(rf"^  download it: img2dataset --url_list {re.escape(metadata.group(1))} --input_format parquet",
                      summary, re.M), summary
     assert "sample_size" not in proc.stderr, proc.stderr
+
+
+def test_datacomp_baselines_and_dfn_run_on_a_pool_of_embeddings(tmp_path, monkeypatch):
+    """Issue 21 item 4: DataComp's baselines and DFN on a pool that ships embeddings and scores,
+    through the main command: basic filtering from the metadata's sizes, LAION-2B filtering on the
+    shipped B/32 score (0.28 as is), dfn-30 on the shipped score standing in for a curated model;
+    each planned and exported as a subset file. text_filter without class names says what it needs."""
+    import re
+
+    import pyarrow.parquet as pq
+
+    from dynamics_assets_tests.test_cli import run_command
+
+    pool = write_datacomp_pool(tmp_path / "pool")
+    monkeypatch.setenv("DYNAMICS_EXPERIMENTS", str(Path(__file__).resolve().parents[1] / "data" / "comparison.yaml"))
+    proc, _ = run_command(["--source", f"datacomp:{pool.root}", "--epochs", "1", "--recipes", "dfn-30",
+                           "basic-filter", "laion2b-filter"], tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    plans = re.findall(r"^  sample_plan\s+[\d.]+ s\s+plan ([\d,]+) pairs, [\d,]+ distinct, (\w+)$", proc.stdout, re.M)
+    kept = {strategy: int(n.replace(",", "")) for n, strategy in plans}
+    assert set(kept) == {"dfn", "basic_filter", "laion2b_filter"}, proc.stdout
+    ok = int(re.search(r"([\d,]+) pairs kept", proc.stdout).group(1).replace(",", ""))
+    assert kept["dfn"] == round(0.3 * ok)
+    # LAION-2B filtering on the shipped score: exactly the rows at or above 0.28 that are English
+    scores = np.concatenate([pq.read_table(p, columns=["clip_b32_similarity_score"]).column(0).to_numpy()
+                             for p in sorted((pool.root / "metadata").glob("*.parquet"))])
+    assert 0 < kept["laion2b_filter"] <= int((scores >= 0.28).sum())
+    assert 0 < kept["basic_filter"] < ok
+    assert len(re.findall(r"^  datacomp_subset\s", proc.stdout, re.M)) == 3
+    proc, _ = run_command(["--source", f"datacomp:{pool.root}", "--epochs", "1", "--recipes", "text-filter"],
+                          tmp_path, timeout=300)
+    assert proc.returncode != 0 and "text_filter.classnames is not set and the lineage has none" in proc.stdout
