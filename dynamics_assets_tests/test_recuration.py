@@ -167,8 +167,8 @@ def test_half_written_shard_waits_then_is_ingested_alone_then_recurated(world):
     assert clusters_meta["new_shards"].value == 1 and clusters_meta["new_rows"].value == meta["ok"].value
     assert "drift" in clusters_meta
     materialized = {e.asset_key.to_user_string() for e in run.get_asset_materialization_events()}
-    assert materialized == {"raw_shards", "raw_pairs", "pair_embeddings", "clusters", "cluster_stats"}, \
-        "the encoder is not re-trained"
+    assert materialized == {"raw_shards", "raw_pairs", "pair_embeddings", "clusters", "cluster_stats",
+                            "dfn_scores", "curation_targets"}, "the encoders (reference, curated) are not re-trained"
     new_ids = np.load(clusters.current() / "cluster_id.npy")
     assert len(new_ids) == len(old_ids) + meta["ok"].value
     if clusters_meta["refresh"].value == "assign":
