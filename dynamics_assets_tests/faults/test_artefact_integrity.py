@@ -199,3 +199,27 @@ def test_truncated_committed_manifest(pool, tmp_path, record):
         pool_shards(copy)
     assert str(damaged) in str(err.value) and f"raw_pairs version {manifest.version_id}" in str(err.value)
     record("refused on read: DamagedArtefact naming the parquet, the raw_pairs version and 're-materialise raw_pairs'")
+
+
+def test_committed_manifest_edited_in_place_is_read_again(pool, tmp_path, record):
+    """A committed manifest parquet edited in place (same size), then the manifest rebuilt"""
+    import shutil
+
+    from dynamics_assets.core.ingest.manifest import build_manifest
+
+    manifest, shards_dir, _ = pool
+    copy = tmp_path / "raw_pairs"
+    shutil.copytree(Path(manifest.version_dir).parent.parent, copy)
+    version = copy / "versions" / manifest.version_id
+    damaged = sorted(version.glob("*.parquet"))[0]
+    data = bytearray(damaged.read_bytes())
+    data[8] ^= 0xFF  # a byte of the first data page: the footer (and so the reuse check) still reads
+    damaged.write_bytes(bytes(data))
+    assert versions.verify(version) == [damaged.name]
+    rebuilt = build_manifest(sorted(shards_dir.glob("*.tar")), copy)
+    assert damaged.stem + ".tar" in rebuilt.read_shards, "the damaged shard's manifest is read again"
+    assert len(rebuilt.reused_shards) == 2
+    assert versions.verify(rebuilt.version_dir) == [], "the new version holds what its record says"
+    assert rebuilt.version_id == manifest.version_id and rebuilt.ok == manifest.ok
+    record(f"not reused: its sha256 differs from the version's record; {damaged.stem}.tar read again, the other "
+           f"2 reused; the rebuilt version verifies clean, the same id as before the damage")

@@ -335,6 +335,20 @@ def manifest_info(manifest_path: str | Path) -> dict[str, Any]:
     return json.loads(metadata[METADATA_KEY])
 
 
+def _intact(manifest: Path, staging: Path, recorded: dict) -> bool:
+    """A manifest carried over from the previous version is reused only when its bytes are the ones
+    that version recorded (sha256): one truncated or edited in place is read again from its shard,
+    not carried into every later version."""
+    rec = recorded.get(manifest.relative_to(staging).as_posix())
+    if rec is None:
+        return False
+    if manifest.stat().st_size != rec.get("size"):
+        return False
+    from dynamics_assets.core.io.hashing import file_sha256
+
+    return file_sha256(manifest) == rec.get("sha256")
+
+
 def _is_current(manifest: Path, shard: Path, verify_images: bool, max_pixels: int | None) -> bool:
     if not manifest.exists():
         return False
@@ -559,7 +573,9 @@ def build_manifest(
     engine = resolve_engine(engine)
     art = versions.Artefact(out_dir, "raw_pairs")
     read, reused, dropped = [], [], []
-    with art.write(base=art.current()) as staging:
+    base = art.current()
+    recorded = versions.version_info(base).get("files", {}) if base is not None else {}
+    with art.write(base=base) as staging:
         out = staging.path
         for name in drop:
             target = out / f"{Path(name).stem}.parquet"
@@ -568,7 +584,7 @@ def build_manifest(
                 dropped.append(Path(name).name)
         todo = []
         for shard, target in _manifest_targets(shard_paths, out):
-            if _is_current(target, shard, verify_images, max_pixels):
+            if _is_current(target, shard, verify_images, max_pixels) and _intact(target, out, recorded):
                 reused.append(shard.name)
             else:
                 todo.append((shard, target))
