@@ -322,13 +322,23 @@ def test_shards_added_by_a_later_call_are_deduplicated_against_the_pool(tmp_path
 
 
 def test_accounting_violation_raises(tmp_path):
+    import json
+
+    from dynamics_assets.core.io.hashing import file_sha256
+
     out = tmp_path / "m"
     path = write_tar(tmp_path / "s.tar", pair("k", 1))
     version = build_manifest([path], out).version_dir
     table = pq.read_table(version / "s.parquet")
     i = table.schema.get_field_index("status")
     bogus = table.set_column(i, table.schema.field(i), pa.array(["maybe"], pa.string()))
-    pq.write_table(bogus, version / "s.parquet")  # corrupting a committed version in place
+    pq.write_table(bogus, version / "s.parquet")
+    # a committed version whose writer was wrong, its record matching the bad bytes (an edit in place
+    # alone no longer gets this far: a carried-over manifest whose hash differs is read again)
+    info = json.loads((version / "_version.json").read_text())
+    info["files"]["s.parquet"] = {"sha256": file_sha256(version / "s.parquet"),
+                                  "size": (version / "s.parquet").stat().st_size}
+    (version / "_version.json").write_text(json.dumps(info))
     with pytest.raises(RuntimeError, match=r"s\.tar.*ok \(0\) \+ quarantined \(0\) != rows \(1\)"):
         build_manifest([path], out)
 
