@@ -267,30 +267,26 @@ def _members(shard: Path):
             except wds.STREAM_ERRORS as e:
                 raise wds.ShardReadError(shard, e) from e
             with tar:
-                while True:
-                    try:
-                        info = tar.next()
-                    except wds.STREAM_ERRORS:
-                        yield None, False
-                        return
-                    if info is None:
-                        yield None, wds.ended_cleanly(tar) and raw.seek(0, 2) >= tar.offset
-                        return
-                    tar.members.clear()
-                    yield info, tar
+                yield from _walk(tar, lambda: raw.seek(0, 2) >= tar.offset)
     else:
         with wds.tar_stream(shard) as (tar, stream):
-            while True:
-                try:
-                    info = tar.next()
-                except wds.STREAM_ERRORS:
-                    yield None, False
-                    return
-                if info is None:
-                    yield None, wds.ended_cleanly(tar) and wds.drain(stream) is None
-                    return
-                tar.members.clear()
-                yield info, tar
+            yield from _walk(tar, lambda: wds.drain(stream) is None)
+
+
+def _walk(tar: tarfile.TarFile, rest_is_whole):
+    """The member walk of ``_members``; ``rest_is_whole()``: whether the bytes after the
+    end-of-archive marker end the file properly (called once, at the end)."""
+    while True:
+        try:
+            info = tar.next()
+        except wds.STREAM_ERRORS:
+            yield None, False
+            return
+        if info is None:
+            yield None, wds.ended_cleanly(tar) and rest_is_whole()
+            return
+        tar.members.clear()
+        yield info, tar
 
 
 def _image_header_problem(tar: tarfile.TarFile, info: tarfile.TarInfo) -> str | None:
