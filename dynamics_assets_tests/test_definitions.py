@@ -40,10 +40,25 @@ def test_lineage_and_groups():
     assert deps["eval_report"] == {"checkpoint", "raw_pairs", "clusters"}
     assert deps["comparison_report"] == {"eval_report", "raw_shards", "clusters"} and deps["learning_curve"] == {"eval_report"}
     groups = {key.to_user_string(): graph.get(key).group_name for key in graph.get_all_asset_keys()}
-    assert groups["raw_pairs"] == "raw_data" and groups["pair_embeddings"] == "embeddings"
-    assert groups["shard_embeddings"] == "embeddings"
-    assert groups["clusters"] == "clustering" and groups["sample_plan"] == "sampling"
-    assert groups["checkpoint"] == "training" and groups["eval_report"] == "evaluation"
+    assert groups["raw_pairs"] == "ingest" and groups["pair_embeddings"] == "embed"
+    assert groups["shard_embeddings"] == "embed"
+    assert groups["clusters"] == "cluster" and groups["sample_plan"] == "sample"
+    assert groups["checkpoint"] == "train" and groups["eval_report"] == "evaluate"
+    assert groups["webdataset_export"] == "export"
+
+
+def test_every_asset_group_is_named_like_its_stage_folder():
+    """An asset defined in ``defs/<stage>/`` sits in the asset group ``<stage>`` (one vocabulary for
+    the folders and the lineage the UI draws)."""
+    graph = defs.resolve_asset_graph()
+    wrong = {}
+    for key in graph.get_all_asset_keys():
+        assets_def = defs.resolve_assets_def(key)
+        module = getattr(assets_def.op.compute_fn, "decorated_fn", assets_def.op.compute_fn).__module__
+        stage = module.split(".")[2]  # dynamics_assets.defs.<stage>.assets
+        if graph.get(key).group_name != stage:
+            wrong[key.to_user_string()] = (graph.get(key).group_name, module)
+    assert wrong == {}
 
 
 def test_plans_checkpoints_and_reports_are_partitioned_by_recipe_and_epoch():
@@ -103,3 +118,30 @@ def test_recuration_settings_and_jobs(tmp_path):
     schedule = defs.resolve_schedule_def("nightly_recuration")
     assert schedule.cron_schedule == EXPERIMENTS.recuration.cron and schedule.job_name == "recurate_pool"
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+
+
+def test_the_defs_docstring_names_only_what_exists():
+    """``defs/__init__``'s map of the layer: every file and folder it names exists, and every asset it
+    lists under a stage folder sits in that stage's group."""
+    import re
+    from pathlib import Path
+
+    import dynamics_assets.defs as layer
+
+    root, doc = Path(layer.__file__).parent, layer.__doc__
+    graph = defs.resolve_asset_graph()
+    groups = {key.to_user_string(): graph.get(key).group_name for key in graph.get_all_asset_keys()}
+    stage, missing = None, []
+    for line in doc.splitlines():
+        if m := re.match(r"\s+(\w+)/\s", line):
+            stage = m.group(1)
+            missing += [f"{stage}/"] * (not (root / stage).is_dir())
+        elif not line.startswith("   "):
+            stage = None
+        files = re.findall(r"\b(\w+\.py)\b", line)
+        missing += [f"{stage or ''}/{f}" for f in files if f != "definitions.py" and not (root / (stage or "") / f).is_file()]
+        if stage:
+            missing += [f"{stage}: {w} (group {groups[w]})" for w in re.findall(r"\b\w+\b", line)
+                        if w in groups and groups[w] != stage]
+    assert missing == []
+    assert set(groups.values()) <= {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("_")}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-CURATION_GROUPS = ("raw_data", "embeddings", "clustering")
+CURATION_GROUPS = ("ingest", "embed", "cluster")
 _PER_SHARD = dg.AssetSelection.assets("shard_embeddings")
 
 curate_pool_job = dg.define_asset_job(
@@ -27,7 +27,7 @@ recurate_pool_job = dg.define_asset_job(
                 "(sensor replan_after_recuration).")
 
 epoch_plan_job = dg.define_asset_job(
-    "draw_epoch_plan", selection=dg.AssetSelection.groups("sampling"),
+    "draw_epoch_plan", selection=dg.AssetSelection.groups("sample"),
     description="One recipe's sample plan for one epoch (partition recipe × epoch).")
 
 train_epoch_job = dg.define_asset_job(

@@ -260,9 +260,9 @@ def plan_evidence(url: str) -> tuple[list[dict], list[dict]]:
 
 def test_lineage_page_shows_every_stage(ui, page):
     open_lineage(page, ui["url"])
-    groups = [g for g in ("raw_data", "embeddings", "clustering", "sampling", "training", "evaluation")
+    groups = [g for g in ("ingest", "embed", "cluster", "sample", "train", "evaluate", "export")
               if page.locator("svg").get_by_text(g, exact=True).count()]
-    assert len(groups) == 6, f"asset groups drawn: {groups}"
+    assert len(groups) == 7, f"asset groups drawn: {groups}"
 
 
 def test_materialize_one_partition_of_sample_plan_from_the_ui(ui, page, tmp_path):

@@ -14,7 +14,7 @@ from dynamics_assets.defs.config import config_from
 from dynamics_assets.defs.metadata import md_table
 from dynamics_assets.defs.resources import GpuResource, StorageResource
 
-GROUP = "clustering"
+GROUP = "cluster"
 
 
 ClusteringConfig = config_from(

@@ -15,7 +15,7 @@ from dynamics_assets.defs.metadata import md_table
 from dynamics_assets.defs.partitions import raw_shard_partitions
 from dynamics_assets.defs.resources import GpuResource, StorageResource
 
-GROUP = "embeddings"
+GROUP = "embed"
 
 
 class ReferenceModelConfig(dg.Config):

@@ -13,7 +13,7 @@ from dynamics_assets.defs.partitions import N_EPOCHS
 from dynamics_assets.defs.resources import GpuResource, StorageResource
 from dynamics_assets.defs.tracking import MlflowResource
 
-GROUP = "evaluation"
+GROUP = "evaluate"
 
 
 @dg.asset(group_name=GROUP, partitions_def=recipe_epoch_partitions, pool="gpu", kinds={"pytorch", "mlflow"})

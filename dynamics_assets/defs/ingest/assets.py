@@ -9,7 +9,7 @@ from dynamics_assets.core.records import PoolManifest, RawShards
 from dynamics_assets.defs.metadata import md_table
 from dynamics_assets.defs.resources import GpuResource, StorageResource
 
-GROUP = "raw_data"
+GROUP = "ingest"
 
 
 class RawShardsConfig(dg.Config):

@@ -10,7 +10,7 @@ from dynamics_assets.defs.metadata import md_image, md_table
 from dynamics_assets.defs.partitions import epoch_of
 from dynamics_assets.defs.resources import StorageResource
 
-GROUP = "sampling"
+GROUP = "sample"
 
 
 # After cluster_stats: a re-curation's new statistics are what the replan sensor waits for.

@@ -8,7 +8,7 @@ output of the training step, ``feedback_plan``: one op, two assets, with feedbac
 checkpoint(e−1) (the previous-epoch mapping) and checkpoint(e) ← feedback_plan(e). The UI's
 lineage shows both edges; the plan is written, versioned and checked like a sample plan before
 training reads it (and by the ``feedback_plan_is_valid`` check). Other recipes do not yield it.
-It sits in the training group: it is made by the training step (a plan-only job cannot draw it).
+It sits in the train group: it is made by the training step (a plan-only job cannot draw it).
 """
 
 import dataclasses
@@ -27,7 +27,7 @@ from dynamics_assets.defs.sample.assets import feedback_plan_of
 from dynamics_assets.defs.resources import GpuResource, StorageResource
 from dynamics_assets.defs.tracking import MlflowResource
 
-GROUP = "training"
+GROUP = "train"
 
 # Same recipe, previous epoch (the first epoch gets None).
 PREVIOUS_EPOCH = dg.MultiPartitionMapping({
