@@ -10,7 +10,7 @@ import dagster as dg
 
 from dynamics_assets.defs.cluster import assets as cluster_assets, checks as cluster_checks
 from dynamics_assets.defs.embed import assets as embed_assets, checks as embed_checks
-from dynamics_assets.defs.evaluate import assets as evaluate_assets, checks as evaluate_checks
+from dynamics_assets.defs.evaluate import assets as evaluate_assets, checks as evaluate_checks, design as evaluate_design
 from dynamics_assets.defs.export import assets as export_assets
 from dynamics_assets.defs.ingest import assets as ingest_assets, schedules as ingest_schedules, sensors as ingest_sensors
 from dynamics_assets.defs.jobs import jobs
@@ -18,7 +18,8 @@ from dynamics_assets.defs.resources import default_resources
 from dynamics_assets.defs.sample import assets as sample_assets, checks as sample_checks, sensors as sample_sensors
 from dynamics_assets.defs.train import assets as train_assets, checks as train_checks
 
-STAGES = (ingest_assets, embed_assets, cluster_assets, sample_assets, export_assets, train_assets, evaluate_assets)
+STAGES = (ingest_assets, embed_assets, cluster_assets, sample_assets, export_assets, train_assets, evaluate_assets,
+          evaluate_design)
 CHECKS = (embed_checks, cluster_checks, sample_checks, train_checks, evaluate_checks)
 
 defs = dg.Definitions(

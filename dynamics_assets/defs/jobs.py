@@ -46,5 +46,10 @@ report_job = dg.define_asset_job(
     "report_recipes", selection=dg.AssetSelection.assets("learning_curve", "comparison_report"),
     description="Learning curves and the side-by-side comparison of every evaluated recipe.")
 
-jobs = [curate_pool_job, ingest_shard_job, recurate_pool_job, epoch_plan_job, train_epoch_job, plan_epoch_job,
+compare_job = dg.define_asset_job(
+    "compare", selection=dg.AssetSelection.assets("comparison_design"),
+    description="The comparison design (data/design.yaml): recipes × seeds with controls, the pool gate and "
+                "matched compute; resumes from the runs on disk (also: `dynamics compare`).")
+
+jobs = [compare_job, curate_pool_job, ingest_shard_job, recurate_pool_job, epoch_plan_job, train_epoch_job, plan_epoch_job,
         report_job]

@@ -30,6 +30,8 @@ CLASSES: dict[str, str] = {
     "text_filter": "text_filter:TextFilter", "image_filter": "image_filter:ImageFilter",
     # Fang et al. 2024: CLIP-score with a CLIP trained on the curated set as the scorer (the dfn_scores asset)
     "dfn": "dfn:DFNFilter",
+    # the comparison's negative control (issue 20): the smallest clusters removed
+    "drop_smallest": "drop_smallest:DropSmallestSampler",
 }
 # dataclass fields that are not settings of a recipe
 NOT_PARAMETERS = ("name", "dynamic", "cache_dir")

@@ -1,0 +1,50 @@
+"""`dynamics compare`: run (or resume) the comparison design and write its report.
+
+    python -m dynamics_assets.compare                       # the primary design on the synthetic web pool
+    python -m dynamics_assets.compare --seeds 2 --recipes uniform-100 uniform-50 dynamics-exact-50
+    python -m dynamics_assets.compare --source SHARDS --eval LABELLED_SET   # on your own pool
+
+The design (recipes, seeds, learner, pool) is data/design.yaml (``--config``); results go to
+``--out`` (default $DYNAMICS_DATA_DIR/design or data/design), one file per finished run, so an
+interrupted comparison continues where it stopped. The report is ``<out>/report.md`` and ``report.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="dynamics compare", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog="\n".join(__doc__.splitlines()[2:]))
+    p.add_argument("--config", default=str(ROOT / "data" / "design.yaml"), help="the design file (default data/design.yaml)")
+    p.add_argument("--out", help="results folder (default $DYNAMICS_DATA_DIR/design, else data/design)")
+    p.add_argument("--seeds", type=int, help="seeds 0..N-1 (default: the file's)")
+    p.add_argument("--recipes", nargs="+", help="only these recipes (default: every recipe of the file)")
+    p.add_argument("--epochs", type=int, help="epochs per run (default: the file's learner.epochs)")
+    p.add_argument("--source", help="your pool: a folder of webdataset shards (default: the synthetic pool)")
+    p.add_argument("--eval", dest="eval_dir", help="your labelled evaluation set (ImageFolder or clip_benchmark wds)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    args = p.parse_args(argv)
+    from dynamics_assets.core.evaluate.design import DesignConfig, run_design
+
+    try:
+        config = DesignConfig.from_yaml(args.config, seeds=args.seeds, recipes=args.recipes, epochs=args.epochs)
+    except (ValueError, KeyError, OSError) as e:
+        print(f"dynamics compare: {e}", file=sys.stderr)
+        return 2
+    if args.source and not args.eval_dir:
+        print("dynamics compare: --source needs --eval (a labelled evaluation set)", file=sys.stderr)
+        return 2
+    out = args.out or str(Path(os.environ.get("DYNAMICS_DATA_DIR", ROOT / "data")) / "design")
+    run_design(out, config, source=args.source, eval_dir=args.eval_dir, threads=args.threads,
+               progress=lambda line: print(line, flush=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
