@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, help="epochs per run (default: the file's learner.epochs)")
     p.add_argument("--source", help="your pool: a folder of webdataset shards (default: the synthetic pool)")
     p.add_argument("--eval", dest="eval_dir", help="your labelled evaluation set (ImageFolder or clip_benchmark wds)")
+    p.add_argument("--doc", help="also write the report into this Markdown file's design block (docs/comparison.md)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda: the learner and the pool's features on the GPU")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = p.parse_args(argv)
     from dynamics_assets.core.evaluate.design import DesignConfig, run_design
@@ -41,8 +43,12 @@ def main(argv: list[str] | None = None) -> int:
         print("dynamics compare: --source needs --eval (a labelled evaluation set)", file=sys.stderr)
         return 2
     out = args.out or str(Path(os.environ.get("DYNAMICS_DATA_DIR", ROOT / "data")) / "design")
-    run_design(out, config, source=args.source, eval_dir=args.eval_dir, threads=args.threads,
-               progress=lambda line: print(line, flush=True))
+    summary = run_design(out, config, source=args.source, eval_dir=args.eval_dir, threads=args.threads, device=args.device,
+                         progress=lambda line: print(line, flush=True))
+    if args.doc:
+        from dynamics_assets.core.evaluate.design_report import write_doc_block
+        write_doc_block(args.doc, summary)
+        print(f"wrote the report into {args.doc}")
     return 0
 
 

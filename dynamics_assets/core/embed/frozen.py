@@ -48,8 +48,8 @@ class FrozenTower:
                                f"unexpected {unexpected[:3]})")
         self.model = model.eval().requires_grad_(False).to(device)
         self.side, self.device = side, device
-        self.mean = torch.tensor(MEAN).view(1, 3, 1, 1)
-        self.std = torch.tensor(STD).view(1, 3, 1, 1)
+        self.mean = torch.tensor(MEAN).view(1, 3, 1, 1).to(device)
+        self.std = torch.tensor(STD).view(1, 3, 1, 1).to(device)
 
     def _tensor(self, images: Sequence[bytes]):
         import torch
@@ -60,7 +60,7 @@ class FrozenTower:
             img = Image.open(io.BytesIO(item)) if isinstance(item, (bytes, bytearray)) else item
             with img:
                 arrays.append(np.asarray(img.convert("RGB").resize((self.side, self.side), Image.BILINEAR)))
-        x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255.0)
+        x = torch.from_numpy(np.stack(arrays)).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
         return (x - self.mean) / self.std
 
     def features(self, images: Sequence) -> np.ndarray:
@@ -70,7 +70,7 @@ class FrozenTower:
         if not len(images):
             return np.zeros((0, FEATURE_DIM), np.float32)
         with torch.no_grad():
-            maps = self.model.extract_features(self._tensor(images).to(self.device))
+            maps = self.model.extract_features(self._tensor(images))
             return maps.mean(dim=(2, 3)).float().cpu().numpy()
 
     def flops_per_image(self) -> int:

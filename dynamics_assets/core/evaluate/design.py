@@ -141,7 +141,7 @@ def _emit(progress: Callable[[str], None] | None, msg: str) -> None:
 
 def prepare_pool(root: str | Path, *, source: str | None = None, eval_dir: str | None = None,
                  pool: Mapping[str, Any] | None = None, context_length: int = 16,
-                 progress: Callable[[str], None] | None = None) -> PreparedPool:
+                 progress: Callable[[str], None] | None = None, device: str = "cpu") -> PreparedPool:
     """Stage 1 (module doc). ``source``: a folder of webdataset shards (a user's pool); None: the
     synthetic pool with ``pool``'s generator settings. ``eval_dir``: the labelled evaluation set
     (required with ``source``)."""
@@ -176,7 +176,7 @@ def prepare_pool(root: str | Path, *, source: str | None = None, eval_dir: str |
     n_valid = sum(s.n_ok for s in pool_shard_list)
     n_generated = summary.total if hasattr(summary, "total") else n_valid
     identity = summary.version_id
-    tower = FrozenTower()
+    tower = FrozenTower(device=device)
     feats_path = root / f"features-{identity}.npy"
     if not feats_path.exists():
         t0 = time.perf_counter()
@@ -347,19 +347,20 @@ def class_tokens(prepared: PreparedPool, context_length: int) -> np.ndarray:
 
 
 def run_key(recipe: Recipe, seed: int, epochs: int, learner: Mapping[str, Any], pool_identity: str,
-            clustering: Clustering) -> str:
+            clustering: Clustering, device: str = "cpu") -> str:
     from dynamics_assets.core.train.lit import LIT_VERSION
     blob = json.dumps({"lit": LIT_VERSION, "recipe": recipe.sampler, "clusters": recipe.clusters, "seed": seed, "epochs": epochs,
                        "learner": dict(learner), "pool": pool_identity, "k": clustering.k,
-                       "merge": clustering.merge_threshold}, sort_keys=True, default=str)
+                       "merge": clustering.merge_threshold, **({"device": device} if device != "cpu" else {})},
+                      sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def run_one(prepared: PreparedPool, recipe: Recipe, seed: int, plans, settings, ctokens: np.ndarray,
-            out: Path, key: str) -> dict[str, Any]:
+            out: Path, key: str, device: str = "cpu") -> dict[str, Any]:
     from dynamics_assets.core.train.lit import train_lit
     run = train_lit(prepared.features, prepared.tokens, plans, prepared.eval_features, prepared.eval_labels,
-                    ctokens, settings, seed)
+                    ctokens, settings, seed, device=device)
     record = {"recipe": recipe.name, "seed": seed, "key": key, "steps": run.steps, "samples_seen": run.samples_seen,
               "distinct_seen": run.distinct_seen, "seconds": round(run.seconds, 2), "final_loss": run.final_loss,
               "top1": float(run.correct.mean())}
@@ -380,7 +381,8 @@ def load_run(path: Path, key: str) -> tuple[np.ndarray, dict] | None:
 
 
 def run_design(root: str | Path, config: DesignConfig, *, source: str | None = None, eval_dir: str | None = None,
-               progress: Callable[[str], None] | None = print, threads: int | None = None) -> dict[str, Any]:
+               progress: Callable[[str], None] | None = print, threads: int | None = None,
+               device: str = "cpu") -> dict[str, Any]:
     """Run (or resume) the whole design and write the report; returns the report's summary dict."""
     import torch
 
@@ -393,7 +395,7 @@ def run_design(root: str | Path, config: DesignConfig, *, source: str | None = N
     root = Path(root)
     settings = LitSettings(**config.learner)
     prepared = prepare_pool(root, source=source, eval_dir=eval_dir, pool=config.pool,
-                            context_length=settings.context_length, progress=progress)
+                            context_length=settings.context_length, progress=progress, device=device)
     _emit(progress, f"pool: {prepared.n_valid:,} valid pairs of {prepared.n_generated:,}; "
                     f"{len(prepared.eval_labels):,} evaluation images")
     clustering = cluster_pool(prepared.features, k=config.k, merge=config.merge)
@@ -419,11 +421,11 @@ def run_design(root: str | Path, config: DesignConfig, *, source: str | None = N
     results: dict[tuple[str, int], tuple[np.ndarray, dict]] = {}
     todo = [(r, s) for s in config.seeds for r in recipes]
     for i, (r, s) in enumerate(todo, 1):
-        key = run_key(r, s, config.epochs, config.learner, prepared.identity, clustering)
+        key = run_key(r, s, config.epochs, config.learner, prepared.identity, clustering, device)
         path = runs_dir / f"{r.name}.s{s}.npz"
         got = load_run(path, key)
         if got is None:
-            record = run_one(prepared, r, s, plans[(r.name, s)], settings, ctokens, path, key)
+            record = run_one(prepared, r, s, plans[(r.name, s)], settings, ctokens, path, key, device)
             got = load_run(path, key)
             _emit(progress, f"run {i}/{len(todo)}: {r.name} seed {s}: top-1 {record['top1']:.3f}, "
                             f"{record['steps']} steps in {record['seconds']:.0f} s")

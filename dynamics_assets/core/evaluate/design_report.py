@@ -266,3 +266,21 @@ def write_report(root: str | Path, summary: Mapping[str, Any]) -> dict[str, Path
         tmp.write_text(markdown(summary))
     write_json(js, _jsonable(summary))
     return {"markdown": md, "json": js}
+
+
+DOC_START, DOC_END = "<!-- design:start -->", "<!-- design:end -->"
+
+
+def write_doc_block(doc: str | Path, summary: Mapping[str, Any]) -> None:
+    """Replace the block between ``DOC_START`` and ``DOC_END`` in ``doc`` with the report (headings
+    one level down); the rest of the file is left as it is."""
+    doc = Path(doc)
+    text = doc.read_text()
+    if DOC_START not in text or DOC_END not in text:
+        raise ValueError(f"{doc}: no {DOC_START} … {DOC_END} block to write into")
+    body = "\n".join(("#" + line) if line.startswith("#") else line for line in markdown(summary).splitlines())
+    head, rest = text.split(DOC_START, 1)
+    _, tail = rest.split(DOC_END, 1)
+    block = f"{DOC_START}\n<!-- written by `dynamics compare --doc`; do not edit -->\n\n{body}\n\n{DOC_END}"
+    with atomic_path(doc) as tmp:
+        tmp.write_text(head + block + tail)

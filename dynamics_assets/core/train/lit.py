@@ -126,15 +126,21 @@ def zero_shot_correct(model, eval_features: np.ndarray, eval_labels: np.ndarray,
 
 def train_lit(features: np.ndarray, tokens: np.ndarray, plans: Sequence[tuple[np.ndarray, np.ndarray]],
               eval_features: np.ndarray, eval_labels: np.ndarray, class_tokens: np.ndarray,
-              settings: LitSettings, seed: int) -> LitRun:
+              settings: LitSettings, seed: int, device: str = "cpu") -> LitRun:
     """Train on ``plans`` (one (indices, multiplicity) per epoch, indices into ``features``/``tokens``)
-    and return the zero-shot correctness on the evaluation features."""
+    and return the zero-shot correctness on the evaluation features. On a GPU (``device="cuda"``) the
+    whole pool's features and tokens are copied to the device once (≈ 65 MB for 25k pairs) and each
+    batch is gathered there: the locked features are the pool pre-decoded on the GPU."""
     import torch
     from open_clip.loss import ClipLoss
     from open_clip_train.scheduler import cosine_lr
 
     started = time.perf_counter()
-    model = build_model(features.shape[1], settings, seed)
+    model = build_model(features.shape[1], settings, seed).to(device)
+    on_device = device != "cpu"
+    if on_device:
+        all_feats = torch.from_numpy(np.asarray(features, dtype=np.float32)).to(device)
+        all_toks = torch.from_numpy(np.asarray(tokens)).long().to(device)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": settings.weight_decay},
@@ -151,8 +157,12 @@ def train_lit(features: np.ndarray, tokens: np.ndarray, plans: Sequence[tuple[np
         for batch in _batches(epoch_order(indices, mult, seed, epoch), settings.batch_size):
             schedule(step)
             order = np.sort(batch)  # memmap reads in file order; the pairing is kept
-            feats = torch.from_numpy(np.asarray(features[order], dtype=np.float32))
-            toks = torch.from_numpy(np.asarray(tokens[order])).long()
+            if on_device:
+                at = torch.from_numpy(order).to(device)
+                feats, toks = all_feats[at], all_toks[at]
+            else:
+                feats = torch.from_numpy(np.asarray(features[order], dtype=np.float32))
+                toks = torch.from_numpy(np.asarray(tokens[order])).long()
             loss = loss_fn(model.encode_image(feats), model.encode_text(toks), model.logit_scale.exp())
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -160,8 +170,10 @@ def train_lit(features: np.ndarray, tokens: np.ndarray, plans: Sequence[tuple[np
             opt.step()
             with torch.no_grad():
                 model.logit_scale.clamp_(0, math.log(100))
-            step, seen, loss_value = step + 1, seen + len(batch), float(loss.detach())
-    model.eval()
+            step, seen = step + 1, seen + len(batch)
+            last = loss.detach()
+    loss_value = float(last) if step else float("nan")
+    model.eval().to("cpu")
     correct = zero_shot_correct(model, eval_features, eval_labels, class_tokens)
     return LitRun(correct, step, seen, int(distinct.sum()), time.perf_counter() - started, loss_value)
 
