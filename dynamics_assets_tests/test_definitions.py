@@ -139,7 +139,8 @@ def test_the_defs_docstring_names_only_what_exists():
         elif not line.startswith("   "):
             stage = None
         files = re.findall(r"\b(\w+\.py)\b", line)
-        missing += [f"{stage or ''}/{f}" for f in files if f != "definitions.py" and not (root / (stage or "") / f).is_file()]
+        folder = root / (stage or "")
+        missing += [f"{stage or ''}/{f}" for f in files if f != "definitions.py" and not (folder / f).is_file()]
         if stage:
             missing += [f"{stage}: {w} (group {groups[w]})" for w in re.findall(r"\b\w+\b", line)
                         if w in groups and groups[w] != stage]

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
-# The main job: every asset on the embedded default data, in the local Dagster instance.
+# Bootstrap .venv, then `dynamics run`: the main job, every asset on the embedded default data (or
+# --source …), in the local Dagster instance. Arguments go to it unchanged (`dynamics run --help`).
 source "$(dirname "$0")/env.sh"
-exec python -m dynamics_assets.pipeline "$@"
+exec dynamics run "$@"
