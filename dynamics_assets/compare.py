@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval", dest="eval_dir", help="your labelled evaluation set (ImageFolder or clip_benchmark wds)")
     p.add_argument("--doc", help="also write the report into this Markdown file's design block (docs/comparison.md)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda: the learner and the pool's features on the GPU")
+    p.add_argument("--part", help="I/N: train only every N-th run starting at I (N processes share the design); "
+                                  "no report: a last call without --part writes it")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = p.parse_args(argv)
     from dynamics_assets.core.evaluate.design import DesignConfig, run_design
@@ -42,10 +44,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.source and not args.eval_dir:
         print("dynamics compare: --source needs --eval (a labelled evaluation set)", file=sys.stderr)
         return 2
+    part = None
+    if args.part:
+        try:
+            i, n = (int(v) for v in args.part.split("/"))
+            assert 0 <= i < n
+        except (ValueError, AssertionError):
+            print(f"dynamics compare: --part {args.part!r}: expected I/N with 0 ≤ I < N", file=sys.stderr)
+            return 2
+        part = (i, n)
     out = args.out or str(Path(os.environ.get("DYNAMICS_DATA_DIR", ROOT / "data")) / "design")
     summary = run_design(out, config, source=args.source, eval_dir=args.eval_dir, threads=args.threads, device=args.device,
-                         progress=lambda line: print(line, flush=True))
-    if args.doc:
+                         part=part, progress=lambda line: print(line, flush=True))
+    if args.doc and summary is not None:
         from dynamics_assets.core.evaluate.design_report import write_doc_block
         write_doc_block(args.doc, summary)
         print(f"wrote the report into {args.doc}")

@@ -120,6 +120,8 @@ RECIPES = {
 def test_design_runs_resumes_and_reports_controls_and_gate_first(tmp_path, capsys):
     config = DesignConfig.from_yaml(_design(tmp_path, RECIPES))
     out = tmp_path / "out"
+    assert run_design(out, config, progress=None, part=(1, 2)) is None  # one of two processes: no report
+    assert len(list((out / "runs").glob("*.npz"))) == 5 and not (out / "report.md").exists()
     summary = run_design(out, config, progress=None)
     report = (out / "report.md").read_text()
     assert report.index("Pool gate") < report.index("## Controls") < report.index("## Recipes")

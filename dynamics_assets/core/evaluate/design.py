@@ -382,8 +382,11 @@ def load_run(path: Path, key: str) -> tuple[np.ndarray, dict] | None:
 
 def run_design(root: str | Path, config: DesignConfig, *, source: str | None = None, eval_dir: str | None = None,
                progress: Callable[[str], None] | None = print, threads: int | None = None,
-               device: str = "cpu") -> dict[str, Any]:
-    """Run (or resume) the whole design and write the report; returns the report's summary dict."""
+               device: str = "cpu", part: tuple[int, int] | None = None) -> dict[str, Any] | None:
+    """Run (or resume) the whole design and write the report; returns the report's summary dict.
+    ``part=(i, n)``: train only the runs whose position in the run order is ≡ i (mod n) — n such
+    processes share the runs (each run is one file, committed atomically) — and write no report
+    (returns None); a call without ``part`` then reuses every run and writes it."""
     import torch
 
     from dynamics_assets.core.evaluate.design_report import analyse, write_report
@@ -424,12 +427,18 @@ def run_design(root: str | Path, config: DesignConfig, *, source: str | None = N
         key = run_key(r, s, config.epochs, config.learner, prepared.identity, clustering, device)
         path = runs_dir / f"{r.name}.s{s}.npz"
         got = load_run(path, key)
+        if got is None and part is not None and (i - 1) % part[1] != part[0]:
+            continue  # another part's run
         if got is None:
             record = run_one(prepared, r, s, plans[(r.name, s)], settings, ctokens, path, key, device)
             got = load_run(path, key)
             _emit(progress, f"run {i}/{len(todo)}: {r.name} seed {s}: top-1 {record['top1']:.3f}, "
                             f"{record['steps']} steps in {record['seconds']:.0f} s")
         results[(r.name, s)] = got
+    if part is not None:
+        _emit(progress, f"part {part[0]}/{part[1]} done ({len(results)} of {len(todo)} runs on disk); "
+                        "run without --part to write the report")
+        return None
     learner_flops = flops_per_sample(prepared.features.shape[1], settings)
     summary = analyse(prepared, clustering, recipes, config, results, gate, pools,
                       learner_flops=learner_flops, skipped=skipped,
