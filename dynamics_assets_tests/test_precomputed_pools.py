@@ -8,7 +8,7 @@ import dagster as dg
 import numpy as np
 import pytest
 
-from dynamics_assets.core.ingest.minipools import write_datacomp_pool, write_laion_pool
+from dynamics_assets_tests.fixtures.minipools import write_datacomp_pool, write_laion_pool
 from dynamics_assets.defs.cluster import assets as clustering
 from dynamics_assets.defs.embed import assets as embeddings
 from dynamics_assets.defs.ingest import assets as raw_data

@@ -299,7 +299,7 @@ def test_filters_refuse_a_pool_without_its_manifest_or_with_another(b32, tmp_pat
 @pytest.fixture(scope="module")
 def datacomp(tmp_path_factory):
     from dynamics_assets.core.cluster.curate import ClusterParams, cluster_pool
-    from dynamics_assets.core.ingest.minipools import write_datacomp_pool
+    from dynamics_assets_tests.fixtures.minipools import write_datacomp_pool
     from dynamics_assets.core.ingest.precomputed import has_images, ingest_precomputed
 
     tmp = tmp_path_factory.mktemp("datacomp")

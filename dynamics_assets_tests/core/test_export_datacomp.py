@@ -10,7 +10,7 @@ from dynamics_assets.core.cluster.curate import ClusterParams, cluster_pool
 from dynamics_assets.core.export import datacomp
 from dynamics_assets.core.export.datacomp import SUBSET_DTYPE, read_subset, u8_to_uids, uids_to_u8, write_subset
 from dynamics_assets.core.ingest.manifest import content_sample_id
-from dynamics_assets.core.ingest.minipools import write_datacomp_pool, write_laion_pool
+from dynamics_assets_tests.fixtures.minipools import write_datacomp_pool, write_laion_pool
 from dynamics_assets.core.ingest.precomputed import ingest_precomputed
 from dynamics_assets.core.io import versions
 from dynamics_assets.core.io.versions import StalePlanError

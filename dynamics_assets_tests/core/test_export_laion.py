@@ -13,7 +13,7 @@ import pytest
 from dynamics_assets.core.cluster.curate import ClusterParams, cluster_pool
 from dynamics_assets.core.export.laion import img2dataset_command, write_laion_metadata
 from dynamics_assets.core.ingest.manifest import build_manifest
-from dynamics_assets.core.ingest.minipools import write_datacomp_pool, write_laion_pool
+from dynamics_assets_tests.fixtures.minipools import write_datacomp_pool, write_laion_pool
 from dynamics_assets.core.ingest.precomputed import derived_sample_id, ingest_precomputed
 from dynamics_assets.core.io import versions
 from dynamics_assets.core.io.versions import StalePlanError

@@ -21,7 +21,7 @@ from dynamics_assets.core.cluster.stats import compute_cluster_stats
 from dynamics_assets.core.embed.store import EmbeddingStore
 from dynamics_assets.core.ingest import precomputed
 from dynamics_assets.core.ingest.manifest import OK, REASONS, manifest_files, manifest_info, ok_rows, pool_counts
-from dynamics_assets.core.ingest.minipools import write_datacomp_pool, write_laion_pool
+from dynamics_assets_tests.fixtures.minipools import write_datacomp_pool, write_laion_pool
 from dynamics_assets.core.ingest.pool import pool_shards
 from dynamics_assets.core.ingest.precomputed import (PoolPartsError, derived_sample_id, detect_layout, has_images,
                                                      ingest_precomputed, join_images)
