@@ -3,7 +3,7 @@
     dynamics run [OPTIONS]              the main job: the whole lineage (dynamics_assets.pipeline)
     dynamics ui [--host H] [--port N]   the Dagster UI (webserver + daemon) on http://127.0.0.1:3000
     dynamics compare [OPTIONS]          run (or resume) the comparison design (dynamics_assets.compare)
-    dynamics generate --out DIR [...]   write the synthetic pool (core/ingest/synthetic.py)
+    dynamics generate --out DIR [...]   write the synthetic pool (core/ingest/synthetic/)
     dynamics prune [--dry-run] DATA_ROOT  delete artefact versions nothing current uses (core/io/versions.py)
 
 ``dynamics COMMAND --help`` lists a command's options. ``run``, ``compare``, ``generate`` and
