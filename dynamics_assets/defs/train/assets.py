@@ -74,40 +74,33 @@ def checkpoint(context: dg.AssetExecutionContext, config: TrainingConfig, sample
     A feedback recipe's plan is drawn here first (``feedback_plan``, see the module doc)."""
     from dynamics_assets.core.io.lineage import LineageError
     from dynamics_assets.core.io.versions import StalePlanError
-    from dynamics_assets.core.train.epoch import EpochJob
+    from dynamics_assets.core.train.checkpoint import CuratedReferenceError, TrainedEpoch, epoch_job, reference_for
     from dynamics_assets.core.train.launch import LaunchError, Topology, launch
-
     from dynamics_assets.core.train.settings import resolve_training
 
     recipe, epoch_key = recipe_and_epoch(context)
     if not clusters.has_images:
         raise dg.Failure("this pool ships embeddings without images: its plans and exports exist "
                          "(sample_plan, datacomp_subset), but there is nothing to train on here")
-
     # the one resolution (core/train/settings.py): run config, recipe overrides, batch rule, seed, span
     settings = resolve_training(config.model_dump(), recipe.training, recipe.seed, clusters.n,
                                 config.model_fields_set, default_epochs=N_EPOCHS, recipe_name=recipe.name)
-    plan = sample_plan
+    plan, plan_md = sample_plan, None
     if registry.needs_feedback(recipe.sampler):
         # drawn, written and checked before training; yielded after the checkpoint (Dagster wants a
         # multi_asset's outputs in the order of its lineage, and feedback_plan(e) ← checkpoint(e−1))
         plan, plan_md = feedback_plan_of(recipe, epoch_key, clusters, previous_checkpoint, storage, context.log)
-    out = storage.layout.artifact("checkpoint", str(partition_dir(recipe, epoch_key)))
-    reference, curation_flops = reference_model.checkpoint, 0.0
-    if settings.selection and settings.reference == "curated":  # curated_model's, its training counted once
-        reference, curation_flops = _curated_reference(storage, recipe.key)
-    job = EpochJob(
-        **dataclasses.asdict(settings),
-        plan_dir=plan.plan_dir, manifest_dir=clusters.manifest_dir, shards_dir=clusters.shards_dir,
-        out_checkpoint=str(out), epoch=epoch_of(epoch_key), pool_version=clusters.clusters_dir,
-        previous_checkpoint=previous_checkpoint.checkpoint if previous_checkpoint else None,
-        device=gpu.resolved_device(), precision=gpu.resolved_precision(),
-        reference_checkpoint=reference if settings.selection else None,
-        cluster_ids=str(Path(clusters.clusters_dir) / "cluster_id.npy"), n_clusters=clusters.k,
-        num_workers=gpu.num_workers)
+    try:
+        reference = reference_for(settings, reference_model.checkpoint, storage.layout.artifact("curated_model"),
+                                  recipe.key)
+    except CuratedReferenceError as e:
+        raise dg.Failure(str(e)) from None
+    job = epoch_job(settings, plan, clusters, previous_checkpoint, reference, epoch=epoch_of(epoch_key),
+                    out=storage.layout.artifact("checkpoint", str(partition_dir(recipe, epoch_key))),
+                    device=gpu.resolved_device(), precision=gpu.resolved_precision(), num_workers=gpu.num_workers)
+    topology = Topology(gpu.num_nodes, gpu.num_processes, gpu.ray_address or None, gpu.rdzv_endpoint or None)
     with mlflow.start_run(context, run_name=f"train {recipe.key} {epoch_key}", tags={"recipe": recipe.key}) as run:
         run.log_params({**dataclasses.asdict(job), "num_processes": gpu.num_processes, "num_nodes": gpu.num_nodes})
-        topology = Topology(gpu.num_nodes, gpu.num_processes, gpu.ray_address or None, gpu.rdzv_endpoint or None)
         try:
             metrics = launch(job, topology, on_step=lambda step, m: run.log_metrics(m, step=step), log=context.log.info)
         except LaunchError as e:
@@ -115,53 +108,22 @@ def checkpoint(context: dg.AssetExecutionContext, config: TrainingConfig, sample
         except (StalePlanError, LineageError) as e:
             raise dg.Failure(str(e)) from e
         run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
-    context.add_output_metadata(output_name="checkpoint", metadata={
-        "checkpoint": dg.MetadataValue.path(str(metrics["checkpoint"])), "plan_dir": plan.plan_dir,
-        "trained_plan": "feedback_plan" if plan is not sample_plan else "sample_plan",
-        **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str))},
-        # the version is also an open_clip model folder: open_clip_config.json + open_clip_model.safetensors
-        "open_clip_model": dg.MetadataValue.md(
-            f"`open_clip.create_model_and_transforms(\"local-dir:{metrics['version_dir']}\")` · "
-            f"`clip_benchmark eval --model local-dir:{metrics['version_dir']} …`"),
-        "model_dir": dg.MetadataValue.path(str(metrics["version_dir"])),
-        "reused": bool(metrics.get("reused", False)),
-        "batch_size": job.batch_size, "lr": job.lr, "seed": job.seed, "n_epochs": job.n_epochs,
-        "launcher": topology.launcher,
-        **({"reference": settings.reference, "reference_checkpoint": dg.MetadataValue.path(str(reference)),
-            "curation_flops": curation_flops} if settings.selection else {}),
-        "mlflow_run": run.url_hint,
-    })
-    before = previous_checkpoint
-    yield dg.Output(output_name="checkpoint", value=CheckpointRecord(
-        checkpoint=str(metrics["checkpoint"]), model_name=job.model_name, recipe=recipe.key, epoch=job.epoch,
-        pool_version=plan.pool_version, samples_seen=int(metrics["samples_seen"]),
-        device_seconds=(before.device_seconds if before else 0.0) + float(metrics["device_seconds"]),
-        scoring_flops=(before.scoring_flops if before else 0.0) + float(metrics.get("scoring_flops", 0.0)),
-        global_step=int(metrics["global_step"]), final_loss=float(metrics["final_loss"]),
-        cluster_loss=metrics.get("cluster_loss"), plan_dir=plan.plan_dir,
-        # the curated model is trained once for all the recipe's epochs: its FLOPs counted once
-        curation_flops=max(before.curation_flops if before else 0.0, curation_flops)))
+    trained = TrainedEpoch(job, metrics, plan, reference, topology.launcher)
+    facts = trained.facts("feedback_plan" if plan is not sample_plan else "sample_plan")
+    metadata = {k: dg.MetadataValue.path(str(v)) if isinstance(v, Path) else v for k, v in facts.items()}
+    metadata["open_clip_model"] = dg.MetadataValue.md(facts["open_clip_model"])
+    context.add_output_metadata(output_name="checkpoint", metadata={**metadata, "mlflow_run": run.url_hint})
+    yield dg.Output(output_name="checkpoint", value=trained.record(recipe.key, previous_checkpoint))
     if plan is not sample_plan:
         yield dg.Output(plan, output_name="feedback_plan", metadata=plan_md)
 
 
 def _curated_reference(storage: StorageResource, recipe: str) -> tuple[str, float]:
-    """The current curated_model checkpoint (online selection's reference with ``training.reference:
-    curated``) and its training FLOPs, read from the record its trainer wrote beside it; refused,
-    naming the recipe and what provides it, when there is none."""
-    from dynamics_assets.core.evaluate.dfn import training_flops
-    from dynamics_assets.core.io.versions import Artefact
-    from dynamics_assets.core.train.loop import trained_record
+    """The current curated_model checkpoint and its training FLOPs (core/train/checkpoint.py:
+    ``curated_reference``), refused as a Dagster failure when there is none."""
+    from dynamics_assets.core.train.checkpoint import CuratedReferenceError, curated_reference
 
-    version = Artefact(storage.layout.artifact("curated_model")).current()
-    found = sorted(version.glob("*.pt")) if version is not None else []
-    if len(found) != 1:
-        raise dg.Failure(f"recipe {recipe}: training.reference is 'curated' but there is no curated model"
-                         + (f" ({len(found)} checkpoints in {version})" if found else "")
-                         + ": materialise curated_model with a curated set (--curated DIR; the synthetic pool: "
-                           "--curated synthetic), or set reference: pool")
     try:
-        record = trained_record(found[0])
-    except ValueError as e:
-        raise dg.Failure(f"recipe {recipe}: training.reference is 'curated': {e}") from None
-    return str(found[0]), float(training_flops(record["run"]["model_name"], int(record["metrics"]["samples_seen"])))
+        return curated_reference(storage.layout.artifact("curated_model"), recipe)
+    except CuratedReferenceError as e:
+        raise dg.Failure(str(e)) from None
