@@ -2,7 +2,6 @@
 set), the L2-normalised image and text embeddings of every valid pair (written per shard,
 resumable), and the embeddings of each shard that lands later (one dynamic partition per shard)."""
 
-import math
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -43,16 +42,12 @@ def reference_model(context: dg.AssetExecutionContext, config: ReferenceModelCon
     the reference model of the baselines. Its version references the manifest it was trained on;
     its compute (steps, samples seen, FLOPs, seconds) is in this metadata and the record.
     Its checkpoint loads with ``open_clip.create_model_and_transforms(model_name, pretrained=path)``."""
-    from dynamics_assets.core.evaluate.dfn import training_flops
-    from dynamics_assets.core.io.versions import Artefact
-    from dynamics_assets.core.train.loop import train_reference_model
-    from dynamics_assets.core.train.settings import TrainSettings, batch_for, near_chance, reference_epochs_for
+    from dynamics_assets.core.train.reference import learning_warnings, train_on_pool
 
     if not raw_pairs.has_images:
         context.add_output_metadata({"skipped": "the pool ships its embeddings and has no images to train on"})
         return ReferenceModel(checkpoint=None, model_name=config.model_name, steps=0, final_loss=float("nan"),
                               reused=False, trained_on=config.train_on)
-
     if config.train_on == "curated":
         if not raw_pairs.curated_dir:
             raise dg.Failure("reference_model: train_on is 'curated' but no curated set is configured "
@@ -61,29 +56,12 @@ def reference_model(context: dg.AssetExecutionContext, config: ReferenceModelCon
         manifest_dir, md = m["manifest_dir"], _curated_metadata(out, config, raw_pairs, m)
         batch, flops = int(m["batch_size"]), float(m["flops"])
     else:
-        batch = config.batch_size or batch_for(raw_pairs.n_ok)
-        epochs = config.epochs or reference_epochs_for(raw_pairs.n_ok, batch)
-        # A new version of the artefact, starting from links to the current one (so an unchanged pool
-        # and settings reuse the checkpoint); a crash keeps the staging directory and its step
-        # checkpoints, and the next run resumes from them.
-        artefact = Artefact(storage.layout.artifact("reference_model"))
-        with artefact.write(base=artefact.current(), resume=True, keep_on_error=True,
-                            refs={"manifest": raw_pairs.manifest_dir}) as staging:
-            m = train_reference_model(
-                raw_pairs.manifest_dir, raw_pairs.shards_dir, staging / f"{config.model_name}.pt",
-                settings=TrainSettings(model_name=config.model_name, batch_size=batch, seed=config.seed),
-                epochs=epochs, device=gpu.resolved_device(), reuse=not config.retrain)
-        out = staging.version_dir / f"{config.model_name}.pt"
-        manifest_dir, flops = raw_pairs.manifest_dir, float(training_flops(config.model_name, int(m["samples_seen"])))
-        md = {"checkpoint": dg.MetadataValue.path(str(out)), "model_name": config.model_name,
-              "epochs": epochs, "batch_size": batch, "flops": flops,
-              **{k: v for k, v in m.items() if isinstance(v, (int, float, str))}}
-    warnings = []
-    if near_chance(float(m["final_loss"]), batch):
-        warnings.append(f"the reference model ended at loss {float(m['final_loss']):.3f}, within 10% of chance "
-                        f"(ln {batch} = {math.log(batch):.3f}): it learnt nothing, and the embeddings "
-                        "and clusters made with it will not follow the content; train longer or configure a "
-                        "pretrained encoder for pair_embeddings")
+        r = train_on_pool(raw_pairs, storage.layout.artifact("reference_model"), model_name=config.model_name,
+                          epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
+                          device=gpu.resolved_device(), retrain=config.retrain)
+        out, m, batch, flops, manifest_dir = r.checkpoint, r.metrics, r.batch_size, r.flops, raw_pairs.manifest_dir
+        md = {k: dg.MetadataValue.path(str(v)) if isinstance(v, Path) else v for k, v in r.facts(config.model_name).items()}
+    warnings = learning_warnings(float(m["final_loss"]), batch)
     for w in warnings:
         context.log.warning(w)
     context.add_output_metadata({
@@ -258,90 +236,30 @@ def dfn_scores(context: dg.AssetExecutionContext, config: DFNScoresConfig, raw_p
     the ``dfn`` strategy. Its quality as a filter (synthetic pool: AUC, precision and recall against
     the generator's dirt) is reported apart from its own zero-shot accuracy. Without a curated set, a
     DataComp pool's shipped ``clip_b32_similarity_score`` stands in (said in ``source``); else skipped."""
-    from dynamics_assets.core.evaluate import dfn
-    from dynamics_assets.core.ingest.manifest import pool_identity
-    from dynamics_assets.core.io.atomic import write_json
-    from dynamics_assets.core.io.versions import Artefact, pinned, resolve
+    from dynamics_assets.core.evaluate.dfn import SCORES_FILE
+    from dynamics_assets.core.evaluate.dfn_scores import SKIPPED, score_pairs
 
     if not 0.0 < config.fraction <= 1.0:
         raise dg.Failure(f"dfn_scores.fraction: {config.fraction} is outside its range (0, 1]")
-    manifest = str(resolve(raw_pairs.manifest_dir))
-    if curated_model.checkpoint is None:
-        shipped = _shipped_scores(manifest) if raw_pairs.embeddings_dir else None
-        if shipped is None:
-            context.add_output_metadata({"skipped": "no curated model (raw_shards.curated, --curated) and no score "
-                                                    "shipped with the pool: the dfn strategy cannot run"})
-            return DFNScores(scores_dir=None, source="none")
-        source = "shipped clip_b32_similarity_score (DataComp's OpenAI B/32 score: no curated model; not a DFN)"
-    else:
-        source = f"curated model {curated_model.checkpoint}"
-    artefact = Artefact(storage.layout.artifact("dfn_scores"))
-    quality, zero_shot, extra = {}, {}, {}
-    with artefact.write(refs=pinned(manifest=manifest)) as staging:
-        path = staging / dfn.SCORES_FILE
-        if curated_model.checkpoint is None:
-            import numpy as np
-
-            from dynamics_assets.core.io.atomic import save_npy
-
-            save_npy(path, shipped.astype(np.float32))
-            n = len(shipped)
-        else:
-            staging.refs.update(pinned(curated_model=str(Path(curated_model.checkpoint).parent)))
-            spec = EncoderSpec(curated_model.model_name, curated_model.checkpoint, precision=gpu.resolved_precision())
-            with gpu.compute.engine_for(context.log) as engine:
-                summary, emb = dfn.score_pool(spec, manifest, raw_pairs.shards_dir,
-                                              storage.layout.artifact("dfn_embeddings"), path,
-                                              device=gpu.resolved_device(), batch_size=config.batch_size,
-                                              num_workers=gpu.num_workers, engine=engine)
-            n = summary.n
-            extra = {"unscored (image did not decode)": summary.unscored, "mean_score": summary.mean,
-                     "score_quantiles": dg.MetadataValue.json(summary.quantiles),
-                     "scoring_seconds": round(emb.seconds, 2), "pairs_embedded": emb.pairs_embedded}
-        write_json(staging / "dfn_meta.json", {"source": source, "n": n, "manifest_dir": manifest,
-                                                "pool_identity": pool_identity(manifest)})
-        if raw_pairs.ground_truth:
-            quality = dfn.filter_quality(path, manifest, raw_pairs.ground_truth, config.fraction)
-            write_json(staging / "filter_quality.json", quality)
-        if curated_model.checkpoint is not None and raw_pairs.eval_dir:
-            zero_shot = dfn.zero_shot_top1(spec, raw_pairs.eval_dir, raw_pairs.eval_kind, gpu.resolved_device())
-            write_json(staging / "zero_shot.json", zero_shot)
-    out = staging.version_dir
-    by_dirt = quality.pop("by_dirt", {})
+    r = score_pairs(raw_pairs, curated_model, storage.layout.artifact("dfn_scores"),
+                    storage.layout.artifact("dfn_embeddings"), fraction=config.fraction, batch_size=config.batch_size,
+                    device=gpu.resolved_device, precision=gpu.resolved_precision, num_workers=gpu.num_workers,
+                    engine=lambda: gpu.compute.engine_for(context.log))
+    if r.scores_dir is None:
+        context.add_output_metadata({"skipped": SKIPPED})
+        return DFNScores(scores_dir=None, source="none")
+    scoring = dict(r.scoring)
+    if "score_quantiles" in scoring:
+        scoring["score_quantiles"] = dg.MetadataValue.json(scoring["score_quantiles"])
     context.add_output_metadata({
-        "scores": dg.MetadataValue.path(str(out / dfn.SCORES_FILE)), "source": source, "dagster/row_count": n,
-        **extra,
-        **({f"filter/{k}": v for k, v in dfn.finite(quality).items()} if quality else
-           {"filter": "no ground truth (only the synthetic pool knows which pairs are dirty)"}),
+        "scores": dg.MetadataValue.path(str(r.scores_dir / SCORES_FILE)), "source": r.source, "dagster/row_count": r.n,
+        **scoring, **r.filter_facts(),
         **({"filter/by_dirt": md_table(["dirt", "pairs", "mean score", f"kept at {config.fraction:g}"],
-                                       [(d, v["pairs"], round(v["mean_score"], 4), round(v["kept_share"], 3))
-                                        for d, v in by_dirt.items()])} if by_dirt else {}),
-        **({f"model/zero_shot_{k}": v for k, v in zero_shot.items()} if zero_shot else
-           {"model/zero_shot": "no curated model or no labelled eval set"}),
+                                       r.by_dirt_rows())} if r.by_dirt else {}),
+        **r.zero_shot_facts(),
         "curated_model_flops": curated_model.flops, "curated_model_steps": curated_model.steps,
     })
-    return DFNScores(scores_dir=str(out), source=source, n=n)
-
-
-def _shipped_scores(manifest_dir: str):
-    """DataComp's shipped clip_b32_similarity_score of every ok pair in pool order, or None when
-    some pair lacks it."""
-    import duckdb
-    import numpy as np
-
-    from dynamics_assets.core.ingest.manifest import manifest_files
-
-    sql = ("SELECT TRY_CAST(json_extract_string(meta_json, '$.clip_b32_similarity_score') AS DOUBLE) "
-           "FROM read_parquet(?) WHERE status = 'ok' ORDER BY \"row\"")
-    parts = []
-    with duckdb.connect() as con:
-        for _, path in manifest_files(manifest_dir):
-            parts.append(np.array([r[0] if r[0] is not None else np.nan
-                                   for r in con.sql(sql, params=[str(path)]).fetchall()], dtype=np.float64))
-    scores = np.concatenate(parts).astype(np.float64) if parts else np.zeros(0)
-    if not len(scores) or not np.isfinite(scores).all():
-        return None
-    return scores
+    return DFNScores(scores_dir=str(r.scores_dir), source=r.source, n=r.n)
 
 
 @dg.asset(group_name=GROUP, kinds={"numpy"}, pool="gpu")
