@@ -166,7 +166,8 @@ def test_design_on_a_users_pool_without_ground_truth_leaves_the_oracle_out(tmp_p
     config = DesignConfig.from_yaml(_design(tmp_path, RECIPES), seeds=1)
     summary = run_design(tmp_path / "out", config, source=str(source), eval_dir=str(folder), progress=None)
     assert set(summary["skipped"]) == {"oracle-exact-50", "drop-tail-50"}
-    assert "ground_truth" in summary["pool"]["notes"]
+    assert "ground_truth" in summary["pool"]["notes"] and "caption_classes" in summary["pool"]["notes"]
+    assert summary["gate"]["lifts"]["uniform-100"] == pytest.approx(1.0, abs=0.05)  # measured on the captions
     assert "purity" not in summary["structure"]
     report = (tmp_path / "out" / "report.md").read_text()
     assert "Left out" in report and "oracle-exact-50" in report
@@ -186,3 +187,10 @@ def test_the_comparison_design_is_a_dagster_asset(tmp_path):
     meta = result.asset_materializations_for_node("comparison_design")[0].metadata
     assert "Pool gate" in meta["report"].value and meta["seeds"].value == 1
     assert (tmp_path / "data" / "artifacts" / "comparison_design" / "report.json").exists()
+
+
+def test_caption_classes_need_exactly_one_named_class():
+    from dynamics_assets.core.evaluate.design import caption_classes
+    names = [["cat", "kitty"], ["dog"], ["red fox"]]
+    got = caption_classes(["two cats", "a Dog barking", "a cat and a dog", "the red foxes", "a fox", ""], names)
+    assert got.tolist() == [0, 1, -1, 2, -1, -1]

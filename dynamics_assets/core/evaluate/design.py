@@ -122,6 +122,7 @@ class PreparedPool:
     features: np.ndarray  # (n_valid, 1280) float16 memmap, pool order
     tokens: np.ndarray  # (n_valid, ctx) int32
     concept: np.ndarray | None  # (n_valid,) concept id per pair, None without ground truth
+    caption_class: np.ndarray | None  # (n_valid,) class row the caption names (-1: none or several); user pools
     eval_features: np.ndarray
     eval_labels: np.ndarray  # row into the class table
     class_names: list[list[str]]
@@ -202,6 +203,17 @@ def prepare_pool(root: str | Path, *, source: str | None = None, eval_dir: str |
             with atomic_path(concept_path) as tmp:
                 np.save(tmp, np.array([lookup[k] for k in keys], dtype=np.int32))
     eval_set, freq, concept_ids = _eval_set(eval_dir, manifest_dir, synthetic=source is None)
+    caption_class = None
+    if ground_truth is None:
+        class_path = root / f"caption-class-{identity}-{_digest(eval_set.prompt_names)}.npy"
+        if not class_path.exists():
+            captions = [c or "" for s in pool_shard_list for c in shard_ok_rows(s, ["caption"])["caption"].to_pylist()]
+            with atomic_path(class_path) as tmp:
+                np.save(tmp, caption_classes(captions, eval_set.prompt_names))
+        caption_class = np.load(class_path)
+        named = float((caption_class >= 0).mean())
+        notes["caption_classes"] = (f"{named:.0%} of the valid pairs have a caption naming exactly one class: the "
+                                    "gate's tail lift is measured on them (no ground truth)")
     eval_path = root / f"eval-features-{hashlib.sha256(str(Path(eval_dir).resolve()).encode()).hexdigest()[:12]}.npy"
     if not eval_path.exists():
         encode_images(tower, (eval_set.image(i) for i in range(len(eval_set))), len(eval_set), eval_path)
@@ -212,10 +224,30 @@ def prepare_pool(root: str | Path, *, source: str | None = None, eval_dir: str |
     return PreparedPool(
         root=root, manifest_dir=manifest_dir, n_generated=int(n_generated), n_valid=n_valid,
         features=np.load(feats_path, mmap_mode="r"), tokens=np.load(tokens_path, mmap_mode="r"),
-        concept=np.load(concept_path) if ground_truth is not None else None,
+        concept=np.load(concept_path) if ground_truth is not None else None, caption_class=caption_class,
         eval_features=np.load(eval_path), eval_labels=np.asarray(eval_set.labels),
         class_names=eval_set.prompt_names, templates=tuple(eval_set.templates), train_frequency=freq,
         eval_concept_ids=concept_ids, identity=identity, tower_flops=tower.flops_per_image(), notes=notes)
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def caption_classes(captions, prompt_names) -> np.ndarray:
+    """Per caption, the class row whose name (or synonym) it names as whole words, plurals too
+    (``ingest.text.concept_pattern``, the rule the pool's caption frequencies use); -1 when it
+    names none or several classes."""
+    import re
+
+    from dynamics_assets.core.ingest.text import concept_pattern
+    patterns = [re.compile(concept_pattern(names)) for names in prompt_names]
+    out = np.full(len(captions), -1, dtype=np.int32)
+    for i, caption in enumerate(captions):
+        hits = [c for c, p in enumerate(patterns) if p.search(caption)]
+        if len(hits) == 1:
+            out[i] = hits[0]
+    return out
 
 
 def _eval_set(eval_dir, manifest_dir, *, synthetic: bool):
@@ -326,11 +358,14 @@ def plan_tail_lift(plans, prepared: PreparedPool, pair_is_tail: np.ndarray) -> f
 
 
 def pair_tail(prepared: PreparedPool) -> np.ndarray | None:
-    """Per valid pair: is its concept a tail concept (ground truth only)."""
-    if prepared.concept is None:
-        return None
+    """Per valid pair: is its concept a tail concept — by ground truth, or, on a user's pool, by the
+    class its caption names (``caption_classes``)."""
     from dynamics_assets.core.evaluate.design_report import tail_mask
     tail_rows = tail_mask(prepared)
+    if prepared.concept is None:
+        if prepared.caption_class is None:
+            return None
+        return np.isin(prepared.caption_class, np.flatnonzero(tail_rows))
     tail_ids = set(np.asarray(prepared.eval_concept_ids)[tail_rows].tolist())
     return np.isin(prepared.concept, list(tail_ids))
 
