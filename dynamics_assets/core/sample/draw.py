@@ -11,7 +11,8 @@ from dynamics_assets.core.records import CheckpointRecord, PlanRecord, PoolClust
 
 
 class FeedbackPlanError(ValueError):
-    """A feedback plan that cannot be drawn (no per-cluster loss recorded) or breaks its guarantees."""
+    """A feedback plan that cannot be drawn (no per-cluster loss recorded), breaks its guarantees, or
+    has not been drawn yet where it is read."""
 
 
 def pool_of(clusters: PoolClusters):
@@ -36,6 +37,25 @@ def commit_plan(plan, root: str | Path, clusters: PoolClusters, title: str) -> P
 def plan_record(out: Path, plan, recipe: str, epoch: int, clusters: PoolClusters) -> PlanRecord:
     return PlanRecord(plan_dir=str(out), recipe=recipe, epoch=epoch, realised=plan.size,
                       pool_version=clusters.pool_version)
+
+
+def trained_plan_dir(sampler: Mapping[str, Any], sample_plan_dir: str, feedback_plan_root: str | Path,
+                     partition: str) -> str:
+    """The plan a recipe × epoch (``partition``) trains on. For most recipes that is the sample plan;
+    a feedback recipe (``learnability``) trains on the feedback plan its training step draws from
+    epoch e−1's per-cluster loss, so the committed version under ``feedback_plan_root`` is read, and
+    refused, with the reason, until the training step has drawn it (it is not the size-only sample plan)."""
+    from dynamics_assets.core.io.versions import Artefact
+    from dynamics_assets.core.sample import registry
+
+    if not registry.needs_feedback(sampler):
+        return sample_plan_dir
+    current = Artefact(feedback_plan_root).current()
+    if current is None:
+        raise FeedbackPlanError(f"{partition}: this recipe trains on the feedback_plan its checkpoint step "
+                                "draws from the previous epoch's per-cluster loss; materialise checkpoint for this "
+                                "partition first, then export")
+    return str(current)
 
 
 def draw_sample_plan(sampler: Mapping[str, Any], clusters: PoolClusters, *, recipe: str, epoch: int, seed: int,

@@ -14,21 +14,16 @@ GROUP = "export"
 
 
 def trained_plan_dir(recipe, epoch_key: str, sample_plan: PlanRecord, storage: StorageResource) -> str:
-    """The plan this recipe × epoch trains on. For most recipes that is ``sample_plan``; a feedback
-    recipe (``learnability``) trains on the ``feedback_plan`` its training step draws from epoch
-    e−1's per-cluster loss, so its export reads that plan's committed version and is refused, with
-    the reason, until the training step has drawn it (it is not the size-only ``sample_plan``)."""
-    from dynamics_assets.core.io.versions import Artefact
-    from dynamics_assets.core.sample import registry
+    """The plan this recipe × epoch trains on (core/sample/draw.py: ``trained_plan_dir``: a feedback
+    recipe's ``feedback_plan``, refused until its training step has drawn it; else ``sample_plan``)."""
+    from dynamics_assets.core.sample.draw import FeedbackPlanError, trained_plan_dir as plan_dir_of
 
-    if not registry.needs_feedback(recipe.sampler):
-        return sample_plan.plan_dir
-    current = Artefact(storage.layout.artifact("feedback_plan", str(partition_dir(recipe, epoch_key)))).current()
-    if current is None:
-        raise dg.Failure(f"{recipe.key} {epoch_key}: this recipe trains on the feedback_plan its checkpoint step "
-                         "draws from the previous epoch's per-cluster loss; materialise checkpoint for this "
-                         "partition first, then export")
-    return str(current)
+    try:
+        return plan_dir_of(recipe.sampler, sample_plan.plan_dir,
+                           storage.layout.artifact("feedback_plan", str(partition_dir(recipe, epoch_key))),
+                           f"{recipe.key} {epoch_key}")
+    except FeedbackPlanError as e:
+        raise dg.Failure(str(e)) from None
 
 
 class ExportConfig(dg.Config):
