@@ -39,6 +39,46 @@ def plan_record(out: Path, plan, recipe: str, epoch: int, clusters: PoolClusters
                       pool_version=clusters.pool_version)
 
 
+class LineageFillError(ValueError):
+    """A setting a recipe left out that the lineage has no version to fill in from."""
+
+
+# strategy -> (setting, the artefact and file that fill it, what provides it)
+_FILLS = {
+    "text_filter": ("classnames", "curation_targets", "classnames.txt", "text_filter.classnames",
+                    "materialise curation_targets on a pool with class names (the synthetic pool, "
+                    "--eval, or --target with a classnames.txt), or list classnames in the recipe"),
+    "image_filter": ("target_embeddings", "curation_targets", "target.npy", "image_filter.target_embeddings",
+                     "materialise curation_targets with target images (--target DIR of "
+                     "images) or a curated set (--curated), or give a .npy in the recipe"),
+    "dfn": ("scores", "dfn_scores", "scores.npy", "dfn.scores",
+            "materialise curated_model and dfn_scores with a curated set (--curated DIR; "
+            "the synthetic pool: --curated synthetic)"),
+}
+
+
+def lineage_filled(spec: Mapping[str, Any], artifact: Callable[[str], Path], recipe: str) -> dict:
+    """The sampler block with what a recipe may leave out filled in from the lineage's current
+    versions (``registry.LINEAGE_FILLS``; ``artifact(name)``: that artefact's root):
+    ``text_filter.classnames`` = the pool's class names and ``image_filter.target_embeddings`` = the
+    target set's embeddings (``curation_targets``), ``dfn.scores`` = the data filtering network's
+    scores (``dfn_scores``); compositions step by step. Nothing there to fill in: refused
+    (``LineageFillError``), naming the recipe, the setting and what provides it."""
+    from dynamics_assets.core.io.versions import Artefact
+
+    out = dict(spec)
+    strategy = out.get("strategy")
+    if strategy == "compose":
+        out["steps"] = [lineage_filled(s, artifact, recipe) for s in out.get("steps", [])]
+    elif strategy in _FILLS and out.get(_FILLS[strategy][0]) is None:
+        key, name, file, setting, how = _FILLS[strategy]
+        version = Artefact(artifact(name)).current()
+        if version is None or not (version / file).is_file():
+            raise LineageFillError(f"recipe {recipe}: {setting} is not set and the lineage has none: {how}")
+        out[key] = str(version / file)
+    return out
+
+
 def trained_plan_dir(sampler: Mapping[str, Any], sample_plan_dir: str, feedback_plan_root: str | Path,
                      partition: str) -> str:
     """The plan a recipe × epoch (``partition``) trains on. For most recipes that is the sample plan;

@@ -38,35 +38,14 @@ def sample_plan(context: dg.AssetExecutionContext, clusters: PoolClusters, stora
 
 def lineage_filled(spec: dict, storage: StorageResource, recipe: str) -> dict:
     """The sampler block with what a recipe may leave out filled in from the lineage's current
-    versions (``sample.registry.LINEAGE_FILLS``): ``text_filter.classnames`` = the pool's class names and
-    ``image_filter.target_embeddings`` = the target set's embeddings (``curation_targets``),
-    ``dfn.scores`` = the data filtering network's scores (``dfn_scores``); compositions step by
-    step. Nothing there to fill in: refused, naming the recipe, the setting and what provides it."""
-    from dynamics_assets.core.io.versions import Artefact
+    versions (core/sample/draw.py: ``lineage_filled``); nothing there to fill in: a Dagster failure
+    naming the recipe, the setting and what provides it."""
+    from dynamics_assets.core.sample.draw import LineageFillError, lineage_filled as filled
 
-    def current(name: str, file: str, setting: str, how: str) -> str:
-        version = Artefact(storage.layout.artifact(name)).current()
-        if version is None or not (version / file).is_file():
-            raise dg.Failure(f"recipe {recipe}: {setting} is not set and the lineage has none: {how}")
-        return str(version / file)
-
-    out = dict(spec)
-    strategy = out.get("strategy")
-    if strategy == "compose":
-        out["steps"] = [lineage_filled(s, storage, recipe) for s in out.get("steps", [])]
-    elif strategy == "text_filter" and out.get("classnames") is None:
-        out["classnames"] = current("curation_targets", "classnames.txt", "text_filter.classnames",
-                                    "materialise curation_targets on a pool with class names (the synthetic pool, "
-                                    "--eval, or --target with a classnames.txt), or list classnames in the recipe")
-    elif strategy == "image_filter" and out.get("target_embeddings") is None:
-        out["target_embeddings"] = current("curation_targets", "target.npy", "image_filter.target_embeddings",
-                                           "materialise curation_targets with target images (--target DIR of "
-                                           "images) or a curated set (--curated), or give a .npy in the recipe")
-    elif strategy == "dfn" and out.get("scores") is None:
-        out["scores"] = current("dfn_scores", "scores.npy", "dfn.scores",
-                                "materialise curated_model and dfn_scores with a curated set (--curated DIR; "
-                                "the synthetic pool: --curated synthetic)")
-    return out
+    try:
+        return filled(spec, storage.layout.artifact, recipe)
+    except LineageFillError as e:
+        raise dg.Failure(str(e)) from None
 
 
 def plan_metadata(plan, out) -> dict:
