@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from dynamics_assets.core.records import CheckpointRecord, PlanRecord, PoolClusters
 from dynamics_assets.core.train.job import EpochJob
@@ -54,14 +54,15 @@ class Reference:
     curation_flops: float = 0.0
 
 
-def reference_for(settings: TrainSettings, pool_reference: Optional[str], curated_root: str | Path,
-                  recipe: str) -> Reference:
+def reference_for(settings: TrainSettings, pool_reference: Optional[str],
+                  curated: Callable[[], tuple[str, float]]) -> Reference:
     """Online selection's reference: reference_model's checkpoint, or with ``reference: curated``
-    the curated model's (``curated_reference``); none without selection."""
+    the curated model's (``curated()``: its checkpoint and training FLOPs, e.g. ``curated_reference``);
+    none without selection."""
     if not settings.selection:
         return Reference(None, settings.reference)
     if settings.reference == "curated":
-        checkpoint, flops = curated_reference(curated_root, recipe)
+        checkpoint, flops = curated()
         return Reference(checkpoint, "curated", flops)
     return Reference(pool_reference, settings.reference)
 

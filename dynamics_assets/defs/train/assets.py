@@ -74,7 +74,7 @@ def checkpoint(context: dg.AssetExecutionContext, config: TrainingConfig, sample
     A feedback recipe's plan is drawn here first (``feedback_plan``, see the module doc)."""
     from dynamics_assets.core.io.lineage import LineageError
     from dynamics_assets.core.io.versions import StalePlanError
-    from dynamics_assets.core.train.checkpoint import CuratedReferenceError, TrainedEpoch, epoch_job, reference_for
+    from dynamics_assets.core.train.checkpoint import TrainedEpoch, epoch_job, reference_for
     from dynamics_assets.core.train.launch import LaunchError, Topology, launch
     from dynamics_assets.core.train.settings import resolve_training
 
@@ -90,11 +90,7 @@ def checkpoint(context: dg.AssetExecutionContext, config: TrainingConfig, sample
         # drawn, written and checked before training; yielded after the checkpoint (Dagster wants a
         # multi_asset's outputs in the order of its lineage, and feedback_plan(e) ← checkpoint(e−1))
         plan, plan_md = feedback_plan_of(recipe, epoch_key, clusters, previous_checkpoint, storage, context.log)
-    try:
-        reference = reference_for(settings, reference_model.checkpoint, storage.layout.artifact("curated_model"),
-                                  recipe.key)
-    except CuratedReferenceError as e:
-        raise dg.Failure(str(e)) from None
+    reference = reference_for(settings, reference_model.checkpoint, lambda: _curated_reference(storage, recipe.key))
     job = epoch_job(settings, plan, clusters, previous_checkpoint, reference, epoch=epoch_of(epoch_key),
                     out=storage.layout.artifact("checkpoint", str(partition_dir(recipe, epoch_key))),
                     device=gpu.resolved_device(), precision=gpu.resolved_precision(), num_workers=gpu.num_workers)
@@ -120,7 +116,8 @@ def checkpoint(context: dg.AssetExecutionContext, config: TrainingConfig, sample
 
 def _curated_reference(storage: StorageResource, recipe: str) -> tuple[str, float]:
     """The current curated_model checkpoint and its training FLOPs (core/train/checkpoint.py:
-    ``curated_reference``), refused as a Dagster failure when there is none."""
+    ``curated_reference``: online selection's reference with ``training.reference: curated``),
+    refused as a Dagster failure, naming the recipe and what provides it, when there is none."""
     from dynamics_assets.core.train.checkpoint import CuratedReferenceError, curated_reference
 
     try:
