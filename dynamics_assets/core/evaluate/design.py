@@ -39,7 +39,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from dynamics_assets.core.io.atomic import atomic_path, write_json
+from dynamics_assets.core.io.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,6 @@ clamped, and the table says so.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 

@@ -63,23 +63,10 @@ def train_curated_model(curated_dir: str | Path, manifest_root: str | Path, out_
     epochs = epochs or reference_epochs_for(manifest.ok, batch)
     metrics = train_reference_model(manifest.version_dir, curated_dir, out_path, model_name=model_name,
                                     epochs=epochs, batch_size=batch, seed=seed, device=device, reuse=reuse)
+    from dynamics_assets.core.train.reference import training_flops
     return {**metrics, "flops": training_flops(model_name, int(metrics.get("samples_seen", 0))),
             "epochs": epochs, "batch_size": batch, "pairs": manifest.ok, "quarantined": manifest.quarantined,
             "manifest_dir": str(manifest.version_dir)}
-
-
-def training_flops(model_name: str, samples_seen: int) -> int:
-    """≈ 3 × forward FLOPs of one pair × samples seen (``model.flops.train_flops``)."""
-    import open_clip
-
-    from dynamics_assets.core.model.clip import create_model
-    from dynamics_assets.core.model.flops import forward_flops_per_pair, train_flops
-
-    model, _, _ = create_model(model_name)
-    cfg = open_clip.get_model_config(model_name)
-    size = cfg["vision_cfg"]["image_size"]
-    context = cfg.get("text_cfg", {}).get("context_length", 77)
-    return int(train_flops(samples_seen, forward_flops_per_pair(model, size, context)))
 
 
 def score_pool(spec, manifest_dir: str | Path, shards_dir: str | Path, embeddings_root: str | Path,
