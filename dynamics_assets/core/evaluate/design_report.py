@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from dataclasses import replace
 
 from dynamics_assets.core.io.atomic import atomic_path, write_json
 
@@ -107,15 +108,30 @@ def analyse(prepared, clustering, recipes, config, results: Mapping[tuple[str, i
                 row[kind] = {"reference": " / ".join(sorted(notes)), "results": res}
                 (family if kind == "equal_training" else family_allin).extend(res.values())
         table.append(row)
-    for fam in (family, family_allin):
-        adjusted = holm(fam)
-        for old, new in zip(fam, adjusted):
-            for row in table:
-                for kind in ("equal_training", "equal_allin"):
-                    if kind in row:
-                        for m, v in row[kind]["results"].items():
-                            if v is old:
-                                row[kind]["results"][m] = new
+    # Two families: the controls' two pre-specified tests (the positive control's tail gain, the
+    # negative control's tail loss) check the design; every other comparison is a claim about a
+    # recipe. Holm runs within each; the oracle twins without a control role are reported, not tested.
+    control_names = {x["recipe"] for x in table if x["control"]}
+    oracle_names = {x["recipe"] for x in table if x["clusters"] == "concepts"}
+    controls_family = [x["equal_training"]["results"]["tail"] for x in table
+                       if x["recipe"] in control_names and "equal_training" in x]
+    adjusted_controls = dict(zip(map(id, controls_family), holm(controls_family)))
+    for fam, kind in ((family, "equal_training"), (family_allin, "equal_allin")):
+        claims = [r for r in fam if not any(r is v for x in table if x["recipe"] in oracle_names
+                                            for k in ("equal_training", "equal_allin") if k in x
+                                            for v in x[k]["results"].values())]
+        adjusted = dict(zip(map(id, claims), holm(claims)))
+        for row in table:
+            if kind not in row:
+                continue
+            cells = row[kind]["results"]
+            for m, v in list(cells.items()):
+                if id(v) in adjusted_controls and kind == "equal_training":
+                    cells[m] = adjusted_controls[id(v)]
+                elif id(v) in adjusted:
+                    cells[m] = adjusted[id(v)]
+                elif row["recipe"] in oracle_names:
+                    cells[m] = replace(v, verdict="control (not a claim)")
     # controls first
     def tail_of(name_control):
         row = next((x for x in table if x["control"] == name_control and "equal_training" in x), None)
@@ -123,10 +139,11 @@ def analyse(prepared, clustering, recipes, config, results: Mapping[tuple[str, i
 
     pos_row, pos = tail_of("positive")
     neg_row, neg = tail_of("negative")
-    tail_mde = None
-    ref_rows = [x for x in table if "equal_training" in x]
-    if ref_rows:
-        tail_mde = float(np.nanmax([x["equal_training"]["results"]["tail"].mde for x in ref_rows]))
+    claim_rows = [x for x in table if "equal_training" in x and x["recipe"] not in oracle_names]
+    tail_mde = tail_mde_unpaired = None
+    if claim_rows:
+        tail_mde = float(np.nanmedian([x["equal_training"]["results"]["tail"].mde_paired for x in claim_rows]))
+        tail_mde_unpaired = float(np.nanmax([x["equal_training"]["results"]["tail"].mde for x in claim_rows]))
     detects = bool(pos is not None and pos.ci_low > 0 and pos.p_holm < 0.05)
     if len(seeds) < MIN_SEEDS:
         verdict_rule = TOO_FEW_SEEDS
@@ -141,7 +158,6 @@ def analyse(prepared, clustering, recipes, config, results: Mapping[tuple[str, i
             for kind in ("equal_training", "equal_allin"):
                 if kind in row:
                     for m, v in list(row[kind]["results"].items()):
-                        from dataclasses import replace
                         row[kind]["results"][m] = replace(v, verdict="no verdict (controls failed)")
     primary = next((x for x in table if x["recipe"] == config.primary), None)
     primary_lift = primary["tail_lift"] if primary else float("nan")
@@ -157,7 +173,9 @@ def analyse(prepared, clustering, recipes, config, results: Mapping[tuple[str, i
                  "flagged": bool(not primary_lift >= 1.5), "lifts": dict(gate)},
         "controls": {"positive": pos.as_dict() if pos else None, "positive_recipe": pos_row["recipe"] if pos_row else None,
                      "negative": neg.as_dict() if neg else None, "negative_recipe": neg_row["recipe"] if neg_row else None,
-                     "tail_mde": tail_mde, "detects": detects, "rule": verdict_rule},
+                     "tail_mde": tail_mde, "tail_mde_unpaired": tail_mde_unpaired,
+                     "powered": bool(pos is not None and tail_mde is not None and pos.diff > tail_mde),
+                     "detects": detects, "rule": verdict_rule},
         "learner_check": {"uniform_100_top1": u100["metrics"]["top1"] if u100 else None, "before": LEARNER_BEFORE},
         "table": table, "skipped": list(skipped), "wall_seconds": wall_seconds,
         "run_seconds": float(sum(rec["seconds"] for _, rec in results.values())), "runs": len(results),
@@ -193,7 +211,14 @@ def markdown(summary: Mapping[str, Any]) -> str:
         lines.append(f"- Negative control `{c['negative_recipe']}`, tail: {100 * nr['diff']:+.1f} points "
                      f"[{100 * nr['ci_low']:+.1f}, {100 * nr['ci_high']:+.1f}], Holm p = {nr['p_holm']:.3g}.")
     if c["tail_mde"] is not None:
-        lines.append(f"- The design's tail MDE (80% power, two-sided 0.05, t at its df): {100 * c['tail_mde']:.1f} points.")
+        line = (f"- The design's tail MDE (80% power, two-sided 0.05, t at the paired difference's df; median over the "
+                f"recipes): {100 * c['tail_mde']:.1f} points (unpaired, as if the arms were independent: "
+                f"{100 * c['tail_mde_unpaired']:.1f})")
+        if c["positive"]:
+            line += (f"; the positive control's tail effect is {'larger' if c['powered'] else 'NOT larger'} than it")
+        lines.append(line + ".")
+    lines.append("- Families: the controls' two tail tests form one Holm family; the recipes' comparisons another "
+                 "(per table); the oracle twin without a control role is shown, not tested.")
     lc = summary["learner_check"]
     if lc["uniform_100_top1"] is not None:
         line = f"- Learner: uniform-100 held-out top-1 {100 * lc['uniform_100_top1']:.1f}%"

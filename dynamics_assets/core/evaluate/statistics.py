@@ -33,6 +33,11 @@ freedom: the true difference this design detects with 80% power at two-sided α 
 same quantiles as the interval. It is a property of the design and of uniform's noise, not of the
 observed difference (a recipe identical to uniform does not get an MDE of 0).
 
+The paired design's MDE (``mde_paired``): ``(t_{0.975,ν} + t_{0.80,ν}) · SE`` with SE and ν those of
+the paired difference itself. Pairing by seed and image removes the noise the two arms share, so
+it is smaller than the unpaired figure above (which treats the arms as independent); the
+comparison design (``evaluate.design_report``) reports both and judges its power by the paired one.
+
 Multiplicity (``holm``): every comparison of one report (recipe × eval set × metric) is one family;
 Holm's step-down adjustment of the p-values controls the family-wise error rate at 0.05, and the
 verdict reads the adjusted p-value: "better" / "worse" when it is below 0.05 (the sign of d̄ says
@@ -83,6 +88,7 @@ class PairedResult:
     mde: float  # (t_.975 + t_.8)(ν_ref) · √2 · reference_se
     verdict: str  # from the unadjusted p until ``holm`` adjusts the family
     p_holm: float = float("nan")
+    mde_paired: float = float("nan")  # (t_.975 + t_.8)(ν) · se: the paired design's MDE at this recipe's noise
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -164,7 +170,8 @@ def paired_t(recipe: np.ndarray, reference: np.ndarray, masks: Mapping[str, np.n
             metric=m, seeds=n_seeds, images=int(mask.sum()),
             recipe_mean=float(a[:, mask].mean()), reference_mean=float(b[:, mask].mean()),
             diff=diff, ci_low=diff - half, ci_high=diff + half, se=se, df=df, p_value=p,
-            reference_se=ref_se, mde=float(mde), verdict=verdict(p, diff, n_seeds))
+            reference_se=ref_se, mde=float(mde), verdict=verdict(p, diff, n_seeds),
+            mde_paired=float(mde_factor(df) * se) if se == se else nan)
     return out
 
 
