@@ -197,3 +197,11 @@ def test_caption_classes_need_exactly_one_named_class():
     names = [["cat", "kitty"], ["dog"], ["red fox"]]
     got = caption_classes(["two cats", "a Dog barking", "a cat and a dog", "the red foxes", "a fox", ""], names)
     assert got.tolist() == [0, 1, -1, 2, -1, -1]
+
+
+def test_runs_are_keyed_by_the_evaluation_set(tmp_path):
+    """A run evaluated on one set is not reused for another (same pool, same recipe and seed)."""
+    from dynamics_assets.core.evaluate.design import Clustering, run_key
+    c = Clustering(np.zeros(3, np.int32), 1, 1, None, "no merge", 0.0)
+    r = Recipe.from_spec("u", {"strategy": "uniform", "budget": 1.0})
+    assert run_key(r, 0, 1, {}, "pool", c, eval_identity="a") != run_key(r, 0, 1, {}, "pool", c, eval_identity="b")

@@ -129,7 +129,8 @@ class PreparedPool:
     templates: tuple[str, ...]
     train_frequency: np.ndarray  # per class (generator's counts, or caption counts for a user's pool)
     eval_concept_ids: np.ndarray  # concept id of each class row (ground truth pools)
-    identity: str
+    identity: str  # the pool's manifest version
+    eval_identity: str  # sha256 of the evaluation set's features and labels: runs are keyed by it too
     tower_flops: int
     notes: dict[str, str]
 
@@ -214,7 +215,10 @@ def prepare_pool(root: str | Path, *, source: str | None = None, eval_dir: str |
         named = float((caption_class >= 0).mean())
         notes["caption_classes"] = (f"{named:.0%} of the valid pairs have a caption naming exactly one class: the "
                                     "gate's tail lift is measured on them (no ground truth)")
-    eval_path = root / f"eval-features-{hashlib.sha256(str(Path(eval_dir).resolve()).encode()).hexdigest()[:12]}.npy"
+    content = hashlib.sha256()
+    for data in eval_set.encoded_images:  # the images themselves, so a set rewritten in place is re-encoded
+        content.update(hashlib.sha256(data).digest())
+    eval_path = root / f"eval-features-{content.hexdigest()[:16]}.npy"
     if not eval_path.exists():
         encode_images(tower, (eval_set.image(i) for i in range(len(eval_set))), len(eval_set), eval_path)
     notes["eval"] = f"{len(eval_set):,} evaluation images, {len(eval_set.prompt_names)} classes ({eval_dir})"
@@ -227,7 +231,15 @@ def prepare_pool(root: str | Path, *, source: str | None = None, eval_dir: str |
         concept=np.load(concept_path) if ground_truth is not None else None, caption_class=caption_class,
         eval_features=np.load(eval_path), eval_labels=np.asarray(eval_set.labels),
         class_names=eval_set.prompt_names, templates=tuple(eval_set.templates), train_frequency=freq,
-        eval_concept_ids=concept_ids, identity=identity, tower_flops=tower.flops_per_image(), notes=notes)
+        eval_concept_ids=concept_ids, identity=identity,
+        eval_identity=_eval_identity(eval_path, np.asarray(eval_set.labels), eval_set.prompt_names),
+        tower_flops=tower.flops_per_image(), notes=notes)
+
+
+def _eval_identity(features_path: Path, labels: np.ndarray, prompt_names) -> str:
+    from dynamics_assets.core.io.hashing import file_sha256
+    return _digest([file_sha256(features_path), hashlib.sha256(labels.astype(np.int64).tobytes()).hexdigest(),
+                    prompt_names])
 
 
 def _digest(obj) -> str:
@@ -382,11 +394,12 @@ def class_tokens(prepared: PreparedPool, context_length: int) -> np.ndarray:
 
 
 def run_key(recipe: Recipe, seed: int, epochs: int, learner: Mapping[str, Any], pool_identity: str,
-            clustering: Clustering, device: str = "cpu") -> str:
+            clustering: Clustering, device: str = "cpu", eval_identity: str = "") -> str:
     from dynamics_assets.core.train.lit import LIT_VERSION
     blob = json.dumps({"lit": LIT_VERSION, "recipe": recipe.sampler, "clusters": recipe.clusters, "seed": seed, "epochs": epochs,
                        "learner": dict(learner), "pool": pool_identity, "k": clustering.k,
-                       "merge": clustering.merge_threshold, **({"device": device} if device != "cpu" else {})},
+                       "merge": clustering.merge_threshold, "eval": eval_identity,
+                       **({"device": device} if device != "cpu" else {})},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -459,7 +472,8 @@ def run_design(root: str | Path, config: DesignConfig, *, source: str | None = N
     results: dict[tuple[str, int], tuple[np.ndarray, dict]] = {}
     todo = [(r, s) for s in config.seeds for r in recipes]
     for i, (r, s) in enumerate(todo, 1):
-        key = run_key(r, s, config.epochs, config.learner, prepared.identity, clustering, device)
+        key = run_key(r, s, config.epochs, config.learner, prepared.identity, clustering, device,
+                      prepared.eval_identity)
         path = runs_dir / f"{r.name}.s{s}.npz"
         got = load_run(path, key)
         if got is None and part is not None and (i - 1) % part[1] != part[0]:
