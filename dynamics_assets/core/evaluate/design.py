@@ -65,10 +65,9 @@ class Recipe:
             raise ValueError(f"recipe {name}: control must be one of {CONTROL_KINDS}, got {control!r}")
         if "strategy" not in spec:
             raise ValueError(f"recipe {name}: no strategy")
-        from dynamics_assets.core.sample.registry import make_sampler
-        params = {k: v for k, v in spec.items() if k != "strategy"}
-        make_sampler(spec["strategy"], **params)  # refuse a bad parameter now, naming the recipe
-        return cls(name, spec, clusters, control)
+        recipe = cls(name, spec, clusters, control)
+        recipe.make()  # refuse a bad parameter now, naming the strategy and its range
+        return recipe
 
     @property
     def is_uniform(self) -> bool:
@@ -130,9 +129,14 @@ class PreparedPool:
     train_frequency: np.ndarray  # per class (generator's counts, or caption counts for a user's pool)
     eval_concept_ids: np.ndarray  # concept id of each class row (ground truth pools)
     identity: str  # the pool's manifest version
-    eval_identity: str  # sha256 of the evaluation set's features and labels: runs are keyed by it too
+    eval_identity: str  # digest of the evaluation set's images, labels and class names: runs are keyed by it too
     tower_flops: int
     notes: dict[str, str]
+
+    @property
+    def n_concepts(self) -> int:
+        """Concept ids in the ground truth (the oracle's clusters): 0 … n − 1."""
+        return int(max(self.concept.max() + 1, len(self.train_frequency)))
 
 
 def _emit(progress: Callable[[str], None] | None, msg: str) -> None:
@@ -176,7 +180,6 @@ def prepare_pool(root: str | Path, *, source: str | None = None, eval_dir: str |
     shards_dir = Path(shards[0]).parent
     pool_shard_list = pool_shards(manifest_dir)
     n_valid = sum(s.n_ok for s in pool_shard_list)
-    n_generated = summary.total if hasattr(summary, "total") else n_valid
     identity = summary.version_id
     tower = FrozenTower(device=device)
     feats_path = root / f"features-{identity}.npy"
@@ -186,31 +189,38 @@ def prepare_pool(root: str | Path, *, source: str | None = None, eval_dir: str |
         _emit(progress, f"pool features: {n_valid:,} pairs in {time.perf_counter() - t0:.0f} s")
     tokens_path = root / f"tokens-{identity}-{context_length}.npy"
     concept_path = root / f"concepts-{identity}.npy"
-    if not tokens_path.exists() or (ground_truth is not None and not concept_path.exists()):
-        captions, keys = [], []
-        for s in pool_shard_list:
-            rows = shard_ok_rows(s, ["caption", "key"])
-            captions += [c or "" for c in rows["caption"].to_pylist()]
-            keys += [(s.name, k) for k in rows["key"].to_pylist()]
+    text: list = []  # (captions, keys) of the ok pairs, read at most once, only when a file below is missing
+
+    def pool_text() -> tuple[list[str], list[tuple[str, str]]]:
+        if not text:
+            captions, keys = [], []
+            for s in pool_shard_list:
+                rows = shard_ok_rows(s, ["caption", "key"])
+                captions += [c or "" for c in rows["caption"].to_pylist()]
+                keys += [(s.name, k) for k in rows["key"].to_pylist()]
+            text.extend([captions, keys])
+        return text[0], text[1]
+
+    if not tokens_path.exists():
         with atomic_path(tokens_path) as tmp:
-            np.save(tmp, tokenize(captions, context_length))
-        if ground_truth is not None:
-            import pyarrow.parquet as pq
-            gt = pq.read_table(ground_truth, columns=["shard", "key", "concept_id"]).to_pydict()
-            lookup = {(sh, k): c for sh, k, c in zip(gt["shard"], gt["key"], gt["concept_id"])}
-            missing = [k for k in keys if k not in lookup]
-            if missing:
-                raise ValueError(f"{len(missing)} pool pairs are not in {ground_truth}, e.g. {missing[:2]}")
-            with atomic_path(concept_path) as tmp:
-                np.save(tmp, np.array([lookup[k] for k in keys], dtype=np.int32))
+            np.save(tmp, tokenize(pool_text()[0], context_length))
+    if ground_truth is not None and not concept_path.exists():
+        import pyarrow.parquet as pq
+        keys = pool_text()[1]
+        gt = pq.read_table(ground_truth, columns=["shard", "key", "concept_id"]).to_pydict()
+        lookup = {(sh, k): c for sh, k, c in zip(gt["shard"], gt["key"], gt["concept_id"])}
+        missing = [k for k in keys if k not in lookup]
+        if missing:
+            raise ValueError(f"{len(missing)} pool pairs are not in {ground_truth}, e.g. {missing[:2]}")
+        with atomic_path(concept_path) as tmp:
+            np.save(tmp, np.array([lookup[k] for k in keys], dtype=np.int32))
     eval_set, freq, concept_ids = _eval_set(eval_dir, manifest_dir, synthetic=source is None)
     caption_class = None
     if ground_truth is None:
         class_path = root / f"caption-class-{identity}-{_digest(eval_set.prompt_names)}.npy"
         if not class_path.exists():
-            captions = [c or "" for s in pool_shard_list for c in shard_ok_rows(s, ["caption"])["caption"].to_pylist()]
             with atomic_path(class_path) as tmp:
-                np.save(tmp, caption_classes(captions, eval_set.prompt_names))
+                np.save(tmp, caption_classes(pool_text()[0], eval_set.prompt_names))
         caption_class = np.load(class_path)
         named = float((caption_class >= 0).mean())
         notes["caption_classes"] = (f"{named:.0%} of the valid pairs have a caption naming exactly one class: the "
@@ -226,20 +236,14 @@ def prepare_pool(root: str | Path, *, source: str | None = None, eval_dir: str |
         notes["ground_truth"] = ("none: the concept oracle (positive and negative controls) and cluster purity "
                                  "are left out; the tail is the 20% of classes least named in the pool's captions")
     return PreparedPool(
-        root=root, manifest_dir=manifest_dir, n_generated=int(n_generated), n_valid=n_valid,
+        root=root, manifest_dir=manifest_dir, n_generated=summary.total, n_valid=n_valid,
         features=np.load(feats_path, mmap_mode="r"), tokens=np.load(tokens_path, mmap_mode="r"),
         concept=np.load(concept_path) if ground_truth is not None else None, caption_class=caption_class,
         eval_features=np.load(eval_path), eval_labels=np.asarray(eval_set.labels),
         class_names=eval_set.prompt_names, templates=tuple(eval_set.templates), train_frequency=freq,
         eval_concept_ids=concept_ids, identity=identity,
-        eval_identity=_eval_identity(eval_path, np.asarray(eval_set.labels), eval_set.prompt_names),
+        eval_identity=_digest([content.hexdigest(), np.asarray(eval_set.labels).tolist(), eval_set.prompt_names]),
         tower_flops=tower.flops_per_image(), notes=notes)
-
-
-def _eval_identity(features_path: Path, labels: np.ndarray, prompt_names) -> str:
-    from dynamics_assets.core.io.hashing import file_sha256
-    return _digest([file_sha256(features_path), hashlib.sha256(labels.astype(np.int64).tobytes()).hexdigest(),
-                    prompt_names])
 
 
 def _digest(obj) -> str:
@@ -286,18 +290,16 @@ class Clustering:
     flops: float  # k-means training + assignment
 
 
-def _normalised(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
 def cluster_pool(features: np.ndarray, *, k: int | None = None, merge: str | float | None = "calibrated",
                  seed: int = 0, niter: int = 10, chunk: int = 65536) -> Clustering:
     """Stage 2 (module doc): spherical k-means, calibrated merge, assignment; chunked over the pool."""
     import faiss
 
-    from dynamics_assets.core.cluster.kmeans import merge_centroids
+    from dynamics_assets.core.cluster.kmeans import _normalised_rows, merge_centroids
     from dynamics_assets.core.cluster.params import k_for
+
+    def _normalised(x: np.ndarray) -> np.ndarray:
+        return _normalised_rows(x)[0]
 
     n, d = features.shape
     k = int(k or k_for(n))
@@ -342,8 +344,7 @@ def cluster_pools(prepared: PreparedPool, clustering: Clustering) -> dict[str, A
     from dynamics_assets.core.sample.base import ClusterPool
     pools = {"kmeans": ClusterPool.from_array(clustering.ids, clustering.n_clusters)}
     if prepared.concept is not None:
-        n_concepts = int(max(prepared.concept.max() + 1, len(prepared.train_frequency)))
-        pools["concepts"] = ClusterPool.from_array(prepared.concept.astype(np.int32), n_concepts)
+        pools["concepts"] = ClusterPool.from_array(prepared.concept.astype(np.int32), prepared.n_concepts)
     return pools
 
 

@@ -48,7 +48,7 @@ def _structure(prepared, clustering) -> dict[str, Any]:
            "gini": float(gini(sizes[sizes > 0]))}
     if prepared.concept is not None:
         from dynamics_assets.core.evaluate.pool_structure import Contingency, structure_of
-        n_concepts = int(max(prepared.concept.max() + 1, len(prepared.train_frequency)))
+        n_concepts = prepared.n_concepts
         table = Contingency(clustering.n_clusters, n_concepts)
         table.update(clustering.ids.astype(np.int64), prepared.concept.astype(np.int64))
         freq = np.zeros(n_concepts, np.int64)
@@ -84,7 +84,7 @@ def analyse(prepared, clustering, recipes, config, results: Mapping[tuple[str, i
     full_train = np.mean([train_flops(results[(full.name, s)][1]) for s in seeds]) if full else float("nan")
     points = {s: [ReferencePoint(train_flops(results[(u.name, s)][1]), results[(u.name, s)][0], u.name)
                   for u in uniforms] for s in seeds}
-    table, family, family_allin = [], [], []
+    table = []
     for r in recipes:
         correct = np.stack([results[(r.name, s)][0] for s in seeds])
         recs = [results[(r.name, s)][1] for s in seeds]
@@ -106,32 +106,26 @@ def analyse(prepared, clustering, recipes, config, results: Mapping[tuple[str, i
                     notes.add(note.split(" (t=")[0])
                 res = paired_t(correct, np.stack(refs), masks)
                 row[kind] = {"reference": " / ".join(sorted(notes)), "results": res}
-                (family if kind == "equal_training" else family_allin).extend(res.values())
         table.append(row)
     # Two families: the controls' two pre-specified tests (the positive control's tail gain, the
     # negative control's tail loss) check the design; every other comparison is a claim about a
     # recipe. Holm runs within each; the oracle twins without a control role are reported, not tested.
-    control_names = {x["recipe"] for x in table if x["control"]}
     oracle_names = {x["recipe"] for x in table if x["clusters"] == "concepts"}
-    controls_family = [x["equal_training"]["results"]["tail"] for x in table
-                       if x["recipe"] in control_names and "equal_training" in x]
-    adjusted_controls = dict(zip(map(id, controls_family), holm(controls_family)))
-    for fam, kind in ((family, "equal_training"), (family_allin, "equal_allin")):
-        claims = [r for r in fam if not any(r is v for x in table if x["recipe"] in oracle_names
-                                            for k in ("equal_training", "equal_allin") if k in x
-                                            for v in x[k]["results"].values())]
-        adjusted = dict(zip(map(id, claims), holm(claims)))
-        for row in table:
-            if kind not in row:
-                continue
-            cells = row[kind]["results"]
-            for m, v in list(cells.items()):
-                if id(v) in adjusted_controls and kind == "equal_training":
-                    cells[m] = adjusted_controls[id(v)]
-                elif id(v) in adjusted:
-                    cells[m] = adjusted[id(v)]
-                elif row["recipe"] in oracle_names:
-                    cells[m] = replace(v, verdict="control (not a claim)")
+    not_claims = oracle_names | {x["recipe"] for x in table if x["control"]}
+    tested = [x for x in table if "equal_training" in x]
+    families = [[(x, "equal_training", "tail") for x in tested if x["control"]]]  # the controls' two tests
+    for kind in ("equal_training", "equal_allin"):  # the claims about recipes, one family per table
+        families.append([(x, kind, m) for x in tested if x["recipe"] not in not_claims
+                         for m in x[kind]["results"]])
+    for x in tested:  # the controls' and oracles' other cells are shown, not tested
+        if x["recipe"] in not_claims:
+            for kind in ("equal_training", "equal_allin"):
+                cells = x[kind]["results"]
+                for m in cells:
+                    cells[m] = replace(cells[m], verdict="control (not a claim)")
+    for fam in families:
+        for (x, kind, m), adjusted in zip(fam, holm([x[kind]["results"][m] for x, kind, m in fam])):
+            x[kind]["results"][m] = adjusted
     # controls first
     def tail_of(name_control):
         row = next((x for x in table if x["control"] == name_control and "equal_training" in x), None)
@@ -139,7 +133,7 @@ def analyse(prepared, clustering, recipes, config, results: Mapping[tuple[str, i
 
     pos_row, pos = tail_of("positive")
     neg_row, neg = tail_of("negative")
-    claim_rows = [x for x in table if "equal_training" in x and x["recipe"] not in oracle_names]
+    claim_rows = [x for x in table if "equal_training" in x and x["recipe"] not in not_claims]
     tail_mde = tail_mde_unpaired = None
     if claim_rows:
         tail_mde = float(np.nanmedian([x["equal_training"]["results"]["tail"].mde_paired for x in claim_rows]))

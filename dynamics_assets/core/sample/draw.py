@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
 from dynamics_assets.core.records import CheckpointRecord, PlanRecord, PoolClusters
+from dynamics_assets.core.sample.registry import LINEAGE_FILLS
 
 
 class FeedbackPlanError(ValueError):
@@ -43,15 +44,16 @@ class LineageFillError(ValueError):
     """A setting a recipe left out that the lineage has no version to fill in from."""
 
 
-# strategy -> (setting, the artefact and file that fill it, what provides it)
+# strategy -> (the artefact and file that fill its setting, what provides it); the setting itself is
+# the registry's (``registry.LINEAGE_FILLS``)
 _FILLS = {
-    "text_filter": ("classnames", "curation_targets", "classnames.txt", "text_filter.classnames",
+    "text_filter": ("curation_targets", "classnames.txt",
                     "materialise curation_targets on a pool with class names (the synthetic pool, "
                     "--eval, or --target with a classnames.txt), or list classnames in the recipe"),
-    "image_filter": ("target_embeddings", "curation_targets", "target.npy", "image_filter.target_embeddings",
+    "image_filter": ("curation_targets", "target.npy",
                      "materialise curation_targets with target images (--target DIR of "
                      "images) or a curated set (--curated), or give a .npy in the recipe"),
-    "dfn": ("scores", "dfn_scores", "scores.npy", "dfn.scores",
+    "dfn": ("dfn_scores", "scores.npy",
             "materialise curated_model and dfn_scores with a curated set (--curated DIR; "
             "the synthetic pool: --curated synthetic)"),
 }
@@ -70,8 +72,10 @@ def lineage_filled(spec: Mapping[str, Any], artifact: Callable[[str], Path], rec
     strategy = out.get("strategy")
     if strategy == "compose":
         out["steps"] = [lineage_filled(s, artifact, recipe) for s in out.get("steps", [])]
-    elif strategy in _FILLS and out.get(_FILLS[strategy][0]) is None:
-        key, name, file, setting, how = _FILLS[strategy]
+    elif strategy in _FILLS and out.get(LINEAGE_FILLS[strategy][0]) is None:
+        key = LINEAGE_FILLS[strategy][0]
+        name, file, how = _FILLS[strategy]
+        setting = f"{strategy}.{key}"
         version = Artefact(artifact(name)).current()
         if version is None or not (version / file).is_file():
             raise LineageFillError(f"recipe {recipe}: {setting} is not set and the lineage has none: {how}")

@@ -47,7 +47,6 @@ class LitSettings:
 
 
 def build_model(feature_dim: int, s: LitSettings, seed: int):
-    import open_clip  # noqa: F401 (the text tower's module)
     import torch
     from open_clip.transformer import TextTransformer
 
