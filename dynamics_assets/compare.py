@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default=str(ROOT / "data" / "design.yaml"), help="the design file (default data/design.yaml)")
     p.add_argument("--out", help="results folder (default $DYNAMICS_DATA_DIR/design, else data/design)")
     p.add_argument("--seeds", type=int, help="seeds 0..N-1 (default: the file's)")
-    p.add_argument("--recipes", nargs="+", help="only these recipes (default: every recipe of the file)")
+    p.add_argument("--recipes", nargs="+", help="only these recipes (default: the file's recipes less its `secondary` list)")
     p.add_argument("--epochs", type=int, help="epochs per run (default: the file's learner.epochs)")
     p.add_argument("--source", help="your pool: a folder of webdataset shards (default: the synthetic pool)")
     p.add_argument("--eval", dest="eval_dir", help="your labelled evaluation set (ImageFolder or clip_benchmark wds)")

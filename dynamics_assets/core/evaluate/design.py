@@ -101,6 +101,11 @@ class DesignConfig:
             if unknown:
                 raise ValueError(f"unknown recipe(s) {sorted(unknown)}; known: {[r.name for r in all_recipes]}")
             all_recipes = [r for r in all_recipes if r.name in recipes]
+        else:   # the primary design: the secondary recipes run only when named with --recipes
+            secondary = set(spec.get("secondary") or ())
+            if secondary - {r.name for r in all_recipes}:
+                raise ValueError(f"secondary names unknown recipe(s) {sorted(secondary - {r.name for r in all_recipes})}")
+            all_recipes = [r for r in all_recipes if r.name not in secondary]
         n_seeds = int(seeds or spec.get("seeds", 10))
         clusters = spec.get("clusters") or {}
         return cls(recipes=tuple(all_recipes), seeds=tuple(range(n_seeds)), epochs=int(epochs or spec["learner"]["epochs"]),
