@@ -3,15 +3,18 @@
     dynamics run [OPTIONS]              the main job: the whole lineage (dynamics_assets.pipeline)
     dynamics ui [--host H] [--port N]   the Dagster UI (webserver + daemon) on http://127.0.0.1:3000
     dynamics compare [OPTIONS]          run (or resume) the comparison design (dynamics_assets.compare)
+    dynamics compare-lineage [OPTIONS]  the secondary comparison: every recipe of data/comparison.yaml
+                                        through the whole Dagster lineage (dynamics_assets.compare_lineage)
     dynamics generate --out DIR [...]   write the synthetic pool (core/ingest/synthetic/)
     dynamics prune [--dry-run] DATA_ROOT  delete artefact versions nothing current uses (core/io/versions.py)
 
-``dynamics COMMAND --help`` lists a command's options. ``run``, ``compare``, ``generate`` and
-``prune`` hand the rest of the command line, unchanged, to their module's ``main``, whose parser
-reads and checks it (a wrong option: its message and exit status 2). ``run`` and ``ui`` use the
-project's local Dagster instance as ``scripts/env.sh`` sets it up: data under
-``DYNAMICS_DATA_DIR`` (default ``<project>/data``), the instance in ``DAGSTER_HOME`` (default
-``$DYNAMICS_DATA_DIR/dagster_home``) with ``dagster.yaml`` (or ``DAGSTER_YAML``) copied in.
+``dynamics COMMAND --help`` lists a command's options. ``run``, ``compare``, ``compare-lineage``,
+``generate`` and ``prune`` hand the rest of the command line, unchanged, to their module's
+``main``, whose parser reads and checks it (a wrong option: its message and exit status 2).
+``run`` and ``ui`` use the project's local Dagster instance as ``scripts/env.sh`` sets it up: data
+under ``DYNAMICS_DATA_DIR`` (default ``<project>/data``), the instance in ``DAGSTER_HOME`` (default
+``$DYNAMICS_DATA_DIR/dagster_home``) with ``dagster.yaml`` (or ``DAGSTER_YAML``) copied in;
+``compare-lineage`` gives each pool profile its own data root and instance under its ``--out``.
 Imports are lazy: ``dynamics --help`` loads neither Dagster nor torch.
 """
 from __future__ import annotations
@@ -115,6 +118,13 @@ def cmd_compare(argv: list[str]) -> int:
         return _status(compare.main(argv))
 
 
+def cmd_compare_lineage(argv: list[str]) -> int:
+    from dynamics_assets import compare_lineage
+
+    with _prog("compare-lineage"):
+        return _status(compare_lineage.main(argv))
+
+
 def cmd_generate(argv: list[str]) -> int:
     from dynamics_assets.core.ingest import synthetic
 
@@ -180,6 +190,8 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "run": (cmd_run, "the main job: the whole lineage on the default data or yours, in the local instance"),
     "ui": (cmd_ui, f"the Dagster UI (webserver + daemon) on http://{DEFAULT_HOST}:{DEFAULT_PORT}"),
     "compare": (cmd_compare, "run (or resume) the comparison design and write its report"),
+    "compare-lineage": (cmd_compare_lineage, "the secondary comparison: every recipe of data/comparison.yaml "
+                        "through the whole Dagster lineage"),
     "generate": (cmd_generate, "write the synthetic long-tailed image–caption pool"),
     "prune": (cmd_prune, "delete artefact versions nothing current uses"),
 }

@@ -2,7 +2,7 @@
 
     bash scripts/pipeline.sh            # (sets DAGSTER_HOME=data/dagster_home and bootstraps)
     python -m dynamics_assets.pipeline  # the same, inside the venv
-    bash scripts/compare.sh             # every recipe × seed of data/experiments.yaml
+    dynamics compare-lineage            # every recipe × seed of data/comparison.yaml, per pool profile
 
 Runs the ``curate_pool`` job, then ``train_epoch`` (plan → checkpoint → eval report) for every
 epoch of the chosen recipes in order, then ``report_recipes`` (learning curves, comparison), all

@@ -19,6 +19,7 @@ HELP = {
     "ui": ["--host", "--port", "--workspace"],
     "generate": ["--out", "--pairs", "--seed", "--profile"],
     "prune": ["--dry-run", "data_root"],
+    "compare-lineage": ["--profile", "--seeds", "--recipes", "--serial", "--config", "--out", "--doc"],
 }
 
 
@@ -31,7 +32,7 @@ def dynamics(*args: str, tmp_path: Path, timeout: int = 120) -> subprocess.Compl
 def test_top_level_help_lists_every_command(tmp_path):
     proc = dynamics("--help", tmp_path=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    for command in ("run", "ui", "compare", "generate", "prune"):
+    for command in ("run", "ui", "compare", "compare-lineage", "generate", "prune"):
         assert command in proc.stdout
 
 
@@ -48,6 +49,22 @@ def test_compare_help(tmp_path):
     proc = dynamics("compare", "--help", tmp_path=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "usage: dynamics compare" in proc.stdout
+
+
+def test_compare_lineage_help(tmp_path):
+    proc = dynamics("compare-lineage", "--help", tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "usage: dynamics compare-lineage" in proc.stdout and "data/comparison.yaml" in proc.stdout
+    assert not (tmp_path / "data").exists()  # --help writes nothing
+
+
+def test_compare_lineage_hands_over_its_arguments(monkeypatch):
+    from dynamics_assets import cli, compare_lineage
+
+    seen = []
+    monkeypatch.setattr(compare_lineage, "main", lambda argv: seen.append((sys.argv[0], list(argv))) or 0)
+    assert cli.main(["compare-lineage", "--profile", "web", "--", "--verbose"]) == 0
+    assert seen == [("dynamics compare-lineage", ["--profile", "web", "--", "--verbose"])]
 
 
 def test_compare_says_so_when_its_module_is_missing(monkeypatch, capsys):

@@ -1,26 +1,20 @@
-"""The comparison block of docs/comparison.md, produced from the comparison reports of scripts/compare.sh.
+"""The comparison block of docs/comparison.md, produced from the secondary comparison's reports.
 
 Reads each profile's current ``comparison_report`` version (statistics.parquet, written by the
 Dagster asset) under ``<root>/<profile>/artifacts/``, and writes a Markdown block — settings, wall
 time, uniform-100's accuracy on both eval styles, per profile every recipe against uniform at equal
-compute (Δ with 95% CI, MDE, verdict) and a paragraph on what it shows and does not — to ``--out``,
-and with ``--doc docs/comparison.md`` between the markers ``<!-- comparison:start -->`` and
-``<!-- comparison:end -->`` of that file (added at its end when missing).
-
-    python scripts/comparison_table.py --root data/comparison --profiles web concept --out table.md
+compute (Δ with 95% CI, MDE, verdict) and a paragraph on what it shows and does not — to a file
+(``write(..., out=)``), and into a document between the markers ``<!-- comparison:start -->`` and
+``<!-- comparison:end -->`` (``write(..., doc=)``: added at its end when missing).
+``dynamics compare-lineage`` calls it after its runs (``--doc docs/comparison.md`` for the document).
 """
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import yaml
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 START, END = "<!-- comparison:start -->", "<!-- comparison:end -->"
 
@@ -40,7 +34,7 @@ def load(root: Path, profile: str) -> tuple[list[dict], Path]:
     current = versions.resolve(art)
     path = current / "statistics.parquet"
     if not path.is_file():
-        raise SystemExit(f"{path}: no statistics yet (run bash scripts/compare.sh --profile {profile})")
+        raise FileNotFoundError(f"{path}: no statistics yet (run dynamics compare-lineage --profile {profile})")
     return pq.read_table(path).to_pylist(), current
 
 
@@ -51,7 +45,7 @@ def load_structure(report_dir: Path) -> dict | None:
 
 
 def block(root: Path, profiles: list[str], wall_seconds: float | None) -> str:
-    lines = [START, "", "<!-- produced by scripts/comparison_table.py from the comparison reports; do not edit -->", ""]
+    lines = [START, "", "<!-- produced by dynamics compare-lineage from the comparison reports; do not edit -->", ""]
     settings = {}
     for p in profiles:
         exp = root / p / "experiments.yaml"
@@ -65,7 +59,7 @@ def block(root: Path, profiles: list[str], wall_seconds: float | None) -> str:
                      f"learner `{t.get('model_name', 'dynamics-tiny-32')}`, batch {t.get('batch_size', '–')}, "
                      f"lr {t.get('lr', '–')}; machine: 2-core CPU box, no GPU.")
     if wall_seconds is not None:
-        lines.append(f"Wall time of `bash scripts/compare.sh` (measured): {wall_seconds / 60:.1f} min.")
+        lines.append(f"Wall time of `dynamics compare-lineage` (measured): {wall_seconds / 60:.1f} min.")
     lines.append("")
     counts = {"better": 0, "worse": 0, "no detectable difference": 0}
     mdes = []
@@ -144,29 +138,22 @@ def replace_block(text: str, new_block: str) -> str:
     return text.rstrip("\n") + "\n\n" + new_block
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--root", default=str(ROOT / "data" / "comparison"))
-    ap.add_argument("--profiles", nargs="+", default=["web", "concept"])
-    ap.add_argument("--wall-seconds", type=float)
-    ap.add_argument("--out", help="write the block to this file")
-    ap.add_argument("--doc", "--readme", dest="readme",
-                    help="replace the block between the markers in this file (docs/comparison.md)")
-    args = ap.parse_args(argv)
-    root = Path(args.root).resolve()
-    profiles = [p for p in args.profiles if (root / p / "artifacts" / "comparison_report").exists()]
-    if not profiles:
-        raise SystemExit(f"no comparison report under {root} for {args.profiles}")
-    text = block(root, profiles, args.wall_seconds)
-    if args.out:
-        Path(args.out).write_text(text)
-    if args.readme:
-        readme = Path(args.readme)
-        readme.write_text(replace_block(readme.read_text(), text))
-    if not args.out and not args.readme:
-        sys.stdout.write(text)
-    return 0
+def reported(root: Path, profiles: list[str]) -> list[str]:
+    """The profiles among ``profiles`` that have a comparison report under ``root``."""
+    return [p for p in profiles if (root / p / "artifacts" / "comparison_report").exists()]
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def write(root: str | Path, profiles: list[str], wall_seconds: float | None = None, *,
+          out: str | Path | None = None, doc: str | Path | None = None) -> str:
+    """The block of the profiles that have a report, written to ``out`` and/or into ``doc``'s markers;
+    returns it. No report at all: FileNotFoundError."""
+    root = Path(root).resolve()
+    present = reported(root, profiles)
+    if not present:
+        raise FileNotFoundError(f"no comparison report under {root} for {list(profiles)}")
+    text = block(root, present, wall_seconds)
+    if out:
+        Path(out).write_text(text)
+    if doc:
+        Path(doc).write_text(replace_block(Path(doc).read_text(), text))
+    return text

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+import yaml
 
 from dynamics_assets.core.evaluate.comparison import collect_reports, compare, write_comparison
 
@@ -119,17 +121,6 @@ def test_statistical_comparison_needs_a_uniform_recipe(tmp_path):
         statistical_comparison([])
 
 
-def _script(name):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "scripts" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_readme_block_from_the_statistics_and_between_the_markers(tmp_path):
     import numpy as np
 
@@ -148,7 +139,8 @@ def test_readme_block_from_the_statistics_and_between_the_markers(tmp_path):
                  "recipes": [{"recipe": "dyn-50", "tail_share": 0.08, "ratio_to_pool": 1.6}]}
     write_comparison(compare(collect_reports(tmp_path / "ev")), root / "web" / "artifacts" / "comparison_report", c,
                      texts={"pool_structure.json": json.dumps(structure)})
-    table = _script("comparison_table")
+    from dynamics_assets.core.evaluate import lineage_table as table
+
     text = table.block(root, ["web"], 125.0)
     assert text.startswith(table.START) and text.rstrip().endswith(table.END)
     assert "| dyn-50 | 1.00× |" in text and "better" in text and "2.1 min" in text
@@ -160,9 +152,20 @@ def test_readme_block_from_the_statistics_and_between_the_markers(tmp_path):
     assert "\nold\n" not in new and new.startswith("# Title") and new.endswith("## Next\n") and "dyn-50" in new
     assert table.replace_block("# T\n", text).startswith("# T\n\n" + table.START)
 
+    # dynamics compare-lineage --table-only: the table from the reports already there, into --doc too
+    from dynamics_assets import compare_lineage
+
+    doc = tmp_path / "comparison.md"
+    doc.write_text(readme)
+    args = ["--table-only", "--profile", "web", "--out", str(root), "--doc", str(doc), "--wall-seconds", "125"]
+    assert compare_lineage.main(args) == 0
+    assert (root / "comparison_table.md").read_text() == text
+    assert doc.read_text() == new
+
 
 def test_comparison_config_merges_the_learner_and_narrows(tmp_path):
-    config = _script("comparison_config")
+    from dynamics_assets.core.evaluate import lineage_config as config
+
     spec = {"learner": {"epochs": 2, "training": {"model_name": "m", "lr": 0.01}}, "seeds": [0, 1, 2, 3, 4],
             "recipes": {"uniform-100": {"sampler": {"strategy": "uniform", "budget": 1.0}},
                         "jest-50": {"sampler": {"strategy": "uniform", "budget": 1.0},
@@ -171,5 +174,138 @@ def test_comparison_config_merges_the_learner_and_narrows(tmp_path):
     assert out["seeds"] == [0, 1]
     assert out["recipes"]["jest-50"]["training"] == {"model_name": "m", "lr": 0.005, "selection": "jest"}
     assert out["recipes"]["uniform-100"]["training"] == {"model_name": "m", "lr": 0.01}
-    with pytest.raises(SystemExit):
+    with pytest.raises(ValueError, match="unknown recipe"):
         config.build(spec, None, ["nope"])
+
+
+# --- dynamics compare-lineage (dynamics_assets/compare_lineage.py): what it would run, nothing run ---
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def _comparison_file(tmp_path, **learner):
+    spec = {"learner": {"epochs": 2, "training": {"model_name": "m"}, **learner}, "pool": {"pairs": 300},
+            "profiles": ["web", "concept"], "seeds": [0, 1, 2],
+            "recipes": {"uniform-100": {"sampler": {"strategy": "uniform", "budget": 1.0}},
+                        "dynamics-exact-50": {"sampler": {"strategy": "dynamics", "budget": 0.5}}}}
+    path = tmp_path / "comparison.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seeds", "0"], "--seeds 0: expected a number of seeds ≥ 1"),
+    (["--recipes", "uniform-100", "nope"], "unknown recipe(s) ['nope']"),
+    (["--config", "{missing}"], "No such file"),
+    (["--doc", "{missing}"], "--doc {missing}: no such file"),
+    (["--wall-seconds", "3"], "--wall-seconds goes with --table-only"),
+    (["--config", "{no_epochs}"], "learner.epochs must be an integer ≥ 1 (got None)"),
+])
+def test_compare_lineage_refuses_bad_arguments_with_exit_2(args, message, tmp_path, capsys):
+    from dynamics_assets import compare_lineage
+
+    config = _comparison_file(tmp_path)
+    no_epochs = tmp_path / "no_epochs.yaml"
+    no_epochs.write_text(yaml.safe_dump({"recipes": {"uniform-100": {}}}))
+    fill = {"missing": str(tmp_path / "missing.yaml"), "no_epochs": str(no_epochs)}
+    args = [a.format(**fill) for a in args]
+    if "--config" not in args:
+        args += ["--config", str(config)]
+    out = tmp_path / "out"
+    assert compare_lineage.main([*args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dynamics compare-lineage: ") and message.format(**fill) in err, err
+    assert not out.exists()  # refused before anything is written
+
+
+def test_compare_lineage_refuses_an_unknown_profile_or_option(tmp_path, capsys):
+    from dynamics_assets import compare_lineage
+
+    for args in (["--profile", "laion"], ["--no-such-option"]):
+        with pytest.raises(SystemExit) as e:
+            compare_lineage.main(args)
+        assert e.value.code == 2
+    assert "invalid choice: 'laion'" in capsys.readouterr().err
+
+
+def test_compare_lineage_commands_take_the_epochs_from_the_comparison_file(tmp_path):
+    """Each profile: the pipeline with --epochs N from learner.epochs (no DYNAMICS_EPOCHS), its pool
+    options, its own data root, instance and experiments file; side by side, one thread each."""
+    from dynamics_assets import compare_lineage, pipeline
+    from dynamics_assets.core.evaluate import lineage_config
+
+    spec = lineage_config.load(ROOT / "data" / "comparison.yaml")
+    n = spec["learner"]["epochs"]
+    base = {"PATH": "/bin", "DYNAMICS_EPOCHS": "9", "DAGSTER_HOME": "/elsewhere", "DYNAMICS_DATA_DIR": "/elsewhere"}
+    runs = compare_lineage.profile_runs(spec, ["web", "concept"], tmp_path, ["--verbose"], parallel=True,
+                                        base_env=base, python="python")
+    assert [r.profile for r in runs] == ["web", "concept"]
+    web = runs[0]
+    pool = [a for k, v in spec["pool"].items() for a in ("--pool-option", f"{k}={v}")]
+    assert web.command == ["python", "-m", "dynamics_assets.pipeline", "--recipes", "all", "--skip-existing",
+                           "--no-export", "--no-progress", "--epochs", str(n), "--pool-option", "profile=web",
+                           *pool, "--verbose"]
+    args = pipeline.build_parser().parse_args(web.command[3:])  # the pipeline reads it as meant
+    assert args.epochs == [str(n)] and args.recipes == ["all"] and args.skip_existing and args.no_export
+    assert "profile=web" in args.pool_options and args.verbose
+    assert web.env == {"PATH": "/bin", "DYNAMICS_DATA_DIR": str(tmp_path / "web"),
+                       "DAGSTER_HOME": str(tmp_path / "web" / "dagster_home"),
+                       "DYNAMICS_EXPERIMENTS": str(tmp_path / "web" / "experiments.yaml"),
+                       "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    assert web.log == tmp_path / "web" / "compare.log"
+    serial = compare_lineage.profile_runs(spec, ["concept"], tmp_path, base_env=base)[0]
+    assert "OMP_NUM_THREADS" not in serial.env and "profile=concept" in serial.command
+    assert serial.env["DAGSTER_HOME"] == str(tmp_path / "concept" / "dagster_home")
+
+
+def test_compare_lineage_writes_each_profiles_experiments_file_then_runs(tmp_path, monkeypatch, capsys):
+    from dynamics_assets import compare_lineage
+
+    config = _comparison_file(tmp_path)
+    seen = {}
+
+    def fake_execute(runs, parallel):
+        seen["runs"], seen["parallel"] = list(runs), parallel
+        return []
+
+    monkeypatch.setattr(compare_lineage, "execute", fake_execute)
+    monkeypatch.delenv("DAGSTER_YAML", raising=False)
+    out = tmp_path / "out"
+    code = compare_lineage.main(["--config", str(config), "--out", str(out), "--seeds", "2",
+                                 "--recipes", "uniform-100", "--", "--verbose"])
+    assert code == 1 and "no table: no comparison report under" in capsys.readouterr().err  # nothing ran
+    assert seen["parallel"] and [r.profile for r in seen["runs"]] == ["web", "concept"]  # the file's profiles
+    for run in seen["runs"]:
+        assert run.command[-3:] == ["--pool-option", "pairs=300", "--verbose"]
+        assert run.command[run.command.index("--epochs") + 1] == "2"
+        written = yaml.safe_load(run.experiments.read_text())
+        assert written["seeds"] == [0, 1] and list(written["recipes"]) == ["uniform-100"]
+        assert written["recipes"]["uniform-100"]["training"] == {"model_name": "m"}
+        assert (run.home / "dagster.yaml").read_text() == (ROOT / "dagster.yaml").read_text()
+        assert sorted(p.name for p in run.folder.iterdir()) == ["dagster_home", "experiments.yaml"]  # no temp file
+    compare_lineage.main(["--config", str(config), "--out", str(out), "--profile", "concept", "--serial"])
+    assert not seen["parallel"] and [r.profile for r in seen["runs"]] == ["concept"]
+    assert len(yaml.safe_load((out / "concept" / "experiments.yaml").read_text())["seeds"]) == 3
+
+
+def test_compare_lineage_runs_profiles_side_by_side_or_in_turn_into_their_logs(tmp_path, capsys):
+    import os
+    import sys
+
+    from dynamics_assets.compare_lineage import ProfileRun, execute
+
+    def run(profile, code):
+        (tmp_path / profile).mkdir(exist_ok=True)
+        script = f"import os; print('{profile}', os.environ['OMP_NUM_THREADS']); raise SystemExit({code})"
+        return ProfileRun(profile, tmp_path / profile, [sys.executable, "-c", script],
+                          {**os.environ, "OMP_NUM_THREADS": "1"})
+
+    runs = [run("web", 0), run("concept", 3)]
+    assert execute(runs, parallel=True) == ["concept"]
+    assert (tmp_path / "web" / "compare.log").read_text() == "web 1\n"
+    assert (tmp_path / "concept" / "compare.log").read_text() == "concept 1\n"
+    captured = capsys.readouterr()
+    assert "web 1" not in captured.out and f"concept failed: see {tmp_path / 'concept' / 'compare.log'}" in captured.err
+    assert execute(runs, parallel=False) == ["concept"]
+    assert capsys.readouterr().out == "web 1\nconcept 1\n"  # in turn: on the terminal as well
+    assert (tmp_path / "web" / "compare.log").read_text() == "web 1\n"
