@@ -8,6 +8,13 @@ from pathlib import Path
 
 import pytest
 
+if os.environ.get("PYTEST_XDIST_WORKER") and \
+        int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) >= (os.cpu_count() or 1):
+    # `scripts/test.sh` runs one pytest-xdist worker per core: each worker, and the processes its tests
+    # start, use one thread, so the workers do not oversubscribe the cores. Set before torch is imported.
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
+
 from dynamics_assets.defs.resources import GpuResource, StorageResource
 
 TINY_RUN_CONFIG = {
@@ -78,28 +85,28 @@ def pytest_sessionfinish(session, exitstatus) -> None:
 # ---------------------------------------------------------------------------------------------
 SLOW_FILES = (
     "dynamics_assets_tests/e2e/test_ui.py",
-    "dynamics_assets_tests/test_training_assets.py",
-    "dynamics_assets_tests/test_ray_engine.py",
-    "dynamics_assets_tests/test_recuration.py",
-    "dynamics_assets_tests/test_precomputed_pools.py",
-    "dynamics_assets_tests/test_multinode.py",
+    "dynamics_assets_tests/defs/train/test_training_assets.py",
+    "dynamics_assets_tests/core/engine/test_ray_engine.py",
+    "dynamics_assets_tests/defs/test_recuration.py",
+    "dynamics_assets_tests/defs/ingest/test_precomputed_pools.py",
+    "dynamics_assets_tests/core/train/test_multinode.py",
     "dynamics_assets_tests/test_postgres.py",
-    "dynamics_assets_tests/test_pipeline_assets.py",
-    "dynamics_assets_tests/test_divide_contrast_assets.py",
-    "dynamics_assets_tests/test_feedback_lineage.py",
-    "dynamics_assets_tests/test_curated_dfn.py",
-    "dynamics_assets_tests/core/test_divide_contrast.py",
+    "dynamics_assets_tests/defs/test_pipeline_assets.py",
+    "dynamics_assets_tests/defs/train/test_divide_contrast_assets.py",
+    "dynamics_assets_tests/defs/sample/test_feedback_lineage.py",
+    "dynamics_assets_tests/defs/sample/test_curated_dfn.py",
+    "dynamics_assets_tests/core/train/test_divide_contrast.py",
 )
 SLOW_TESTS = frozenset({
-    "dynamics_assets_tests/core/test_design.py::test_design_on_a_users_pool_without_ground_truth_leaves_the_oracle_out",
-    "dynamics_assets_tests/core/test_design.py::test_design_runs_resumes_and_reports_controls_and_gate_first",
-    "dynamics_assets_tests/core/test_design.py::test_the_comparison_design_is_a_dagster_asset",
-    "dynamics_assets_tests/core/test_epoch_training.py::test_ddp_two_processes_split_the_plan",
-    "dynamics_assets_tests/core/test_epoch_training.py::test_every_checkpoint_version_is_an_open_clip_model_folder",
-    "dynamics_assets_tests/core/test_epoch_training.py::test_worker_processes_train_the_same_weights_and_resume",
-    "dynamics_assets_tests/core/test_statistics.py::test_interval_coverage_at_the_design_seed_counts",
-    "dynamics_assets_tests/core/test_training.py::test_reference_model_resumes_after_a_crash_and_is_open_clip_loadable",
-    "dynamics_assets_tests/core/test_webdataset_export.py::test_open_clip_train_reads_the_plan_as_the_manifest_says",
+    "dynamics_assets_tests/core/evaluate/test_design.py::test_design_on_a_users_pool_without_ground_truth_leaves_the_oracle_out",
+    "dynamics_assets_tests/core/evaluate/test_design.py::test_design_runs_resumes_and_reports_controls_and_gate_first",
+    "dynamics_assets_tests/core/evaluate/test_design.py::test_the_comparison_design_is_a_dagster_asset",
+    "dynamics_assets_tests/core/train/test_epoch_training.py::test_ddp_two_processes_split_the_plan",
+    "dynamics_assets_tests/core/train/test_epoch_training.py::test_every_checkpoint_version_is_an_open_clip_model_folder",
+    "dynamics_assets_tests/core/train/test_epoch_training.py::test_worker_processes_train_the_same_weights_and_resume",
+    "dynamics_assets_tests/core/evaluate/test_statistics.py::test_interval_coverage_at_the_design_seed_counts",
+    "dynamics_assets_tests/core/train/test_training.py::test_reference_model_resumes_after_a_crash_and_is_open_clip_loadable",
+    "dynamics_assets_tests/core/export/test_webdataset_export.py::test_open_clip_train_reads_the_plan_as_the_manifest_says",
     "dynamics_assets_tests/faults/test_crashes_and_concurrency.py::test_sigkill_during_the_embedding",
     "dynamics_assets_tests/faults/test_lineage.py::test_an_interrupted_epoch_does_not_resume_on_another_plan",
     "dynamics_assets_tests/faults/test_lineage.py::test_partial_materialisation_is_refused_then_a_full_recuration_succeeds",
@@ -109,10 +116,10 @@ SLOW_TESTS = frozenset({
     "dynamics_assets_tests/faults/test_plans_training_settings.py::test_step_checkpoint_of_another_order_is_not_resumed",
     "dynamics_assets_tests/faults/test_recipe_settings.py::test_lineage_filled_settings_are_not_read_when_the_code_location_loads",
     "dynamics_assets_tests/faults/test_recipe_settings.py::test_out_of_range_sampler_setting_is_refused_when_the_code_location_loads",
-    "dynamics_assets_tests/test_checks.py::test_checks_pass_in_the_materialising_runs",
+    "dynamics_assets_tests/defs/train/test_checks.py::test_checks_pass_in_the_materialising_runs",
     "dynamics_assets_tests/test_cli.py::test_dg_check_and_list_defs",
     "dynamics_assets_tests/test_cli.py::test_step_lines_and_dagster_log_level",
-    "dynamics_assets_tests/test_pool_encoder.py::test_eval_report_uses_the_pools_encoder_not_the_reference_model",
+    "dynamics_assets_tests/defs/embed/test_pool_encoder.py::test_eval_report_uses_the_pools_encoder_not_the_reference_model",
 })
 
 

@@ -180,3 +180,22 @@ def test_core_has_no_import_circle_and_no_arrow_up_between_stages():
     ups = arrows_up(graph)
     assert not circles, "import circles (strongly connected modules):\n" + "\n".join(" <-> ".join(c) for c in circles)
     assert not ups, "arrows up (a stage importing a later stage):\n" + "\n".join(f"{m} -> {t}" for m, t in ups)
+
+
+def test_tests_mirror_the_stage_folders():
+    """Core tests live in dynamics_assets_tests/core/<stage>/, asset tests in dynamics_assets_tests/defs/[<stage>/],
+    each folder named like a stage of the package; none sits loose in core/ or defs/."""
+    tests = Path(__file__).parent
+    core_stages = {p.name for p in (PACKAGE / "core").iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    defs_stages = {p.name for p in (PACKAGE / "defs").iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert not list((tests / "core").glob("test_*.py")), "core tests belong in core/<stage>/"
+    core_dirs = {p.name for p in (tests / "core").iterdir() if p.is_dir() and p.name != "__pycache__"}
+    defs_dirs = {p.name for p in (tests / "defs").iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert core_dirs <= core_stages, f"test folders without a core stage: {sorted(core_dirs - core_stages)}"
+    assert defs_dirs <= defs_stages, f"test folders without a defs stage: {sorted(defs_dirs - defs_stages)}"
+    # every stage that holds logic is tested in its own folder
+    assert {"ingest", "embed", "cluster", "sample", "train", "evaluate"} <= core_dirs
+    for folder in [*(tests / "core").iterdir(), *(tests / "defs").iterdir()]:
+        if folder.is_dir() and folder.name != "__pycache__":
+            assert (folder / "__init__.py").exists(), folder
+            assert list(folder.glob("test_*.py")), f"{folder} has no tests"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Debian's Fashion-MNIST (dataset-fashion-mnist: the IDX files under /usr/share/datasets/fashion-mnist/),
-# read by scripts/fashion_mnist_imagefolder.py and its test (dynamics_assets_tests/core/test_labelled_eval.py).
+# read by scripts/fashion_mnist_imagefolder.py and its test (dynamics_assets_tests/core/evaluate/test_labelled_eval.py).
 # Idempotent: a no-op once the t10k files are there.
 set -euo pipefail
 DIR=/usr/share/datasets/fashion-mnist

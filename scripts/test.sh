@@ -6,4 +6,6 @@ bash scripts/install_postgres.sh  # Debian's PostgreSQL for test_postgres.py (no
 bash scripts/install_fashion_mnist.sh  # Debian's Fashion-MNIST for the labelled-evaluation test (no-op when present)
 export DAGSTER_HOME="$(mktemp -d)"  # tests use ephemeral instances; never the project's own
 cp dagster.yaml "$DAGSTER_HOME/"
-exec python -m pytest "$@"
+# two worker processes (pytest-xdist), one per core of the 2-core reference box; a file's tests stay on one
+# worker (--dist loadfile) so its module fixtures are built once. `-n 0` (or any -n) after this overrides it.
+exec python -m pytest -n 2 --dist loadfile "$@"

@@ -77,7 +77,7 @@ def test_prune_with_an_unresolvable_current(tmp_path, variant, record):
 def pool(tmp_path_factory):
     from dynamics_assets.core.ingest.manifest import build_manifest
     from dynamics_assets.core.model.clip import EncoderSpec, load_encoder
-    from dynamics_assets_tests.core.test_training import write_pool
+    from dynamics_assets_tests.core.train.test_training import write_pool
 
     tmp = tmp_path_factory.mktemp("integrity")
     _, shards_dir, _ = write_pool(tmp / "raw", [12, 10, 8])  # three tiny tar shards of coloured shapes

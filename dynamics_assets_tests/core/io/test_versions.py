@@ -18,7 +18,7 @@ from dynamics_assets.core.sample.base import ClusterPool
 from dynamics_assets.core.sample.plan_io import write_plan
 from dynamics_assets.core.sample.strategies.dynamics import DynamicsSampler
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def commit(root: Path, files: dict[str, str], **kw) -> versions.Staging:

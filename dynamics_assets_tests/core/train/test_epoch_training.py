@@ -20,7 +20,7 @@ from dynamics_assets.core.model.clip import read_checkpoint
 from dynamics_assets.core.sample import ClusterPool, DynamicsSampler, write_plan
 from dynamics_assets.core.ingest.synthetic import generate
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")

@@ -168,7 +168,7 @@ def test_datacomp_baselines_and_dfn_run_on_a_pool_of_embeddings(tmp_path, monkey
     from dynamics_assets_tests.test_cli import run_command
 
     pool = write_datacomp_pool(tmp_path / "pool")
-    monkeypatch.setenv("DYNAMICS_EXPERIMENTS", str(Path(__file__).resolve().parents[1] / "data" / "comparison.yaml"))
+    monkeypatch.setenv("DYNAMICS_EXPERIMENTS", str(Path(__file__).resolve().parents[3] / "data" / "comparison.yaml"))
     proc, _ = run_command(["--source", f"datacomp:{pool.root}", "--epochs", "1", "--recipes", "dfn-30",
                            "basic-filter", "laion2b-filter"], tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

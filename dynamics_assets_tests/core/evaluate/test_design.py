@@ -61,6 +61,23 @@ def test_recipes_are_checked_when_the_design_is_read(tmp_path):
         Recipe.from_spec("bad", {"strategy": "uniform", "control": "maybe"})
 
 
+def test_secondary_recipes_run_only_when_named(tmp_path):
+    import yaml
+    path = _design(tmp_path, RECIPES)
+    spec = yaml.safe_load(path.read_text())
+    spec["secondary"] = ["uniform-100"]
+    path.write_text(yaml.safe_dump(spec))
+    primary = [r.name for r in DesignConfig.from_yaml(path).recipes]
+    assert "uniform-100" not in primary and set(primary) == set(RECIPES) - {"uniform-100"}
+    assert [r.name for r in DesignConfig.from_yaml(path, recipes=["uniform-100"]).recipes] == ["uniform-100"]
+    spec["secondary"] = ["nope"]
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(ValueError, match="secondary"):
+        DesignConfig.from_yaml(path)
+    shipped = DesignConfig.from_yaml(Path(__file__).resolve().parents[3] / "data" / "design.yaml")
+    assert len(shipped.seeds) >= 10 and {r.control for r in shipped.recipes} >= {"positive", "negative"}
+
+
 def test_calibrated_merge_reports_its_threshold_and_never_grows_k():
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(6, 16))

@@ -12,7 +12,7 @@ from dynamics_assets.core.embed.encode import embed_shards
 from dynamics_assets.core.io.versions import resolve, verify
 from dynamics_assets.core.model.clip import EncoderSpec, load_encoder
 from dynamics_assets.core.ingest.pool import collate, iter_pool_pairs
-from dynamics_assets_tests.core.test_training import write_pool
+from dynamics_assets_tests.core.train.test_training import write_pool
 
 MODEL = "dynamics-tiny-32"
 STEMS = ["shard-000", "shard-001", "shard-002"]

@@ -34,7 +34,7 @@ from dynamics_assets.core.evaluate.validate import eval_report_findings
 from dynamics_assets.core.ingest.manifest import build_manifest, manifest_files
 from dynamics_assets.core.io.versions import resolve
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 CLASSES = ["red square", "blue circle", "green ring", "yellow star", "black cross"]

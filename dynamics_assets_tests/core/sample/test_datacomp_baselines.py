@@ -342,7 +342,7 @@ def test_the_commented_datacomp_recipes_of_experiments_yaml_parse_and_build(tmp_
 
     from dynamics_assets.defs.experiments import load_experiments
 
-    text = (Path(__file__).resolve().parents[2] / "data" / "experiments.yaml").read_text()
+    text = (Path(__file__).resolve().parents[3] / "data" / "experiments.yaml").read_text()
     block = text[text.index("# datacomp-begin\n") + len("# datacomp-begin\n"):text.index("# datacomp-end")]
     assert all(line.startswith("#") for line in block.splitlines())
     uncommented = text.replace(block, "".join(line[1:] + "\n" for line in block.splitlines()))
