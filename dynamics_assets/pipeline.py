@@ -696,7 +696,7 @@ def summary_lines(seen: Mapping[str, Mapping[str, Any]], root: Path) -> list[str
         f"  comparison:  {where('comparison_report', 'plot', art / 'comparison_report' / 'comparison.png')} (+ comparison.md)",
         *export_lines(seen),
         f"  instance:    {os.environ.get('DAGSTER_HOME', '')}",
-        "  Dagster UI:  bash scripts/ui.sh  → http://127.0.0.1:3000 (asset lineage, runs, metadata)",
+        "  Dagster UI:  .venv/bin/dynamics ui  → http://127.0.0.1:3000 (asset lineage, runs, metadata)",
         f"  MLflow UI:   .venv/bin/mlflow ui --backend-store-uri sqlite:///{root / 'mlflow' / 'mlflow.db'} "
         "--host 127.0.0.1 --port 5000",
     ]
