@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=lines[0], epilog="\n".join(lines[2:]),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--profile", choices=(*PROFILES, "both"), default="both",
-                   help="the pool profile to run (default both: the file's profiles:)")
+                   help="the pool profile to run (default both: every profile the file lists)")
     p.add_argument("--seeds", type=int, help="the first N seeds (default: every seed of the file)")
     p.add_argument("--recipes", nargs="+", help="only these recipes (default: every recipe of the file)")
     p.add_argument("--serial", action="store_true",
