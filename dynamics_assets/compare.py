@@ -3,6 +3,7 @@
     python -m dynamics_assets.compare                       # the primary design on the synthetic web pool
     python -m dynamics_assets.compare --seeds 2 --recipes uniform-100 uniform-50 dynamics-exact-50
     python -m dynamics_assets.compare --source SHARDS --eval LABELLED_SET   # on your own pool
+    python -m dynamics_assets.compare --gate-grid           # no training: could any clustering carry the tail?
 
 The design (recipes, seeds, learner, pool) is data/design.yaml (``--config``); results go to
 ``--out`` (default $DYNAMICS_DATA_DIR/design or data/design), one file per finished run, so an
@@ -33,8 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--part", help="I/N: train only every N-th run starting at I (N processes share the design); "
                                   "no report: a last call without --part writes it")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--gate-grid", action="store_true",
+                   help="train nothing: the pool gate (plan tail lifts) for k at ¼…8× the design's k and merges "
+                        "none / calibrated / 0.70, written to <out>/gate_grid.md (seconds to minutes)")
     args = p.parse_args(argv)
-    from dynamics_assets.core.evaluate.design import DesignConfig, run_design
+    from dynamics_assets.core.evaluate.design import DesignConfig, gate_grid, run_design
 
     try:
         config = DesignConfig.from_yaml(args.config, seeds=args.seeds, recipes=args.recipes, epochs=args.epochs)
@@ -54,6 +58,14 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         part = (i, n)
     out = args.out or str(Path(os.environ.get("DYNAMICS_DATA_DIR", ROOT / "data")) / "design")
+    if args.gate_grid:
+        try:
+            gate_grid(out, config, source=args.source, eval_dir=args.eval_dir, device=args.device,
+                      progress=lambda line: print(line, flush=True))
+        except ValueError as e:
+            print(f"dynamics compare: {e}", file=sys.stderr)
+            return 2
+        return 0
     summary = run_design(out, config, source=args.source, eval_dir=args.eval_dir, threads=args.threads, device=args.device,
                          part=part, progress=lambda line: print(line, flush=True))
     if args.doc and summary is not None:

@@ -501,3 +501,84 @@ def run_design(root: str | Path, config: DesignConfig, *, source: str | None = N
     write_report(root, summary)
     _emit(progress, f"report: {root / 'report.md'} ({summary['wall_seconds'] / 60:.1f} min)")
     return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# the gate over a grid of clusterings (no training)
+# ---------------------------------------------------------------------------------------------
+GRID_K_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+GRID_MERGES: tuple[str | float | None, ...] = (None, "calibrated", 0.70)
+
+
+def gate_grid(root: str | Path, config: DesignConfig, *, source: str | None = None, eval_dir: str | None = None,
+              progress: Callable[[str], None] | None = print, device: str = "cpu",
+              k_factors: tuple[float, ...] = GRID_K_FACTORS,
+              merges: tuple[str | float | None, ...] = GRID_MERGES) -> list[dict[str, Any]]:
+    """The pool gate for a grid of clusterings, before (and without) any training: for k at multiples of
+    the design's k and each merge (none, calibrated, DynamiCS's 0.70), the clusters' shape and every
+    cluster-based recipe's plan tail lift (all seeds and epochs of the design). It answers "could any
+    clustering of these embeddings let a size-based sampler carry the tail?" in seconds. The design
+    itself keeps the k and merge of its file: picking them from this grid after seeing it is tuning.
+    Writes ``gate_grid.md`` and ``gate_grid.json`` under ``root``."""
+    from dynamics_assets.core.cluster.params import k_for
+    from dynamics_assets.core.evaluate.design_report import _structure
+    from dynamics_assets.core.io.atomic import write_json
+
+    root = Path(root)
+    prepared = prepare_pool(root, source=source, eval_dir=eval_dir, pool=config.pool,
+                            context_length=int(config.learner.get("context_length", 16)), progress=progress,
+                            device=device)
+    is_tail = pair_tail(prepared)
+    if is_tail is None:
+        raise ValueError("the gate grid needs the tail: ground truth, or captions that name the evaluation classes")
+    n = prepared.features.shape[0]
+    base_k = int(config.k or k_for(n))
+    recipes = [r for r in config.recipes if r.clusters == "kmeans" and not r.is_uniform]
+    oracle = [r for r in config.recipes if r.clusters == "concepts"] if prepared.concept is not None else []
+
+    def lifts(rs, pools):
+        return {r.name: float(np.mean([plan_tail_lift(draw_plans(r, pools, s, config.epochs), prepared, is_tail)
+                                       for s in config.seeds])) for r in rs}
+
+    rows: list[dict[str, Any]] = []
+    oracle_lift: dict[str, float] = {}
+    ks = sorted({max(2, min(n // 20, int(round(base_k * f)))) for f in k_factors})
+    for k in ks:
+        for merge in merges:
+            t0 = time.perf_counter()
+            clustering = cluster_pool(prepared.features, k=k, merge=merge)
+            pools = cluster_pools(prepared, clustering)
+            if oracle and not oracle_lift:  # the concepts do not depend on the clustering
+                oracle_lift = lifts(oracle, pools)
+            row = {"k": k, "merge": "none" if merge is None else merge, **_structure(prepared, clustering),
+                   "lift": lifts(recipes, pools), "design": k == base_k and merge == config.merge}
+            rows.append(row)
+            _emit(progress, f"k {k}, merge {row['merge']}: {row['clusters']} clusters, tail lift " +
+                  ", ".join(f"{name} {v:.2f}×" for name, v in row["lift"].items()) +
+                  f" ({time.perf_counter() - t0:.0f} s)")
+    lines = ["# Pool gate over a grid of clusterings", "",
+             f"Plan tail lift (the tail's share of the plans ÷ its share of the valid pool; {len(config.seeds)} seeds × "
+             f"{config.epochs} epochs) of each cluster-based recipe, for k at multiples of the design's k ({base_k}) "
+             "and each centroid merge. The gate flags a lift below 1.5×. The row marked * is the design's own "
+             "setting, fixed before this grid was seen.", ""]
+    if oracle_lift:
+        lines += ["Oracle (clusters = the generator's concepts): " +
+                  ", ".join(f"{name} {v:.2f}×" for name, v in oracle_lift.items()) + ".", ""]
+    names = [r.name for r in recipes]
+    has_purity = any("purity" in r for r in rows)
+    lines.append("| k | merge | threshold | clusters | top-10% share | Gini |" + (" purity | tail-majority |" if has_purity else "")
+                 + "".join(f" {name} |" for name in names))
+    lines.append("|---" * (6 + 2 * has_purity + len(names)) + "|")
+    for r in rows:
+        thr = "—" if r["merge_threshold"] is None else f"{r['merge_threshold']:.3f}"
+        cells = [f"{r['k']}{' *' if r['design'] else ''}", str(r["merge"]), thr, str(r["clusters"]),
+                 f"{r['top10_share']:.2f}", f"{r['gini']:.2f}"]
+        if has_purity:
+            cells += [f"{r.get('purity', float('nan')):.2f}", str(r.get("tail_majority_clusters", "—"))]
+        cells += [f"{r['lift'][name]:.2f}×" for name in names]
+        lines.append("| " + " | ".join(cells) + " |")
+    with atomic_path(root / "gate_grid.md") as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    write_json(root / "gate_grid.json", {"design_k": base_k, "oracle": oracle_lift, "rows": rows})
+    _emit(progress, f"gate grid: {root / 'gate_grid.md'}")
+    return rows

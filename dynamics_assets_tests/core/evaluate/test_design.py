@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dynamics_assets.core.evaluate.design import DesignConfig, Recipe, cluster_pool, plan_tail_lift, run_design
+from dynamics_assets.core.evaluate.design import DesignConfig, Recipe, cluster_pool, gate_grid, plan_tail_lift, run_design
 from dynamics_assets.core.sample.base import ClusterPool
 from dynamics_assets.core.sample.registry import make_sampler
 
@@ -162,6 +162,18 @@ def test_design_runs_resumes_and_reports_controls_and_gate_first(tmp_path, capsy
     assert {p: p.stat().st_mtime_ns for p in runs} == mtimes
     assert json.loads((out / "report.json").read_text())["seeds"] == 2
     assert again["table"][0]["metrics"] == summary["table"][0]["metrics"]
+    # the gate over a grid of clusterings: no training, the design's own setting marked, the oracle once
+    grid = gate_grid(out, config, progress=None, k_factors=(0.5, 1.0), merges=(None, "calibrated"))
+    assert [(r["k"], r["merge"]) for r in grid] == [(6, "none"), (6, "calibrated"), (12, "none"), (12, "calibrated")]
+    assert [r["design"] for r in grid] == [False, False, False, True]
+    assert all(set(r["lift"]) == {"dynamics-exact-50"} for r in grid)
+    design_row = grid[-1]
+    assert design_row["lift"]["dynamics-exact-50"] == pytest.approx(lifts["dynamics-exact-50"])
+    assert len(list((out / "runs").glob("*.npz"))) == 10
+    text = (out / "gate_grid.md").read_text()
+    assert "| 12 * | calibrated |" in text and "Oracle" in text
+    saved = json.loads((out / "gate_grid.json").read_text())
+    assert saved["oracle"]["oracle-exact-50"] == pytest.approx(lifts["oracle-exact-50"])
 
 
 def test_design_on_a_users_pool_without_ground_truth_leaves_the_oracle_out(tmp_path):
