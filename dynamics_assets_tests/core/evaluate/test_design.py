@@ -177,7 +177,6 @@ def test_design_runs_resumes_and_reports_controls_and_gate_first(tmp_path, capsy
 
 
 def test_design_on_a_users_pool_without_ground_truth_leaves_the_oracle_out(tmp_path):
-    from PIL import Image
 
     from dynamics_assets.core.evaluate.report import load_eval_set
     from dynamics_assets.core.ingest.synthetic import generate
