@@ -177,7 +177,6 @@ def test_design_runs_resumes_and_reports_controls_and_gate_first(tmp_path, capsy
 
 
 def test_design_on_a_users_pool_without_ground_truth_leaves_the_oracle_out(tmp_path):
-
     from dynamics_assets.core.evaluate.report import load_eval_set
     from dynamics_assets.core.ingest.synthetic import generate
     ds = generate(tmp_path / "gen", pairs=900, seed=2, samples_per_shard=450, eval_per_concept=2)
