@@ -23,6 +23,11 @@ def _pct(x: float) -> str:
     return "–" if x != x else f"{100 * x:+.1f}"
 
 
+def _points(x: float) -> str:
+    """A fraction in points, "–" where there is none (an MDE needs ≥ 2 seeds)."""
+    return "–" if x is None or x != x else f"{100 * x:.1f}"
+
+
 def _short(v: str) -> str:
     return {"no detectable difference": "n.d."}.get(v, "no verdict" if v.startswith("too few seeds") else v)
 
@@ -92,12 +97,12 @@ def block(root: Path, profiles: list[str], wall_seconds: float | None) -> str:
             t, h, tl = by["top1"], by["head"], by["tail"]
             if not name.startswith("uniform"):
                 for r in (t, h, tl):
-                    counts[r["verdict"]] += 1
+                    counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1  # "too few seeds …": no verdict
                     mdes.append((r["metric"], r["mde"]))
             cell = lambda r: f"{_pct(r['diff'])} [{_pct(r['ci_low'])}, {_pct(r['ci_high'])}]"  # noqa: E731
             lines.append("| " + " | ".join([
                 name, f"{t['compute'] / full:.2f}×", f"{100 * t['recipe_mean']:.1f}", cell(t), cell(h), cell(tl),
-                " / ".join(f"{100 * r['mde']:.1f}" for r in (t, h, tl)),
+                " / ".join(_points(r["mde"]) for r in (t, h, tl)),
                 " / ".join(_short(r["verdict"]) for r in (t, h, tl)),
                 f"{100 * tail_of[name]['tail_share']:.2f}% ({tail_of[name]['ratio_to_pool']:.2f}×)"
                 + (" †" if tail_of[name].get("online") else "") if name in tail_of else "–"]) + " |")
@@ -109,7 +114,7 @@ def block(root: Path, profiles: list[str], wall_seconds: float | None) -> str:
     mde_by = {}
     for m, v in mdes:
         mde_by.setdefault(m, []).append(v)
-    mde_txt = ", ".join(f"{m} {100 * sorted(v)[len(v) // 2]:.1f}" for m, v in mde_by.items())
+    mde_txt = ", ".join(f"{m} {_points(sorted(v)[len(v) // 2])}" for m, v in mde_by.items())
     total = sum(counts.values())
     lines += [
         "**What this shows and does not.** " +

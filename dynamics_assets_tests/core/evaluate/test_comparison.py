@@ -121,6 +121,26 @@ def test_statistical_comparison_needs_a_uniform_recipe(tmp_path):
         statistical_comparison([])
 
 
+def test_block_of_a_run_with_too_few_seeds_says_no_verdict(tmp_path):
+    """A 1-seed comparison (a smoke run) still gets its table: no verdicts, no MDE, stated."""
+    import numpy as np
+
+    from dynamics_assets.core.evaluate import lineage_table as table
+    from dynamics_assets.core.evaluate.comparison import collect_outcomes, statistical_comparison
+
+    rng = np.random.default_rng(5)
+    labels = np.arange(200) % 10
+    u = rng.random(200) < 0.3
+    _write_outcome(tmp_path / "ev", "uniform-100.s0", 1, 100.0, u, labels)
+    _write_outcome(tmp_path / "ev", "dyn-50.s0", 1, 100.0, u | (labels >= 8), labels)
+    c = statistical_comparison(collect_outcomes(tmp_path / "ev"))
+    root = tmp_path / "comparison"
+    write_comparison(compare(collect_reports(tmp_path / "ev")), root / "web" / "artifacts" / "comparison_report", c)
+    text = table.block(root, ["web"], None)
+    assert "3 get no verdict (fewer than 5 seeds)" in text
+    assert "nan" not in text and "| – / – / – |" in text
+
+
 def test_readme_block_from_the_statistics_and_between_the_markers(tmp_path):
     import numpy as np
 
