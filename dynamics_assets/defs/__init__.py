@@ -9,6 +9,7 @@ One folder per stage, named like the core's stage and like its asset group:
   export/    webdataset_export, datacomp_subset, laion_metadata assets.py
   train/     checkpoint, feedback_plan (per recipe × epoch)     assets.py, checks.py
   evaluate/  eval_report, learning_curve, comparison_report     assets.py, checks.py
+             comparison_design (the controlled design)          design.py
 Shared by the stages: jobs.py (the jobs), partitions.py (recipe × epoch), experiments.py (recipes
 as data), config.py (run config from the core's settings), resources.py, tracking.py (MLflow),
 metadata.py (Dagster metadata from core results), recuration.py (what re-curation reads from the
