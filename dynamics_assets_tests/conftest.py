@@ -15,7 +15,7 @@ if os.environ.get("PYTEST_XDIST_WORKER") and \
     for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(_var, "1")
 
-from dynamics_assets.defs.resources import GpuResource, StorageResource
+from dynamics_assets.defs.resources import ComputeResource, GpuResource, StorageResource
 
 TINY_RUN_CONFIG = {
     "ops": {
@@ -29,7 +29,7 @@ TINY_RUN_CONFIG = {
 
 @pytest.fixture
 def resources(tmp_path):
-    return {"storage": StorageResource(root=str(tmp_path / "data")), "gpu": GpuResource(device="cpu")}
+    return {"storage": StorageResource(root=str(tmp_path / "data")), "gpu": GpuResource(device="cpu"), "compute": ComputeResource()}
 
 
 # ---------------------------------------------------------------------------------------------

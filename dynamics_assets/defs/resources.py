@@ -1,4 +1,4 @@
-"""Resources: where artefacts live, and which device trains / embeds."""
+"""Resources: where artefacts live, which device trains / embeds, and where per-shard work runs."""
 from __future__ import annotations
 
 import contextlib
@@ -24,9 +24,10 @@ class StorageResource(dg.ConfigurableResource):
 ENGINES = ("local", "ray")
 
 
-class ComputeSettings(dg.Config):
-    """Where the per-shard work of the manifest, embedding and assignment steps runs
-    (``core.engine``): ``engine: local`` in the step's process, ``engine: ray`` on Ray — a private
+class ComputeResource(dg.ConfigurableResource):
+    """Where the per-shard work of the manifest, embedding, scoring and assignment steps runs
+    (``core.engine``), apart from the accelerator (``GpuResource``): the manifest step is CPU work.
+    ``engine: local`` in the step's process, ``engine: ray`` on Ray — a private
     local Ray started by the step and sized by ``num_cpus`` (empty: every CPU) when ``address`` is
     empty, else the cluster at ``address`` (``ray://host:10001`` or ``auto``; give it as an EnvVar
     when it holds credentials: it is never logged). Both engines write byte-identical artefacts.
@@ -72,8 +73,7 @@ class GpuResource(dg.ConfigurableResource):
     ``allow_cpu_fallback``. precision: bf16 | fp16 | fp32 (mixed precision on CUDA only).
     num_processes > 1 runs training under torchrun (DDP). num_workers: DataLoader worker processes
     that decode and preprocess images for training and embedding (0 = in the step's process); the
-    sample order does not depend on it. compute: where per-shard work runs (``ComputeSettings``:
-    engine local | ray).
+    sample order does not depend on it. Where per-shard work runs is the ``compute`` resource.
 
     num_nodes > 1 trains on that many nodes of a Ray cluster (``ray_address``; empty: RAY_ADDRESS,
     else a local Ray), ``num_processes`` per node: one torchrun launcher per node, started by a Ray
@@ -89,7 +89,6 @@ class GpuResource(dg.ConfigurableResource):
     rdzv_endpoint: Optional[str] = None
     ray_address: Optional[str] = None
     allow_cpu_fallback: bool = True
-    compute: ComputeSettings = ComputeSettings()
 
     def resolved_device(self) -> str:
         from dynamics_assets.core.model.devices import resolve_device  # torch: imported on use only
@@ -115,15 +114,16 @@ def default_resources() -> dict:
         # UI shows by name, never by value.
         "mlflow": MlflowResource(data_root=root, tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI")
                                  if os.environ.get("MLFLOW_TRACKING_URI") else None),
-        "gpu": GpuResource(device=os.environ.get("DYNAMICS_DEVICE", "auto"), compute=_compute_from_env()),
+        "gpu": GpuResource(device=os.environ.get("DYNAMICS_DEVICE", "auto")),
+        "compute": _compute_from_env(),
     }
 
 
-def _compute_from_env() -> ComputeSettings:
+def _compute_from_env() -> ComputeResource:
     """``DYNAMICS_ENGINE`` (local | ray; default local), ``DYNAMICS_RAY_ADDRESS`` (read as an EnvVar:
     shown by name only), ``DYNAMICS_RAY_CPUS``."""
     cpus = os.environ.get("DYNAMICS_RAY_CPUS")
-    return ComputeSettings(
+    return ComputeResource(
         engine=os.environ.get("DYNAMICS_ENGINE", "local"),
         address=dg.EnvVar("DYNAMICS_RAY_ADDRESS") if os.environ.get("DYNAMICS_RAY_ADDRESS") else None,
         num_cpus=int(cpus) if cpus else None,

@@ -22,10 +22,10 @@ SPINE = [raw_data.raw_shards, raw_data.raw_pairs, embeddings.reference_model, em
 @pytest.fixture(scope="module")
 def spine(tmp_path_factory):
     """materialize_to_memory over every unpartitioned asset (one run), on a tiny pool."""
-    from dynamics_assets.defs.resources import GpuResource, StorageResource
+    from dynamics_assets.defs.resources import ComputeResource, GpuResource, StorageResource
 
     root = tmp_path_factory.mktemp("spine") / "data"
-    resources = {"storage": StorageResource(root=str(root)), "gpu": GpuResource(device="cpu")}
+    resources = {"storage": StorageResource(root=str(root)), "gpu": GpuResource(device="cpu"), "compute": ComputeResource()}
     result = dg.materialize_to_memory(SPINE, resources=resources, run_config=TINY_RUN_CONFIG)
     assert result.success
     return result, root, resources

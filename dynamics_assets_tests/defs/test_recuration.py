@@ -23,7 +23,7 @@ from dynamics_assets.core.io.versions import Artefact
 from dynamics_assets.core.ingest.synthetic import generate
 from dynamics_assets.definitions import defs as project_defs
 from dynamics_assets.defs.partitions import raw_shard_partitions
-from dynamics_assets.defs.resources import GpuResource, StorageResource
+from dynamics_assets.defs.resources import ComputeResource, GpuResource, StorageResource
 from dynamics_assets.defs.ingest.schedules import nightly_recuration
 from dynamics_assets.defs.ingest.sensors import raw_shard_sensor
 from dynamics_assets.defs.sample.sensors import replan_after_recuration
@@ -35,7 +35,7 @@ NEW_SHARD = "shard-00099.tar"  # sorts after the pool's shards
 
 def definitions(root: Path) -> dg.Definitions:
     """The project's definitions with every resource on a temporary data root."""
-    resources = {"storage": StorageResource(root=str(root)), "gpu": GpuResource(device="cpu"),
+    resources = {"storage": StorageResource(root=str(root)), "gpu": GpuResource(device="cpu"), "compute": ComputeResource(),
                  "io_manager": dg.FilesystemIOManager(base_dir=str(root / "io")),
                  "mlflow": MlflowResource(data_root=str(root))}
     return dg.Definitions(assets=list(project_defs.assets), asset_checks=list(project_defs.asset_checks),

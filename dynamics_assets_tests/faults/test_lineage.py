@@ -35,12 +35,12 @@ def test_partial_materialisation_is_refused_then_a_full_recuration_succeeds(tmp_
     from dynamics_assets.defs.cluster import assets as clustering
     from dynamics_assets.defs.embed import assets as embeddings
     from dynamics_assets.defs.ingest import assets as raw_data
-    from dynamics_assets.defs.resources import GpuResource, StorageResource
+    from dynamics_assets.defs.resources import ComputeResource, GpuResource, StorageResource
 
     spine = [raw_data.raw_shards, raw_data.raw_pairs, embeddings.reference_model, embeddings.pair_embeddings,
              clustering.clusters]
     root = tmp_path / "data"
-    resources = {"storage": StorageResource(root=str(root)), "gpu": GpuResource(device="cpu"),
+    resources = {"storage": StorageResource(root=str(root)), "gpu": GpuResource(device="cpu"), "compute": ComputeResource(),
                  "io_manager": dg.FilesystemIOManager(base_dir=str(tmp_path / "io"))}
     (tmp_path / "home").mkdir()
     with dg.instance_for_test(temp_dir=str(tmp_path / "home")) as instance:
@@ -148,9 +148,9 @@ def test_export_refuses_a_manifest_the_pool_does_not_pin(two_pools, record):
     """export_plan given a manifest other than the one the pool version pins"""
     tmp, ds, a_dir, b_dir, pool, plan_dir, _ = two_pools
     with pytest.raises(LineageError, match=rf"export: pool version {pool.name}"):
-        export_plan(plan_dir, b_dir, ds.out_dir / "shards", tmp / "export", pool_version=pool)
+        export_plan(plan_dir, b_dir, ds.out_dir / "shards", tmp / "export", pool=pool)
     assert versions.Artefact(tmp / "export").current() is None
-    out = export_plan(plan_dir, a_dir, ds.out_dir / "shards", tmp / "export", pool_version=pool)
+    out = export_plan(plan_dir, a_dir, ds.out_dir / "shards", tmp / "export", pool=pool)
     from dynamics_assets.core.sample.plan_io import read_plan
 
     assert out.samples == read_plan(plan_dir).size

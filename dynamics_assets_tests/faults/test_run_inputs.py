@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from dynamics_assets.defs.ingest.assets import raw_shards
-from dynamics_assets.defs.resources import GpuResource, StorageResource
+from dynamics_assets.defs.resources import ComputeResource, GpuResource, StorageResource
 from dynamics_assets_tests.test_cli import eval_folder, run_command
 
 REFUSAL_SECONDS = 30  # a refusal comes within seconds (interpreter start-up and imports included)
@@ -137,7 +137,7 @@ def test_raw_shards_from_the_ui_refuses_a_bad_eval_set_first(tmp_path, record):
     root = eval_folder(tmp_path / "set")
     (root / "zebra").mkdir()
     data = tmp_path / "data"
-    resources = {"storage": StorageResource(root=str(data)), "gpu": GpuResource(device="cpu")}
+    resources = {"storage": StorageResource(root=str(data)), "gpu": GpuResource(device="cpu"), "compute": ComputeResource()}
     config = {"ops": {"raw_shards": {"config": {"eval": str(root), "pairs": 480, "samples_per_shard": 160,
                                                 "eval_per_concept": 1}}}}
     started = time.perf_counter()

@@ -1,6 +1,6 @@
 """A plan as a DataComp subset file: what every DataComp filter outputs and its resharder consumes.
 
-``write_subset(plan_dir, manifest_dir, out_root, pool_version=...)`` commits one version of the
+``write_subset(plan_dir, manifest_dir, out_root, pool=...)`` commits one version of the
 artefact root ``out_root`` holding
 
   subset.npy   sorted, dtype exactly ``np.dtype("u8,u8")`` (fields ``f0``, ``f1``: DataComp's resharder
@@ -73,12 +73,12 @@ def u8_to_uids(subset: np.ndarray) -> list[str]:
 
 
 def write_subset(plan_dir: str | os.PathLike, manifest_dir: str | os.PathLike, out_root: str | os.PathLike, *,
-                 pool_version: str | os.PathLike, bucket_rows: int = 1 << 22) -> SubsetSummary:
-    """Commit the DataComp subset file of the plan (see the module docstring); ``pool_version``:
+                 pool: str | os.PathLike, bucket_rows: int = 1 << 22) -> SubsetSummary:
+    """Commit the DataComp subset file of the plan (see the module docstring); ``pool``:
     the clusters version (directory or id) the caller reads — the plan must have been drawn on it."""
     plan_dir = versions.resolve(plan_dir)
     manifest_dir = versions.resolve(manifest_dir)
-    lineage.check_plan_inputs(plan_dir, pool_version, "export", manifest=manifest_dir)
+    lineage.check_plan_inputs(plan_dir, pool, "export", manifest=manifest_dir)
     plan = read_plan(plan_dir, mmap=True)
     shards = pool_shards(manifest_dir)
     offsets = np.array([s.offset for s in shards] + [sum(s.n_ok for s in shards)], dtype=np.int64)

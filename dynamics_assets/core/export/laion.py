@@ -5,7 +5,7 @@ A LAION pool has no uid: the project derives each row's id (``precomputed.derive
 so a DataComp subset file of such a pool subsets nothing. LAION users subset by filtering the
 metadata and downloading the rows with img2dataset; this export is that filtered metadata.
 
-``write_laion_metadata(plan_dir, manifest_dir, source, out_root, pool_version=...)`` commits one
+``write_laion_metadata(plan_dir, manifest_dir, source, out_root, pool=...)`` commits one
 version of the artefact root ``out_root`` holding
 
   metadata.parquet     one row per distinct planned sample, in pool order (parts by name, then
@@ -99,13 +99,13 @@ def _aligned(table: pa.Table, schema: pa.Schema, where: Path) -> pa.Table:
 
 
 def write_laion_metadata(plan_dir: str | os.PathLike, manifest_dir: str | os.PathLike, source: str | os.PathLike,
-                         out_root: str | os.PathLike, *, pool_version: str | os.PathLike) -> LaionMetadataSummary:
+                         out_root: str | os.PathLike, *, pool: str | os.PathLike) -> LaionMetadataSummary:
     """Commit the metadata parquet of exactly the plan (see the module docstring). ``source``: the
-    pool folder the manifest was ingested from; ``pool_version``: the clusters version (directory or
+    pool folder the manifest was ingested from; ``pool``: the clusters version (directory or
     id) the caller reads — the plan must have been drawn on it."""
     plan_dir = versions.resolve(plan_dir)
     manifest_dir = versions.resolve(manifest_dir)
-    lineage.check_plan_inputs(plan_dir, pool_version, "export", manifest=manifest_dir)
+    lineage.check_plan_inputs(plan_dir, pool, "export", manifest=manifest_dir)
     shards = pool_shards(manifest_dir)
     infos = {s.name: manifest_info(s.manifest_path) for s in shards}
     layouts = {i.get("layout") for i in infos.values() if i.get("source") == "precomputed"}

@@ -321,12 +321,12 @@ def write_shards(samples: Iterator[ExportSample], directory: Path, names: list[s
 
 
 def export_plan(plan_dir: str | Path, manifest_dir: str | Path, shards_dir: str | Path, out_root: str | Path, *,
-                pool_version: str | Path, samples_per_shard: int = DEFAULT_SAMPLES_PER_SHARD,
+                pool: str | Path, samples_per_shard: int = DEFAULT_SAMPLES_PER_SHARD,
                 shuffle_buffer: int = 0, seed: int = 0, model: str = DEFAULT_MODEL,
                 batch_size: int = DEFAULT_BATCH_SIZE, workers: int = DEFAULT_WORKERS,
                 settings: "TrainSettings | None" = None) -> WebdatasetExport:
     """Commit the plan's samples as webdataset shards: a new version of ``out_root`` (see the
-    module docstring). ``pool_version``: the clusters version (id, directory or root) the caller
+    module docstring). ``pool``: the clusters version (id, directory or root) the caller
     reads the pool as; a plan drawn on another is refused. ``manifest_dir`` / ``shards_dir``: that
     pool's manifest version and raw shards. ``settings``: the training settings the recipe's
     checkpoint trains with (``train.settings.resolve_training``): the recorded command names its
@@ -343,7 +343,7 @@ def export_plan(plan_dir: str | Path, manifest_dir: str | Path, shards_dir: str 
         model, batch_size = settings.model_name, settings.batch_size
     plan_dir = versions.resolve(plan_dir)
     manifest_dir = versions.resolve(manifest_dir)
-    lineage.check_plan_inputs(plan_dir, pool_version, "export", manifest=manifest_dir)
+    lineage.check_plan_inputs(plan_dir, pool, "export", manifest=manifest_dir)
     plan = read_plan(plan_dir, mmap=True)
     samples = plan.size
     if samples == 0:
@@ -358,7 +358,7 @@ def export_plan(plan_dir: str | Path, manifest_dir: str | Path, shards_dir: str 
     pretrained = settings.init_pretrained if settings is not None and model_config is None else None
     order = ({"kind": "pool order", "copies": "consecutive"} if shuffle_buffer <= 1
              else {"kind": "seeded buffer shuffle of pool order", "buffer": shuffle_buffer, "seed": seed})
-    refs = versions.pinned(plan=plan_dir, manifest=manifest_dir, pool=pool_version)
+    refs = versions.pinned(plan=plan_dir, manifest=manifest_dir, pool=pool)
     with versions.Artefact(out_root, "webdataset_export").write(refs=refs) as staging:
         stream = iter_planned_samples(plan.indices, plan.multiplicity, manifest_dir, shards_dir)
         counts = write_shards(buffer_shuffle(stream, shuffle_buffer, seed), staging.path, names, samples_per_shard)

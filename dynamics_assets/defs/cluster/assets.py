@@ -12,7 +12,7 @@ from dynamics_assets.core.cluster.params import ClusterParams
 from dynamics_assets.core.records import ClusterStats, PoolClusters, PoolEmbeddings, PoolManifest
 from dynamics_assets.defs.config import config_from
 from dynamics_assets.defs.metadata import md_table
-from dynamics_assets.defs.resources import GpuResource, StorageResource
+from dynamics_assets.defs.resources import ComputeResource, GpuResource, StorageResource
 
 GROUP = "cluster"
 
@@ -47,7 +47,8 @@ def _refused_as_failure(*errors: type[Exception]):
 
 @dg.asset(group_name=GROUP, kinds={"faiss", "numpy"}, deps=["shard_embeddings"])
 def clusters(context: dg.AssetExecutionContext, config: ClusteringConfig, raw_pairs: PoolManifest,
-             pair_embeddings: PoolEmbeddings, storage: StorageResource, gpu: GpuResource) -> PoolClusters:
+             pair_embeddings: PoolEmbeddings, storage: StorageResource, gpu: GpuResource,
+             compute: ComputeResource) -> PoolClusters:
     """Cluster id and cosine distance to the centroid of every embedded pair, and the centroids.
     On re-curation the centroids are kept, or re-trained when the new data drifts from them."""
     from dynamics_assets.core.cluster.curate import cluster_pool
@@ -55,7 +56,7 @@ def clusters(context: dg.AssetExecutionContext, config: ClusteringConfig, raw_pa
     params = ClusterParams(**config.model_dump(exclude={"refresh", "drift_threshold"}))
     from dynamics_assets.core.io.lineage import LineageError
 
-    with gpu.compute.engine_for(context.log) as engine, _refused_as_failure(LineageError):
+    with compute.engine_for(context.log) as engine, _refused_as_failure(LineageError):
         result = cluster_pool(pair_embeddings.embeddings_dir, raw_pairs.manifest_dir, storage.layout.artifact("clusters"), params,
                               refresh=config.refresh, drift_threshold=config.drift_threshold,
                               use_gpu="auto" if gpu.resolved_device().startswith("cuda") else False,

@@ -12,7 +12,7 @@ from dynamics_assets.core.records import (CuratedModel, CurationTargets, DFNScor
                                          ReferenceModel, ShardIngest)
 from dynamics_assets.defs.metadata import md_table
 from dynamics_assets.defs.partitions import raw_shard_partitions
-from dynamics_assets.defs.resources import GpuResource, StorageResource
+from dynamics_assets.defs.resources import ComputeResource, GpuResource, StorageResource
 
 GROUP = "embed"
 
@@ -120,7 +120,8 @@ class EmbeddingConfig(dg.Config):
 
 @dg.asset(group_name=GROUP, kinds={"pytorch", "numpy"}, pool="gpu")
 def pair_embeddings(context: dg.AssetExecutionContext, config: EmbeddingConfig, raw_pairs: PoolManifest,
-                    reference_model: ReferenceModel, storage: StorageResource, gpu: GpuResource) -> PoolEmbeddings:
+                    reference_model: ReferenceModel, storage: StorageResource, gpu: GpuResource,
+                    compute: ComputeResource) -> PoolEmbeddings:
     """Image and text embeddings (float16, unit norm) of every valid pair, one directory per
     shard with the sample ids; a crash resumes at the first shard not yet written."""
     from dynamics_assets.core.embed.encode import embed_shards
@@ -140,7 +141,7 @@ def pair_embeddings(context: dg.AssetExecutionContext, config: EmbeddingConfig, 
         spec = EncoderSpec(config.model_name, config.pretrained, precision=gpu.resolved_precision())
     else:
         spec = EncoderSpec(reference_model.model_name, reference_model.checkpoint, precision=gpu.resolved_precision())
-    with gpu.compute.engine_for(context.log) as engine:
+    with compute.engine_for(context.log) as engine:
         summary = embed_shards(spec, raw_pairs.manifest_dir, raw_pairs.shards_dir,
                                storage.layout.artifact("pair_embeddings"), batch_size=config.batch_size,
                                device=gpu.resolved_device(), num_workers=gpu.num_workers, engine=engine)
@@ -150,7 +151,7 @@ def pair_embeddings(context: dg.AssetExecutionContext, config: EmbeddingConfig, 
         "dim": summary.dim, "shards_embedded": summary.shards_embedded,
         "shards_skipped (already done)": summary.shards_skipped, "pairs_embedded": summary.pairs_embedded,
         "invalid_rows": summary.invalid_rows, "seconds": round(summary.seconds, 2),
-        "engine": gpu.compute.engine, "num_workers": gpu.num_workers,
+        "engine": compute.engine, "num_workers": gpu.num_workers,
         "embeddings_version": str(summary.version_id), "resumed": bool(summary.resumed),
         "dagster/row_count": raw_pairs.n_ok,
     })
@@ -230,7 +231,8 @@ class DFNScoresConfig(dg.Config):
 
 @dg.asset(group_name=GROUP, kinds={"numpy"}, pool="gpu")
 def dfn_scores(context: dg.AssetExecutionContext, config: DFNScoresConfig, raw_pairs: PoolManifest,
-               curated_model: CuratedModel, storage: StorageResource, gpu: GpuResource) -> DFNScores:
+               curated_model: CuratedModel, storage: StorageResource, gpu: GpuResource,
+               compute: ComputeResource) -> DFNScores:
     """The data filtering network's score of every pool pair: the image·text cosine in the curated
     model's space (``scores.npy``, float32, pool order; embedded and scored shard by shard), read by
     the ``dfn`` strategy. Its quality as a filter (synthetic pool: AUC, precision and recall against
@@ -244,7 +246,7 @@ def dfn_scores(context: dg.AssetExecutionContext, config: DFNScoresConfig, raw_p
     r = score_pairs(raw_pairs, curated_model, storage.layout.artifact("dfn_scores"),
                     storage.layout.artifact("dfn_embeddings"), fraction=config.fraction, batch_size=config.batch_size,
                     device=gpu.resolved_device, precision=gpu.resolved_precision, num_workers=gpu.num_workers,
-                    engine=lambda: gpu.compute.engine_for(context.log))
+                    engine=lambda: compute.engine_for(context.log))
     if r.scores_dir is None:
         context.add_output_metadata({"skipped": SKIPPED})
         return DFNScores(scores_dir=None, source="none")

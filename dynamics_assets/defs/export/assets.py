@@ -6,7 +6,6 @@ that img2dataset downloads (LAION ids are derived, so no LAION shard carries the
 import dagster as dg
 
 from dynamics_assets.core.records import ExportRecord, LaionMetadataRecord, PlanRecord, PoolClusters, SubsetRecord
-from dynamics_assets.core.train.settings import TrainSettings
 from dynamics_assets.defs.experiments import partition_dir, recipe_and_epoch, recipe_epoch_partitions
 from dynamics_assets.defs.resources import StorageResource
 
@@ -55,7 +54,7 @@ def webdataset_export(context: dg.AssetExecutionContext, config: ExportConfig, s
         out = export_plan(
             trained_plan_dir(recipe, epoch_key, sample_plan, storage), clusters.manifest_dir, clusters.shards_dir,
             storage.layout.artifact("webdataset_export", str(partition_dir(recipe, epoch_key))),
-            pool_version=clusters.clusters_dir, samples_per_shard=config.samples_per_shard,
+            pool=clusters.clusters_dir, samples_per_shard=config.samples_per_shard,
             shuffle_buffer=config.shuffle_buffer, seed=settings.seed + sample_plan.epoch,
             settings=settings, workers=config.workers)
     except ValueError as e:
@@ -91,7 +90,7 @@ def datacomp_subset(context: dg.AssetExecutionContext, sample_plan: PlanRecord, 
     try:
         out = write_subset(trained_plan_dir(recipe, epoch_key, sample_plan, storage), clusters.manifest_dir,
                            storage.layout.artifact("datacomp_subset", str(partition_dir(recipe, epoch_key))),
-                           pool_version=clusters.clusters_dir)
+                           pool=clusters.clusters_dir)
     except StalePlanError as e:
         raise dg.Failure(str(e)) from e
     context.add_output_metadata({
@@ -123,7 +122,7 @@ def laion_metadata(context: dg.AssetExecutionContext, sample_plan: PlanRecord, c
         out = write_laion_metadata(trained_plan_dir(recipe, epoch_key, sample_plan, storage), clusters.manifest_dir,
                                    clusters.shards_dir,
                                    storage.layout.artifact("laion_metadata", str(partition_dir(recipe, epoch_key))),
-                                   pool_version=clusters.clusters_dir)
+                                   pool=clusters.clusters_dir)
     except (StalePlanError, ValueError) as e:
         raise dg.Failure(f"laion_metadata {recipe.key} {epoch_key}: {e}") from e
     yield dg.Output(

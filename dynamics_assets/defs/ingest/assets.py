@@ -7,7 +7,7 @@ import dagster as dg
 
 from dynamics_assets.core.records import PoolManifest, RawShards
 from dynamics_assets.defs.metadata import md_table
-from dynamics_assets.defs.resources import GpuResource, StorageResource
+from dynamics_assets.defs.resources import ComputeResource, StorageResource
 
 GROUP = "ingest"
 
@@ -73,11 +73,11 @@ class RawPairsConfig(dg.Config):
 
 @dg.asset(group_name=GROUP, kinds={"parquet", "duckdb"})
 def raw_pairs(context: dg.AssetExecutionContext, config: RawPairsConfig, raw_shards: RawShards,
-              storage: StorageResource, gpu: GpuResource) -> PoolManifest:
+              storage: StorageResource, compute: ComputeResource) -> PoolManifest:
     """Parquet manifest of every pair: stable sample id (uid, else content hash), members,
     caption, image size, status; bad pairs quarantined with a reason, exact duplicates found
     across shards with DuckDB. ok + quarantined = every pair read. Shards are read one task each
-    on the configured engine (``gpu.compute``: local or Ray)."""
+    on the configured engine (the ``compute`` resource: local or Ray)."""
     from dynamics_assets.core.ingest.pairs import DecodeError, ingest_precomputed_pool, manifest_shards
 
     if raw_shards.layout != "webdataset":  # a pool that ships its embeddings: manifested with them, no images
@@ -86,8 +86,8 @@ def raw_pairs(context: dg.AssetExecutionContext, config: RawPairsConfig, raw_sha
     else:
         try:
             record, facts = manifest_shards(raw_shards, storage.layout.artifact("raw_pairs"), decode=config.decode,
-                                            engine=lambda: gpu.compute.engine_for(context.log),
-                                            engine_name=gpu.compute.engine, log=context.log)
+                                            engine=lambda: compute.engine_for(context.log),
+                                            engine_name=compute.engine, log=context.log)
         except DecodeError as e:
             raise dg.Failure(str(e)) from None
         if "img2dataset_mismatches" in facts:

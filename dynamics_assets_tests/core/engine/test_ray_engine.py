@@ -169,14 +169,14 @@ def test_repr_never_shows_the_address():
 
 
 def test_dagster_raw_pairs_on_ray_writes_the_local_manifest(pool, manifests, ray_engine, tmp_path):
-    """The asset with ``gpu.compute.engine: ray`` (the module's Ray is reused, not shut down)."""
+    """The asset with ``compute.engine: ray`` (the module's Ray is reused, not shut down)."""
     import dagster as dg
 
     from dynamics_assets.defs.ingest.assets import raw_pairs, raw_shards
-    from dynamics_assets.defs.resources import ComputeSettings, GpuResource, StorageResource
+    from dynamics_assets.defs.resources import ComputeResource, GpuResource, StorageResource
 
     resources = {"storage": StorageResource(root=str(tmp_path / "data")),
-                 "gpu": GpuResource(device="cpu", compute=ComputeSettings(engine="ray", num_cpus=2))}
+                 "gpu": GpuResource(device="cpu"), "compute": ComputeResource(engine="ray", num_cpus=2)}
     result = dg.materialize([raw_shards, raw_pairs], resources=resources, run_config={"ops": {
         "raw_shards": {"config": {"source": str(pool[0].parent)}}}})
     assert result.success

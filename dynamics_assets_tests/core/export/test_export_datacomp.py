@@ -42,7 +42,7 @@ def test_subset_file_is_the_plan_in_datacomp_format(curated, which):
     plan_dir = versions.resolve(tmp / which)
     plan = read_plan(plan_dir)
     assert (plan.multiplicity.max() > 1) == (which == "plan_upsample")  # repeats: the expansion is exercised
-    out = write_subset(plan_dir, s.manifest_dir, tmp / f"subset_{which}", pool_version=clusters.clusters_dir)
+    out = write_subset(plan_dir, s.manifest_dir, tmp / f"subset_{which}", pool=clusters.clusters_dir)
     subset = np.load(out.path)
     assert subset.dtype == np.dtype("u8,u8")  # exactly DataComp resharder's assertion (fields f0, f1)
     assert subset.dtype == SUBSET_DTYPE and subset.dtype.names == ("f0", "f1")
@@ -64,11 +64,11 @@ def test_subset_file_is_the_plan_in_datacomp_format(curated, which):
 def test_buckets_and_part_streaming_give_the_same_file(curated, monkeypatch):
     tmp, mini, s, clusters, _ = curated
     plan_dir = versions.resolve(tmp / "plan_upsample")
-    one = write_subset(plan_dir, s.manifest_dir, tmp / "sub1", pool_version=clusters.clusters_dir)
+    one = write_subset(plan_dir, s.manifest_dir, tmp / "sub1", pool=clusters.clusters_dir)
     opened = []
     real = datacomp.ok_sample_ids
     monkeypatch.setattr(datacomp, "ok_sample_ids", lambda shard: opened.append(shard.name) or real(shard))
-    many = write_subset(plan_dir, s.manifest_dir, tmp / "sub2", pool_version=clusters.clusters_dir, bucket_rows=10)
+    many = write_subset(plan_dir, s.manifest_dir, tmp / "sub2", pool=clusters.clusters_dir, bucket_rows=10)
     assert opened == mini.parts  # one part at a time, in pool order, each once
     assert np.array_equal(np.load(one.path), np.load(many.path))
     assert one.path.read_bytes() == many.path.read_bytes()
@@ -77,10 +77,10 @@ def test_buckets_and_part_streaming_give_the_same_file(curated, monkeypatch):
 def test_stale_plan_and_wrong_manifest_are_refused(curated):
     tmp, mini, s, clusters, plan_dir = curated
     with pytest.raises(StalePlanError, match="export"):
-        write_subset(plan_dir, s.manifest_dir, tmp / "x", pool_version="0123456789ab")
+        write_subset(plan_dir, s.manifest_dir, tmp / "x", pool="0123456789ab")
     other = ingest_precomputed(write_laion_pool(tmp / "laion").root, tmp / "m2", tmp / "e2")
     with pytest.raises(ValueError, match="built from raw_pairs version"):
-        write_subset(plan_dir, other.manifest_dir, tmp / "x", pool_version=clusters.clusters_dir)
+        write_subset(plan_dir, other.manifest_dir, tmp / "x", pool=clusters.clusters_dir)
 
 
 def test_read_subset_refuses_unsorted_or_wrong_dtype(tmp_path):

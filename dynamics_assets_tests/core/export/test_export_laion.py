@@ -53,7 +53,7 @@ def test_metadata_parquet_is_exactly_the_plan(laion):
     tmp, mini, s, clusters, plan_dir = laion
     plan = read_plan(plan_dir)
     assert plan.multiplicity.max() > 1  # repeats: the count column is exercised
-    out = write_laion_metadata(plan_dir, s.manifest_dir, mini.root, tmp / "export", pool_version=clusters.clusters_dir)
+    out = write_laion_metadata(plan_dir, s.manifest_dir, mini.root, tmp / "export", pool=clusters.clusters_dir)
     table = pq.read_table(out.path)
     source_columns = pq.read_schema(mini.root / "metadata" / "metadata_0.parquet").names
     assert table.column_names == [*source_columns, "count", "sample_id"]  # the original columns, then ours
@@ -77,14 +77,14 @@ def test_metadata_parquet_is_exactly_the_plan(laion):
     assert argv[0] == "img2dataset" and flags["--url_list"] == str(out.path) and flags["--input_format"] == "parquet"
     assert (flags["--url_col"], flags["--caption_col"]) == ("url", "caption")
     assert json.loads(flags["--save_additional_columns"]) == ["count", "sample_id"]
-    again = write_laion_metadata(plan_dir, s.manifest_dir, mini.root, tmp / "export", pool_version=clusters.clusters_dir)
+    again = write_laion_metadata(plan_dir, s.manifest_dir, mini.root, tmp / "export", pool=clusters.clusters_dir)
     assert again.version_id == out.version_id  # same plan, same bytes, same version
 
 
 def test_a_stale_plan_or_an_edited_source_is_refused(laion, tmp_path):
     tmp, mini, s, clusters, plan_dir = laion
     with pytest.raises(StalePlanError, match="export"):
-        write_laion_metadata(plan_dir, s.manifest_dir, mini.root, tmp_path / "x", pool_version="0123456789ab")
+        write_laion_metadata(plan_dir, s.manifest_dir, mini.root, tmp_path / "x", pool="0123456789ab")
     # a source file edited since the ingest: an error naming it, not other rows exported silently
     edited = tmp_path / "edited"
     write_laion_pool(edited, parts=3, rows_per_part=60)
@@ -94,7 +94,7 @@ def test_a_stale_plan_or_an_edited_source_is_refused(laion, tmp_path):
     pq.write_table(t.set_column(t.schema.get_field_index("caption"), "caption", pa.array(captions, pa.string())),
                    edited / "metadata" / "metadata_1.parquet")
     with pytest.raises(ValueError, match=r"metadata_1\.parquet: rows .* no longer give the ids"):
-        write_laion_metadata(plan_dir, s.manifest_dir, edited, tmp_path / "y", pool_version=clusters.clusters_dir)
+        write_laion_metadata(plan_dir, s.manifest_dir, edited, tmp_path / "y", pool=clusters.clusters_dir)
 
 
 def test_an_image_pool_is_refused(tmp_path):
@@ -116,14 +116,14 @@ def test_an_image_pool_is_refused(tmp_path):
                 np.array([3]), {"recipe": "t.s0", "epoch": 0, "strategy": "hand"})
     plan_dir = write_plan(tmp_path / "plan", plan, pool_version="poolversion1")
     with pytest.raises(ValueError, match="not the manifest of a pool of precomputed embeddings"):
-        write_laion_metadata(plan_dir, m.version_dir, tmp_path, tmp_path / "out", pool_version="poolversion1")
+        write_laion_metadata(plan_dir, m.version_dir, tmp_path, tmp_path / "out", pool="poolversion1")
 
 
 def test_a_datacomp_pool_gets_its_parquet_with_the_text_caption_column(tmp_path):
     mini = write_datacomp_pool(tmp_path / "pool", parts=2, rows_per_part=60)
     s, clusters, plan_dir = _curate(tmp_path, mini.root, "dc")
     out = write_laion_metadata(plan_dir, s.manifest_dir, mini.root, tmp_path / "export",
-                               pool_version=clusters.clusters_dir)
+                               pool=clusters.clusters_dir)
     table = pq.read_table(out.path)
     plan = read_plan(plan_dir)
     assert out.caption_col == "text" and "--caption_col text" in out.command

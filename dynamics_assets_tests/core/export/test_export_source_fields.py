@@ -62,7 +62,7 @@ def test_export_json_keeps_the_source_fields(tmp_path):
     plan = Plan(np.arange(5, dtype=np.uint32), np.array([1, 2, 1, 1, 1], np.uint16), np.array([5]),
                 np.array([6.0]), np.array([6]), {"recipe": "test.s0", "epoch": 0, "strategy": "hand"})
     plan_dir = write_plan(tmp_path / "plan", plan, pool_version=POOL)
-    exp = export_plan(plan_dir, manifest, shards, tmp_path / "export", pool_version=POOL, workers=1, batch_size=2)
+    exp = export_plan(plan_dir, manifest, shards, tmp_path / "export", pool=POOL, workers=1, batch_size=2)
     written = _read(exp.version_dir / exp.shards[0])
     assert len(written) == 6
     by_row = {}

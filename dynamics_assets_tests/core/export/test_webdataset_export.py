@@ -97,7 +97,7 @@ def _expected(pool) -> Counter:
 
 def test_export_holds_exactly_the_plan_with_original_bytes(pool, tmp_path):
     exp = export_plan(pool["plan"], pool["manifest"], pool["shards"], tmp_path / "export",
-                      pool_version=POOL, samples_per_shard=10, workers=1, batch_size=8)
+                      pool=POOL, samples_per_shard=10, workers=1, batch_size=8)
     assert (exp.samples, exp.distinct) == (32, 21)
     assert exp.shards == ("00000.tar", "00001.tar", "00002.tar", "00003.tar")
     samples = _samples(exp.version_dir, exp.shards)
@@ -122,9 +122,9 @@ def test_export_holds_exactly_the_plan_with_original_bytes(pool, tmp_path):
     assert set(refs) == {"plan", "manifest"}
     # the same inputs give the same version; a seeded shuffle: same samples, another (fixed) order
     again = export_plan(pool["plan"], pool["manifest"], pool["shards"], tmp_path / "export",
-                        pool_version=POOL, samples_per_shard=10, workers=1, batch_size=8)
+                        pool=POOL, samples_per_shard=10, workers=1, batch_size=8)
     assert again.version_id == exp.version_id and again.reused
-    mixed = [export_plan(pool["plan"], pool["manifest"], pool["shards"], tmp_path / f"mixed{i}", pool_version=POOL,
+    mixed = [export_plan(pool["plan"], pool["manifest"], pool["shards"], tmp_path / f"mixed{i}", pool=POOL,
                          samples_per_shard=10, shuffle_buffer=8, seed=5) for i in range(2)]
     assert mixed[0].version_id == mixed[1].version_id != exp.version_id
     shuffled = _samples(mixed[0].version_dir, mixed[0].shards)
@@ -135,7 +135,7 @@ def test_export_holds_exactly_the_plan_with_original_bytes(pool, tmp_path):
 
 def test_export_refuses_a_plan_of_another_pool(pool, tmp_path):
     with pytest.raises(StalePlanError, match="export"):
-        export_plan(pool["plan"], pool["manifest"], pool["shards"], tmp_path / "export", pool_version="another-pool")
+        export_plan(pool["plan"], pool["manifest"], pool["shards"], tmp_path / "export", pool="another-pool")
     assert not (tmp_path / "export" / "CURRENT").exists()
 
 
@@ -208,7 +208,7 @@ def test_open_clip_train_reads_the_plan_as_the_manifest_says(pool, tmp_path, siz
 
     plan_dir, planned = (pool["plan"], _expected(pool)) if size == 32 else _sub_plan(pool, tmp_path / "plan", size)
     settings = TrainSettings(batch_size=batch, lr=1e-4, n_epochs=1, seed=3)
-    exp = export_plan(plan_dir, pool["manifest"], pool["shards"], tmp_path / "export", pool_version=POOL,
+    exp = export_plan(plan_dir, pool["manifest"], pool["shards"], tmp_path / "export", pool=POOL,
                       samples_per_shard=samples_per_shard, shuffle_buffer=0, workers=2, settings=settings)
     reading = json.loads((exp.version_dir / "manifest.json").read_text())["open_clip_reading"]
     assert reading == exp.reading
@@ -237,7 +237,7 @@ def test_open_clip_train_reads_the_plan_as_the_manifest_says(pool, tmp_path, siz
 def test_a_plan_of_one_sample_is_refused_with_the_reason(pool, tmp_path):
     plan_dir, _ = _sub_plan(pool, tmp_path / "plan", 1)
     with pytest.raises(ValueError, match=r"holds 1 sample\(s\).*at least 2.*loops for ever"):
-        export_plan(plan_dir, pool["manifest"], pool["shards"], tmp_path / "export", pool_version=POOL)
+        export_plan(plan_dir, pool["manifest"], pool["shards"], tmp_path / "export", pool=POOL)
     assert not (tmp_path / "export" / "CURRENT").exists()
 
 

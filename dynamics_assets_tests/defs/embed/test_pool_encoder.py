@@ -14,7 +14,7 @@ from dynamics_assets.defs.cluster import assets as clustering
 from dynamics_assets.defs.embed import assets as embeddings
 from dynamics_assets.defs.evaluate.assets import eval_report
 from dynamics_assets.defs.ingest import assets as raw_data
-from dynamics_assets.defs.resources import GpuResource, StorageResource
+from dynamics_assets.defs.resources import ComputeResource, GpuResource, StorageResource
 from dynamics_assets.defs.sample.assets import sample_plan
 from dynamics_assets.defs.tracking import MlflowResource
 from dynamics_assets.defs.train.assets import checkpoint
@@ -29,7 +29,7 @@ OTHER_ENCODER = {"model_name": "dynamics-tiny-32"}
 
 
 def resources(root: Path, io: Path) -> dict:
-    return {"storage": StorageResource(root=str(root)), "gpu": GpuResource(device="cpu"),
+    return {"storage": StorageResource(root=str(root)), "gpu": GpuResource(device="cpu"), "compute": ComputeResource(),
             "mlflow": MlflowResource(data_root=str(root)), "io_manager": dg.FilesystemIOManager(base_dir=str(io))}
 
 

@@ -12,7 +12,7 @@ from dynamics_assets_tests.fixtures.minipools import write_datacomp_pool, write_
 from dynamics_assets.defs.cluster import assets as clustering
 from dynamics_assets.defs.embed import assets as embeddings
 from dynamics_assets.defs.ingest import assets as raw_data
-from dynamics_assets.defs.resources import GpuResource, StorageResource
+from dynamics_assets.defs.resources import ComputeResource, GpuResource, StorageResource
 from dynamics_assets.defs.export.assets import datacomp_subset, laion_metadata
 from dynamics_assets.defs.sample.assets import sample_plan
 
@@ -23,7 +23,7 @@ SPINE = [raw_data.raw_shards, raw_data.raw_pairs, embeddings.reference_model, em
 @pytest.mark.parametrize("layout", ["datacomp", "laion"])
 def test_a_pool_of_embeddings_is_curated_and_planned(tmp_path, layout):
     pool = (write_datacomp_pool if layout == "datacomp" else write_laion_pool)(tmp_path / "pool")
-    resources = {"storage": StorageResource(root=str(tmp_path / "data")), "gpu": GpuResource(device="cpu"),
+    resources = {"storage": StorageResource(root=str(tmp_path / "data")), "gpu": GpuResource(device="cpu"), "compute": ComputeResource(),
                  "io_manager": dg.FilesystemIOManager(base_dir=str(tmp_path / "io"))}
     config = {"ops": {"raw_shards": {"config": {"source": f"{layout}:{tmp_path / 'pool'}"}},
                       "clusters": {"config": {"k": 4, "sample_size": 400}}}}
@@ -84,7 +84,7 @@ def test_shards_given_with_a_pool_of_embeddings_are_joined_by_uid(tmp_path):
                 info = tarfile.TarInfo(f"{i:04d}.{ext}")
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
-    resources = {"storage": StorageResource(root=str(tmp_path / "data")), "gpu": GpuResource(device="cpu")}
+    resources = {"storage": StorageResource(root=str(tmp_path / "data")), "gpu": GpuResource(device="cpu"), "compute": ComputeResource()}
     config = {"ops": {"raw_shards": {"config": {"source": f"datacomp:{tmp_path / 'pool'}",
                                                 "images": str(tmp_path / "images")}}}}
     result = dg.materialize_to_memory([raw_data.raw_shards, raw_data.raw_pairs], resources=resources, run_config=config)
@@ -105,7 +105,7 @@ def test_a_broken_clip_retrieval_pool_fails_raw_shards_naming_the_parts(tmp_path
     for some other source (nor quarantined part by part): raw_shards fails naming the parts."""
     pool = write_laion_pool(tmp_path / "pool", parts=3, rows_per_part=12)
     (pool.root / "text_emb" / "text_emb_1.npy").unlink()
-    resources = {"storage": StorageResource(root=str(tmp_path / "data")), "gpu": GpuResource(device="cpu")}
+    resources = {"storage": StorageResource(root=str(tmp_path / "data")), "gpu": GpuResource(device="cpu"), "compute": ComputeResource()}
     config = {"ops": {"raw_shards": {"config": {"source": str(pool.root)}}}}
     result = dg.materialize_to_memory([raw_data.raw_shards], resources=resources, run_config=config,
                                       raise_on_error=False)

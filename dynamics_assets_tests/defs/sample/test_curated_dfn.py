@@ -30,10 +30,10 @@ def _config(**raw) -> dict:
 
 @pytest.fixture(scope="module")
 def lineage(tmp_path_factory):
-    from dynamics_assets.defs.resources import GpuResource, StorageResource
+    from dynamics_assets.defs.resources import ComputeResource, GpuResource, StorageResource
 
     root = tmp_path_factory.mktemp("dfn") / "data"
-    resources = {"storage": StorageResource(root=str(root)), "gpu": GpuResource(device="cpu"),
+    resources = {"storage": StorageResource(root=str(root)), "gpu": GpuResource(device="cpu"), "compute": ComputeResource(),
                  "io_manager": dg.FilesystemIOManager(base_dir=str(root.parent / "io"))}  # later runs load from it
     result = dg.materialize(ASSETS, resources=resources,
                             run_config=_config(curated="synthetic", curated_per_concept=2))
@@ -122,7 +122,8 @@ def _reference(lineage, raw_pairs=None, **config):
     from dynamics_assets.defs.embed.assets import ReferenceModelConfig, reference_model
 
     result, _, resources = lineage
-    ctx = dg.build_asset_context(resources={"storage": resources["storage"], "gpu": resources["gpu"]})
+    ctx = dg.build_asset_context(resources={"storage": resources["storage"], "gpu": resources["gpu"],
+                                                  "compute": resources["compute"]})
     return reference_model(ctx, config=ReferenceModelConfig(**config),
                            raw_pairs=raw_pairs or result.output_for_node("raw_pairs")), ctx
 

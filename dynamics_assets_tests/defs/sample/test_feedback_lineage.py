@@ -14,7 +14,7 @@ from dynamics_assets.defs.cluster import assets as clustering
 from dynamics_assets.defs.embed import assets as embeddings
 from dynamics_assets.defs.ingest import assets as raw_data
 from dynamics_assets.defs.partitions import epoch_partitions
-from dynamics_assets.defs.resources import GpuResource, StorageResource
+from dynamics_assets.defs.resources import ComputeResource, GpuResource, StorageResource
 from dynamics_assets.defs.sample import assets as sampling, checks as sample_checks
 from dynamics_assets.defs.train import assets as training
 from dynamics_assets.defs.tracking import MlflowResource
@@ -44,7 +44,7 @@ def test_the_plan_of_an_epoch_depends_on_the_previous_epochs_checkpoint():
 
 
 def test_two_epochs_of_the_learnability_recipe(tmp_path):
-    resources = {"storage": StorageResource(root=str(tmp_path / "data")), "gpu": GpuResource(device="cpu"),
+    resources = {"storage": StorageResource(root=str(tmp_path / "data")), "gpu": GpuResource(device="cpu"), "compute": ComputeResource(),
                  "mlflow": MlflowResource(data_root=str(tmp_path / "data"), tracking_uri=f"sqlite:///{tmp_path / 'ml.db'}"),
                  "io_manager": dg.FilesystemIOManager(base_dir=str(tmp_path / "io"))}
     (tmp_path / "home").mkdir()

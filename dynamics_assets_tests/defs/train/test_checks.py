@@ -21,7 +21,7 @@ from dynamics_assets.defs.ingest import assets as raw_data
 from dynamics_assets.defs.sample import assets as sampling
 from dynamics_assets.defs.train import assets as training
 from dynamics_assets.defs.experiments import EXPERIMENTS
-from dynamics_assets.defs.resources import GpuResource, StorageResource
+from dynamics_assets.defs.resources import ComputeResource, GpuResource, StorageResource
 from dynamics_assets.defs.tracking import MlflowResource
 from dynamics_assets_tests.conftest import TINY_RUN_CONFIG
 from dynamics_assets.core.cluster.validate import cluster_findings
@@ -74,7 +74,7 @@ def pool(tmp_path_factory):
 
 def resources_at(root: Path, io_dir: Path) -> dict:
     """CPU resources on a data root; MLflow is configured (the epoch assets need it) but unused."""
-    return {"storage": StorageResource(root=str(root)), "gpu": GpuResource(device="cpu"),
+    return {"storage": StorageResource(root=str(root)), "gpu": GpuResource(device="cpu"), "compute": ComputeResource(),
             "mlflow": MlflowResource(data_root=str(root)), "io_manager": dg.FilesystemIOManager(base_dir=str(io_dir))}
 
 

@@ -13,7 +13,7 @@ from dynamics_assets.defs.embed import assets as embeddings
 from dynamics_assets.defs.evaluate import assets as evaluation
 from dynamics_assets.defs.ingest import assets as raw_data
 from dynamics_assets.defs.partitions import epoch_partitions
-from dynamics_assets.defs.resources import GpuResource, StorageResource
+from dynamics_assets.defs.resources import ComputeResource, GpuResource, StorageResource
 from dynamics_assets.defs.sample import assets as sampling
 from dynamics_assets.defs.tracking import MlflowResource
 from dynamics_assets.defs.train import assets as training
@@ -27,7 +27,7 @@ DNC_CONFIG = {"ops": {"checkpoint": {"config": {"batch_size": 32, "checkpoint_ev
 
 
 def test_dnc_recipe_materialises_three_phases(tmp_path):
-    resources = {"storage": StorageResource(root=str(tmp_path / "data")), "gpu": GpuResource(device="cpu"),
+    resources = {"storage": StorageResource(root=str(tmp_path / "data")), "gpu": GpuResource(device="cpu"), "compute": ComputeResource(),
                  "mlflow": MlflowResource(data_root=str(tmp_path / "data"), tracking_uri=f"sqlite:///{tmp_path / 'm.db'}"),
                  "io_manager": dg.FilesystemIOManager(base_dir=str(tmp_path / "io"))}
     (tmp_path / "home").mkdir()

@@ -18,7 +18,7 @@ from dynamics_assets.defs.ingest import assets as raw_data
 from dynamics_assets.defs.sample import assets as sampling
 from dynamics_assets.defs.train import assets as training
 from dynamics_assets.defs.partitions import epoch_partitions
-from dynamics_assets.defs.resources import GpuResource, StorageResource
+from dynamics_assets.defs.resources import ComputeResource, GpuResource, StorageResource
 from dynamics_assets.defs.tracking import MlflowResource, redact
 from dynamics_assets_tests.conftest import TINY_RUN_CONFIG
 
@@ -35,7 +35,7 @@ EPOCH_CONFIG = {"ops": {"checkpoint": {"config": {"batch_size": 32, "checkpoint_
 def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("train")
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    resources = {"storage": StorageResource(root=str(tmp / "data")), "gpu": GpuResource(device="cpu"),
+    resources = {"storage": StorageResource(root=str(tmp / "data")), "gpu": GpuResource(device="cpu"), "compute": ComputeResource(),
                  "mlflow": MlflowResource(data_root=str(tmp / "data"), tracking_uri=uri),
                  "io_manager": dg.FilesystemIOManager(base_dir=str(tmp / "io"))}
     (tmp / "home").mkdir()
