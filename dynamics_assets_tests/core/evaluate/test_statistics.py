@@ -81,10 +81,16 @@ def _percentile_bootstrap(a, b, masks, seed, n_boot=400):
 
 
 def test_interval_coverage_at_the_design_seed_counts():
-    """The 95% interval covers the true difference in ≥ 0.93 of simulated designs at 5 and 10 seeds,
-    where the percentile bootstrap it replaces undercovers."""
+    """The 95% interval covers the true difference in ≥ 0.93 of simulated designs at 5, 10 and 20 seeds
+    (20: the primary design's count, data/design.yaml), where the percentile bootstrap it replaces undercovers."""
+    from pathlib import Path
+
+    from dynamics_assets.core.evaluate.design import DesignConfig
+    counts = (5, 10, 20)
+    shipped = DesignConfig.from_yaml(Path(__file__).resolve().parents[3] / "data" / "design.yaml")
+    assert len(shipped.seeds) in counts  # the design's seed count is one this test simulates
     t_interval = lambda a, b, m, t: (lambda r: (r.ci_low, r.ci_high))(st.paired_t(a, b, m)["top1"])  # noqa: E731
-    for seeds in (5, 10):
+    for seeds in counts:
         for seed_sd in (0.03, 0.08):  # image noise dominates / seed noise dominates
             assert _coverage(t_interval, seeds, 400, np.random.default_rng(seeds), seed_sd) >= 0.93
     # the control: where seeds dominate, the old interval on the same designs at 5 seeds falls short
