@@ -123,8 +123,24 @@ SLOW_TESTS = frozenset({
 })
 
 
+# Seconds each of the heaviest files took (the same --durations run, per file). They are collected
+# first, heaviest first, so the two xdist workers (scripts/test.sh, --dist loadfile) start on them and
+# the light files fill in at the end, instead of one worker finishing the UI test alone.
+FILE_SECONDS = {
+    "dynamics_assets_tests/e2e/test_ui.py": 210, "dynamics_assets_tests/defs/ingest/test_precomputed_pools.py": 146,
+    "dynamics_assets_tests/core/train/test_multinode.py": 98, "dynamics_assets_tests/defs/test_pipeline_assets.py": 85,
+    "dynamics_assets_tests/defs/train/test_training_assets.py": 74, "dynamics_assets_tests/core/engine/test_ray_engine.py": 60,
+    "dynamics_assets_tests/core/export/test_webdataset_export.py": 55, "dynamics_assets_tests/defs/test_recuration.py": 54,
+    "dynamics_assets_tests/faults/test_plans_training_settings.py": 51, "dynamics_assets_tests/test_postgres.py": 47,
+    "dynamics_assets_tests/core/train/test_epoch_training.py": 40, "dynamics_assets_tests/test_cli.py": 35,
+    "dynamics_assets_tests/defs/train/test_divide_contrast_assets.py": 31,
+}
+
+
 def pytest_collection_modifyitems(config, items) -> None:
     for item in items:
         base = item.nodeid.split("[")[0]
         if base.startswith(SLOW_FILES) or base in SLOW_TESTS:
             item.add_marker(pytest.mark.slow)
+    # heaviest files first; a stable sort keeps every file's own order (its module fixtures, its steps)
+    items.sort(key=lambda item: -FILE_SECONDS.get(item.nodeid.split("::")[0], 0))
