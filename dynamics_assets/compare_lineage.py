@@ -29,7 +29,6 @@ from typing import IO, Mapping, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 PROG = "dynamics compare-lineage"
-PROFILES = ("web", "concept")
 
 
 @dataclass(frozen=True)
@@ -55,6 +54,8 @@ class ProfileRun:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from dynamics_assets.core.ingest.synthetic import PROFILES  # the generator's pool profiles
+
     lines = __doc__.splitlines()
     p = argparse.ArgumentParser(prog=PROG, description=lines[0], epilog="\n".join(lines[2:]),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -388,6 +388,21 @@ def pair_tail(prepared: PreparedPool) -> np.ndarray | None:
     return np.isin(prepared.concept, list(tail_ids))
 
 
+def recipe_lifts(recipes, pools: Mapping[str, Any], prepared: PreparedPool, pair_is_tail: np.ndarray | None,
+                 seeds, epochs: int, plans: Mapping[tuple[str, int], Any] | None = None) -> dict[str, float]:
+    """Each recipe's plan tail lift, the mean over ``seeds`` of every epoch's plans (``plans``: already
+    drawn, keyed (recipe, seed); else drawn here). NaN without a tail (no ground truth, no caption classes)."""
+    out = {}
+    for r in recipes:
+        if pair_is_tail is None:
+            out[r.name] = float("nan")
+            continue
+        lifts = [plan_tail_lift(plans[(r.name, s)] if plans is not None else draw_plans(r, pools, s, epochs),
+                                prepared, pair_is_tail) for s in seeds]
+        out[r.name] = float(np.mean(lifts))
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # 4. runs
 # ---------------------------------------------------------------------------------------------
@@ -464,10 +479,7 @@ def run_design(root: str | Path, config: DesignConfig, *, source: str | None = N
     # 3. the gate: every plan first
     t0 = time.perf_counter()
     plans = {(r.name, s): draw_plans(r, pools, s, config.epochs) for r in recipes for s in config.seeds}
-    gate = {}
-    for r in recipes:
-        lifts = [plan_tail_lift(plans[(r.name, s)], prepared, is_tail) for s in config.seeds] if is_tail is not None else []
-        gate[r.name] = float(np.mean(lifts)) if lifts else float("nan")
+    gate = recipe_lifts(recipes, pools, prepared, is_tail, config.seeds, config.epochs, plans=plans)
     _emit(progress, f"gate: plans of {len(recipes)} recipes × {len(config.seeds)} seeds × {config.epochs} epochs drawn in "
                     f"{time.perf_counter() - t0:.1f} s; tail lift " +
                     ", ".join(f"{n} {v:.2f}×" for n, v in gate.items()))
@@ -521,7 +533,7 @@ def gate_grid(root: str | Path, config: DesignConfig, *, source: str | None = No
     itself keeps the k and merge of its file: picking them from this grid after seeing it is tuning.
     Writes ``gate_grid.md`` and ``gate_grid.json`` under ``root``."""
     from dynamics_assets.core.cluster.params import k_for
-    from dynamics_assets.core.evaluate.design_report import _structure
+    from dynamics_assets.core.evaluate.design_report import cluster_structure
     from dynamics_assets.core.io.atomic import write_json
 
     root = Path(root)
@@ -536,10 +548,6 @@ def gate_grid(root: str | Path, config: DesignConfig, *, source: str | None = No
     recipes = [r for r in config.recipes if r.clusters == "kmeans" and not r.is_uniform]
     oracle = [r for r in config.recipes if r.clusters == "concepts"] if prepared.concept is not None else []
 
-    def lifts(rs, pools):
-        return {r.name: float(np.mean([plan_tail_lift(draw_plans(r, pools, s, config.epochs), prepared, is_tail)
-                                       for s in config.seeds])) for r in rs}
-
     rows: list[dict[str, Any]] = []
     oracle_lift: dict[str, float] = {}
     ks = sorted({max(2, min(n // 20, int(round(base_k * f)))) for f in k_factors})
@@ -549,9 +557,10 @@ def gate_grid(root: str | Path, config: DesignConfig, *, source: str | None = No
             clustering = cluster_pool(prepared.features, k=k, merge=merge)
             pools = cluster_pools(prepared, clustering)
             if oracle and not oracle_lift:  # the concepts do not depend on the clustering
-                oracle_lift = lifts(oracle, pools)
-            row = {"k": k, "merge": "none" if merge is None else merge, **_structure(prepared, clustering),
-                   "lift": lifts(recipes, pools), "design": k == base_k and merge == config.merge}
+                oracle_lift = recipe_lifts(oracle, pools, prepared, is_tail, config.seeds, config.epochs)
+            row = {"k": k, "merge": "none" if merge is None else merge, **cluster_structure(prepared, clustering),
+                   "lift": recipe_lifts(recipes, pools, prepared, is_tail, config.seeds, config.epochs),
+                   "design": k == base_k and merge == config.merge}
             rows.append(row)
             _emit(progress, f"k {k}, merge {row['merge']}: {row['clusters']} clusters, tail lift " +
                   ", ".join(f"{name} {v:.2f}×" for name, v in row["lift"].items()) +

@@ -24,7 +24,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from dataclasses import replace
 
-from dynamics_assets.core.io.atomic import atomic_path, write_json
+from dynamics_assets.core.io.atomic import atomic_path, write_json, write_marked_block
 
 LEARNER_BEFORE = 0.08  # held-out top-1 of the ViT learner on main 0f8ecd8 (7–9%, issue 20's audit)
 
@@ -40,7 +40,9 @@ def head_mask(prepared, fraction: float = 0.2) -> np.ndarray:
     return tail_concepts(-np.asarray(prepared.train_frequency), fraction)
 
 
-def _structure(prepared, clustering) -> dict[str, Any]:
+def cluster_structure(prepared, clustering) -> dict[str, Any]:
+    """The clusters' shape (k, count after the merge, top-10% share, Gini) and, with ground truth, purity,
+    tail-majority clusters and the rarest concept's pairs."""
     from dynamics_assets.core.evaluate.pool_structure import gini, top_share
     sizes = np.bincount(clustering.ids, minlength=clustering.n_clusters)
     out = {"k": clustering.k, "clusters": int((sizes > 0).sum()), "merge_threshold": clustering.merge_threshold,
@@ -162,7 +164,7 @@ def analyse(prepared, clustering, recipes, config, results: Mapping[tuple[str, i
         "pool": {"valid": prepared.n_valid, "input_pairs": prepared.n_generated, "notes": prepared.notes,
                  "identity": prepared.identity, "eval_images": int(len(prepared.eval_labels)),
                  "tail_images": int(masks["tail"].sum()), "head_images": int(masks["head"].sum())},
-        "structure": _structure(prepared, clustering),
+        "structure": cluster_structure(prepared, clustering),
         "gate": {"threshold": 1.5, "primary": config.primary, "primary_lift": primary_lift,
                  "flagged": bool(not primary_lift >= 1.5), "lifts": dict(gate)},
         "controls": {"positive": pos.as_dict() if pos else None, "positive_recipe": pos_row["recipe"] if pos_row else None,
@@ -297,13 +299,6 @@ DOC_START, DOC_END = "<!-- design:start -->", "<!-- design:end -->"
 def write_doc_block(doc: str | Path, summary: Mapping[str, Any]) -> None:
     """Replace the block between ``DOC_START`` and ``DOC_END`` in ``doc`` with the report (headings
     one level down); the rest of the file is left as it is."""
-    doc = Path(doc)
-    text = doc.read_text()
-    if DOC_START not in text or DOC_END not in text:
-        raise ValueError(f"{doc}: no {DOC_START} … {DOC_END} block to write into")
     body = "\n".join(("#" + line) if line.startswith("#") else line for line in markdown(summary).splitlines())
-    head, rest = text.split(DOC_START, 1)
-    _, tail = rest.split(DOC_END, 1)
     block = f"{DOC_START}\n<!-- written by `dynamics compare --doc`; do not edit -->\n\n{body}\n\n{DOC_END}"
-    with atomic_path(doc) as tmp:
-        tmp.write_text(head + block + tail)
+    write_marked_block(doc, DOC_START, DOC_END, block, append=False)

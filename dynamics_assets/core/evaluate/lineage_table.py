@@ -19,13 +19,13 @@ import yaml
 START, END = "<!-- comparison:start -->", "<!-- comparison:end -->"
 
 
+def _points(x: float | None, signed: bool = False) -> str:
+    """A fraction in points, "–" where there is none (an interval or MDE needs ≥ 2 seeds)."""
+    return "–" if x is None or x != x else f"{100 * x:{'+' if signed else ''}.1f}"
+
+
 def _pct(x: float) -> str:
-    return "–" if x != x else f"{100 * x:+.1f}"
-
-
-def _points(x: float) -> str:
-    """A fraction in points, "–" where there is none (an MDE needs ≥ 2 seeds)."""
-    return "–" if x is None or x != x else f"{100 * x:.1f}"
+    return _points(x, signed=True)
 
 
 def _short(v: str) -> str:
@@ -116,14 +116,13 @@ def block(root: Path, profiles: list[str], wall_seconds: float | None) -> str:
         mde_by.setdefault(m, []).append(v)
     mde_txt = ", ".join(f"{m} {_points(sorted(v)[len(v) // 2])}" for m, v in mde_by.items())
     total = sum(counts.values())
+    no_verdict = total - counts["better"] - counts["worse"] - counts["no detectable difference"]
     lines += [
         "**What this shows and does not.** " +
         f"Of {total} recipe × metric comparisons (top-1, head, tail; held-out style; non-uniform recipes), "
         f"{counts['better']} are better than uniform at equal compute, {counts['worse']} worse and "
         f"{counts['no detectable difference']} show no detectable difference (Holm-adjusted p over the family "
-        f"≥ 0.05)" + (f", and {total - counts['better'] - counts['worse'] - counts['no detectable difference']} get "
-                      "no verdict (fewer than 5 seeds)" if total - counts['better'] - counts['worse']
-                      - counts['no detectable difference'] else "") + ". "
+        f"≥ 0.05)" + (f", and {no_verdict} get no verdict (fewer than 5 seeds)" if no_verdict else "") + ". "
         f"The design detects (80% power) differences of about {mde_txt} points (median MDE); smaller true "
         "effects can hide behind 'no detectable difference', which is not evidence of equality. "
         "The intervals cover the noise of training seeds and of the finite evaluation set, not that of the "
@@ -136,11 +135,9 @@ def block(root: Path, profiles: list[str], wall_seconds: float | None) -> str:
 
 
 def replace_block(text: str, new_block: str) -> str:
-    if START in text and END in text:
-        head, _, rest = text.partition(START)
-        _, _, tail = rest.partition(END)
-        return head + new_block.rstrip("\n") + tail
-    return text.rstrip("\n") + "\n\n" + new_block
+    """``text`` with its comparison block replaced by ``new_block`` (appended when it has none)."""
+    from dynamics_assets.core.io.atomic import replace_marked_block
+    return replace_marked_block(text, START, END, new_block)
 
 
 def reported(root: Path, profiles: list[str]) -> list[str]:
@@ -157,8 +154,9 @@ def write(root: str | Path, profiles: list[str], wall_seconds: float | None = No
     if not present:
         raise FileNotFoundError(f"no comparison report under {root} for {list(profiles)}")
     text = block(root, present, wall_seconds)
+    from dynamics_assets.core.io.atomic import write_marked_block, write_text
     if out:
-        Path(out).write_text(text)
+        write_text(out, text)
     if doc:
-        Path(doc).write_text(replace_block(Path(doc).read_text(), text))
+        write_marked_block(doc, START, END, text)
     return text

@@ -68,6 +68,32 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
+def write_text(path: str | os.PathLike, text: str) -> None:
+    write_bytes(path, text.encode())
+
+
+def replace_marked_block(text: str, start: str, end: str, block: str, *, append: bool = True) -> str:
+    """``text`` with its ``start`` … ``end`` block (the markers included) replaced by ``block``, which
+    carries its own markers. Without the markers ``block`` is appended after a blank line
+    (``append``), else ValueError."""
+    if start in text and end in text:
+        head, _, rest = text.partition(start)
+        _, _, tail = rest.partition(end)
+        return head + block.rstrip("\n") + tail
+    if not append:
+        raise ValueError(f"no {start} … {end} block to write into")
+    return text.rstrip("\n") + "\n\n" + block
+
+
+def write_marked_block(path: str | os.PathLike, start: str, end: str, block: str, *, append: bool = True) -> None:
+    """Replace (or append, see ``replace_marked_block``) the marked block of a text file, atomically."""
+    try:
+        text = replace_marked_block(Path(path).read_text(), start, end, block, append=append)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    write_text(path, text)
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 

@@ -35,3 +35,19 @@ def test_atomic_dir_replaces_whole_directory(tmp_path):
         (tmp / "z").write_text("3")
     assert [p.name for p in (tmp_path / "d").iterdir()] == ["z"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+
+
+def test_marked_block_is_replaced_appended_or_refused(tmp_path):
+    from dynamics_assets.core.io.atomic import write_marked_block
+    doc = tmp_path / "doc.md"
+    doc.write_text("# T\n\n<!-- b:start -->\nold\n<!-- b:end -->\n\n## Next\n")
+    write_marked_block(doc, "<!-- b:start -->", "<!-- b:end -->", "<!-- b:start -->\nnew\n<!-- b:end -->\n")
+    assert doc.read_text() == "# T\n\n<!-- b:start -->\nnew\n<!-- b:end -->\n\n## Next\n"
+    bare = tmp_path / "bare.md"
+    bare.write_text("# T\n")
+    write_marked_block(bare, "<!-- b:start -->", "<!-- b:end -->", "<!-- b:start -->\nx\n<!-- b:end -->\n")
+    assert bare.read_text() == "# T\n\n<!-- b:start -->\nx\n<!-- b:end -->\n"
+    with pytest.raises(ValueError, match="bare.md: no <!-- c:start -->"):
+        write_marked_block(bare, "<!-- c:start -->", "<!-- c:end -->", "y", append=False)
+    assert bare.read_text().endswith("x\n<!-- b:end -->\n")  # refused: the file is unchanged
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind
